@@ -1,0 +1,54 @@
+# framewire developer targets. `make help` lists them.
+PYTHON ?= python3
+VENV_PROTOC := .build/protoc
+# Pinned so the generated code is reproducible and imports under every
+# protobuf runtime from 4.25 to 7.x (newer protoc emits code that refuses
+# older runtimes).
+GRPCIO_TOOLS := grpcio-tools==1.62.3
+PROTO_FILES := $(shell find protos -name '*.proto')
+REPO ?= models
+PORT ?= 8500
+
+.PHONY: help install dev protos test test-unit test-integration serve demo clean
+
+help:
+	@echo "make install   install framewire with the server and demo extras"
+	@echo "make dev       install framewire with every extra needed by the tests"
+	@echo "make protos    regenerate the Python code under protos/"
+	@echo "make test      run the test suite"
+	@echo "make demo      export the demo model into \$$(REPO) if it is empty"
+	@echo "make serve     export the demo model if needed and start the server on \$$(PORT)"
+
+install:
+	$(PYTHON) -m pip install -e '.[server,demo]'
+
+dev:
+	$(PYTHON) -m pip install -e '.[server,dev,demo]'
+
+$(VENV_PROTOC)/bin/python:
+	$(PYTHON) -m venv $(VENV_PROTOC)
+	$(VENV_PROTOC)/bin/python -m pip install -q '$(GRPCIO_TOOLS)'
+
+protos: $(VENV_PROTOC)/bin/python
+	$(VENV_PROTOC)/bin/python -m grpc_tools.protoc -Iprotos \
+		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTO_FILES)
+
+test:
+	$(PYTHON) -m pytest
+
+test-unit:
+	$(PYTHON) -m pytest tests/unit
+
+test-integration:
+	$(PYTHON) -m pytest tests/integration
+
+demo:
+	@if [ -z "$$(ls -A $(REPO) 2>/dev/null | grep -v README.md)" ]; then \
+		framewire export --demo --repo $(REPO); \
+	else echo "$(REPO) already holds models; not exporting the demo"; fi
+
+serve: demo
+	framewire serve --repo $(REPO) --port $(PORT)
+
+clean:
+	rm -rf .build build dist *.egg-info

@@ -1,0 +1,165 @@
+"""CLI verbs for artifacts: `export`, `inspect`, `verify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ArtifactError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to a framewire artifact",
+        description=(
+            "Export a torchvision model (torchvision/<name>) with weights from a .safetensors "
+            "file or a legacy state-dict checkpoint, or the demo model (--demo), into "
+            "REPO/NAME/VERSION/model.fwa. The written file is reloaded and checked against "
+            "the source model."
+        ),
+    )
+    p.add_argument("architecture", nargs="?", help="registry name, e.g. torchvision/resnet50")
+    p.add_argument("--demo", action="store_true", help="export the pretrained EfficientNet-Lite0 demo model")
+    p.add_argument("--repo", required=True, help="model repository directory")
+    p.add_argument("--name", help="model name (default: the architecture's name)")
+    p.add_argument("--version", type=int, default=1, help="model version, a positive integer (default 1)")
+    p.add_argument("--weights", help=".safetensors file or legacy .pt/.pth state dict (read with weights_only=True)")
+    p.add_argument("--random-init", action="store_true", help="export untrained weights on purpose")
+    p.add_argument("--num-classes", type=int, help="number of output classes, if not the default")
+    p.add_argument("--labels", help="text file with one class label per line")
+    p.add_argument("--input-size", type=int, help="square input size S (crop SxS; resize scaled alike)")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing artifact of this version")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("inspect", help="print what an artifact holds", description="Print an artifact's metadata without loading its network.")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser(
+        "verify",
+        help="load an artifact and run it on seeded inputs",
+        description="Run every load-time check, rebuild the network and run it on seeded inputs.",
+    )
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_verify)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        if args.demo:
+            if args.architecture:
+                raise SystemExit("framewire export: give either --demo or an architecture, not both")
+            from .demo import DEMO_NAME, export_demo
+
+            result = export_demo(
+                args.repo, name=args.name or DEMO_NAME, version=args.version,
+                overwrite=args.overwrite, log=_say,
+            )
+        else:
+            if not args.architecture:
+                raise SystemExit("framewire export: name an architecture (torchvision/<name>) or pass --demo")
+            from .torchvision_export import export_torchvision, read_labels
+
+            result = export_torchvision(
+                args.architecture,
+                name=args.name or args.architecture.rsplit("/", 1)[-1],
+                version=args.version,
+                repo=args.repo,
+                weights=args.weights,
+                random_init=args.random_init,
+                num_classes=args.num_classes,
+                labels=read_labels(args.labels) if args.labels else None,
+                input_size=args.input_size,
+                mean=args.mean,
+                std=args.std,
+                overwrite=args.overwrite,
+                log=_say,
+            )
+    except (ArtifactError, FileExistsError) as exc:
+        print(f"framewire export: {exc}", file=sys.stderr)
+        return 1
+    _say(f"exported {result.artifact.name} version {result.artifact.version} to {result.path}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import os
+
+    from .format import describe
+    from .loader import read_artifact
+
+    try:
+        artifact = read_artifact(args.file)
+    except ArtifactError as exc:
+        print(f"framewire inspect: {exc}", file=sys.stderr)
+        return 1
+    summary = describe(artifact, file_bytes=os.stat(args.file).st_size)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    inp, pre = summary["input"], summary["preprocessing"]
+    rows = [
+        ("name", summary["name"]),
+        ("version", summary["version"]),
+        ("task", summary["task"]),
+        ("architecture", summary["architecture"]),
+        ("input", f"{inp['channels']}x{inp['height']}x{inp['width']} {inp['dtype']} {inp['layout']} "
+                  f"{inp['color_order']}, batch {inp['min_batch']}..{inp['max_batch']}"),
+        ("preprocessing", _preprocessing_line(pre)),
+        ("outputs", ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in summary["outputs"])),
+        ("labels", summary["labels"]),
+        ("parameters", f"{summary['parameters']:,}"),
+        ("file size", f"{summary['file_bytes']:,} bytes (weights {summary['weights_bytes']:,})"),
+        ("weights sha256", summary["weights_sha256"]),
+        ("format", summary["format_version"]),
+        ("producer", f"framewire {summary['producer']['framewire']}, torch {summary['producer']['torch']}, "
+                     f"torchvision {summary['producer']['torchvision'] or '-'}"),
+        ("signed", "yes" if summary["signed"] else "no"),
+    ]
+    if summary["description"]:
+        rows.append(("description", summary["description"]))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _preprocessing_line(pre: dict) -> str:
+    parts = []
+    if pre["resize_mode"] == "shorter_side":
+        parts.append(f"resize shorter side to {pre['resize_shorter']} ({pre['interpolation']})")
+        parts.append(f"centre-crop {pre['crop'][0]}x{pre['crop'][1]}")
+    elif pre["resize_mode"] == "exact":
+        parts.append(f"resize to {pre['crop'][0]}x{pre['crop'][1]} ({pre['interpolation']})")
+    else:
+        parts.append("no resize")
+    parts.append(f"scale {pre['scale']:.6g}")
+    parts.append(f"mean {pre['mean']} std {pre['std']}")
+    return ", ".join(parts)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .export import verify_artifact
+
+    try:
+        loaded, report = verify_artifact(args.file)
+    except ArtifactError as exc:
+        print(f"framewire verify: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{loaded.name} version {loaded.version}: all load-time checks passed")
+    for run in report["runs"]:
+        print(f"  batch {run['batch']}: outputs {run['shapes']}, finite, {run['seconds'] * 1000:.1f} ms")
+    return 0

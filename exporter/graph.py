@@ -1,0 +1,323 @@
+"""torch.export programs as data: serialize without pickle, check, rebuild.
+
+torch.export's serializer (a private API, `torch._export.serde.serialize`)
+turns an ExportedProgram into graph JSON plus tensor payloads. framewire
+keeps only the JSON and puts the tensors in the artifact's safetensors blob.
+At load time the JSON is checked before torch sees it:
+
+* every node's target is an aten or prims operator (or one of a few pure
+  Python operators on sizes, such as `getitem`), and never one that touches
+  files;
+* every symbolic expression (torch parses them with sympy, which evaluates
+  its input) is made only of sympy names on an allowlist, numbers and
+  arithmetic;
+* the program carries no guard code (torch would compile it to Python), no
+  custom objects and no example inputs;
+* node metadata is dropped.
+
+Then the tensors are handed to the deserializer as dicts, so nothing is ever
+unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from typing import Any
+
+from .errors import GraphProgramError, WeightsMismatchError
+
+#: Targets outside torch.ops.aten / torch.ops.prims that a graph may call:
+#: Python's own operators on sizes and tuple outputs.
+PYTHON_OPERATOR_TARGETS = frozenset(
+    "_operator." + name
+    for name in (
+        "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow",
+        "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_",
+    )
+) | frozenset({"math.ceil", "math.floor", "math.trunc", "math.sqrt"})
+
+#: aten operators that read or write files; never allowed in a graph.
+DENIED_ATEN_OPS = frozenset({"from_file", "_print", "save"})
+
+_TARGET_RE = re.compile(r"^torch\.ops\.(aten|prims)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
+
+#: Names a symbolic expression may use (sympy constructors torch writes and
+#: torch's own sympy functions).
+SYMPY_NAMES = frozenset(
+    {
+        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min",
+        "Abs", "Mod", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
+        "true", "false", "True", "False", "oo", "zoo", "nan", "S",
+        "integer", "positive", "negative", "nonnegative", "nonpositive", "real",
+        "finite", "infinite", "zero", "nonzero", "even", "odd", "commutative",
+        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
+        "IntTrueDiv", "FloatTrueDiv", "LShift", "RShift", "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "FloatPow",
+        "PowByNatural", "Identity", "OpaqueUnaryFn_sqrt", "FloorToInt", "CeilDiv",
+        "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor",
+    }
+)
+_SYMBOL_NAME_RE = re.compile(r"^[a-z]{1,8}\d+$")
+_EXPR_TOKEN_RE = re.compile(
+    r"\s+|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<string>'[^'\\]{0,64}')"
+    r"|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<op>\*\*|//|[-+*/%(),=<>!])"
+)
+_MAX_EXPR_CHARS = 4096
+
+
+def _torch_serde():
+    from torch._export.serde import schema, serialize
+
+    return schema, serialize
+
+
+def current_schema_version() -> tuple[int, int]:
+    """torch.export's serialization schema version in this torch."""
+    schema, _ = _torch_serde()
+    major, minor = schema.SCHEMA_VERSION
+    return int(major), int(minor)
+
+
+# ---------------------------------------------------------------- export side
+
+
+def serialize_program(ep) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """JSON for an ExportedProgram, plus its state dict and constants.
+
+    The JSON has node metadata and guard code stripped. Tensors are returned
+    as dicts for the safetensors blob; torch's own tensor payloads (which it
+    would pickle) are never produced.
+    """
+    _, serialize = _torch_serde()
+    options = {}
+    params = inspect.signature(serialize.serialize).parameters
+    for flag in ("serialize_state_dict", "serialize_constants", "serialize_example_inputs"):
+        if flag in params:
+            options[flag] = False
+    artifact = serialize.serialize(ep, **options)
+    program = json.loads(artifact.exported_program)
+    program["guards_code"] = []
+    _strip_metadata(program)
+    constants = dict(ep.constants)
+    for name, value in constants.items():
+        if not _is_tensor(value):
+            raise GraphProgramError(
+                f"program constant {name!r} is a {type(value).__name__}, not a tensor; "
+                "framewire graphs may only hold tensors"
+            )
+    return json.dumps(program, separators=(",", ":")).encode(), dict(ep.state_dict), constants
+
+
+def _is_tensor(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def _strip_metadata(program: dict) -> None:
+    graph_module = program.get("graph_module", {})
+    graph_module["metadata"] = {}
+    for node in _iter_nodes(program):
+        node["metadata"] = {}
+
+
+# ------------------------------------------------------------------ load side
+
+
+def check_program(program_json: bytes, path: str | None = None) -> dict:
+    """Parse and check program JSON; return the sanitized JSON object."""
+    try:
+        program = json.loads(program_json.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GraphProgramError(f"graph program is not valid JSON ({exc}); re-export the model", path) from None
+    if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
+        raise GraphProgramError("graph program has no graph_module; re-export the model", path)
+
+    version = program.get("schema_version") or {}
+    major = version.get("major") if isinstance(version, dict) else None
+    ours = current_schema_version()
+    if major != ours[0]:
+        raise GraphProgramError(
+            f"graph was serialized with torch.export schema {major}.{version.get('minor')}, "
+            f"this torch reads schema {ours[0]}.x; re-export the model with a torch whose "
+            f"schema major version is {ours[0]}",
+            path,
+        )
+    if program.get("guards_code"):
+        raise GraphProgramError(
+            "graph carries guard code, which torch would compile to Python; framewire "
+            "never runs code from an artifact, re-export the model with framewire",
+            path,
+        )
+    graph = program["graph_module"].get("graph") or {}
+    if graph.get("custom_obj_values"):
+        raise GraphProgramError("graph holds custom objects; only tensors are allowed", path)
+
+    for node in _iter_nodes(program):
+        _check_target(node.get("target"), path)
+    _walk_values(program, path)
+    _strip_metadata(program)
+    return program
+
+
+def expected_tensors(program: dict) -> tuple[set[str], set[str], set[str]]:
+    """Names of (parameters, buffers, constants) the program's signature needs.
+
+    Parameters and persistent buffers make the state dict; non-persistent
+    buffers and lifted tensors are constants.
+    """
+    signature = program["graph_module"].get("signature") or {}
+    params, buffers, constants = set(), set(), set()
+    for spec in signature.get("input_specs", []):
+        (kind, body), = spec.items()
+        if kind == "parameter":
+            params.add(body["parameter_name"])
+        elif kind == "buffer":
+            (buffers if body.get("persistent", True) else constants).add(body["buffer_name"])
+        elif kind == "tensor_constant":
+            constants.add(body["tensor_constant_name"])
+        elif kind in ("custom_obj", "token"):
+            raise GraphProgramError(f"graph input of kind {kind!r} is not supported")
+    return params, buffers, constants
+
+
+def rebuild_program(program: dict, state_dict: dict, constants: dict, path: str | None = None):
+    """Deserialize a checked program with the given tensors; return the module."""
+    params, buffers, want_constants = expected_tensors(program)
+    want_state = params | buffers
+    have_state, have_constants = set(state_dict), set(constants)
+    missing = (want_state - have_state) | (want_constants - have_constants)
+    unexpected = (have_state - want_state) | (have_constants - want_constants)
+    if missing or unexpected:
+        raise WeightsMismatchError(
+            f"weights do not match the graph: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}; re-export the model",
+            path,
+        )
+    import torch
+
+    _, serialize = _torch_serde()
+    state = {
+        k: torch.nn.Parameter(v, requires_grad=False) if k in params else v
+        for k, v in state_dict.items()
+    }
+    artifact = serialize.SerializedArtifact(json.dumps(program).encode(), state, dict(constants), b"")
+    try:
+        ep = serialize.deserialize(artifact)
+    except Exception as exc:  # torch raises many types for a malformed graph
+        raise GraphProgramError(f"torch could not rebuild the graph: {exc}", path) from None
+    _check_placeholder_tensors(ep, path)
+    return ep
+
+
+def _check_placeholder_tensors(ep, path: str | None) -> None:
+    """Every lifted tensor must match the shape and dtype the graph traced."""
+    signature = ep.graph_signature
+    by_input = {}
+    by_input.update(signature.inputs_to_parameters)
+    by_input.update(signature.inputs_to_buffers)
+    by_input.update(getattr(signature, "inputs_to_lifted_tensor_constants", {}))
+    tensors = {**ep.state_dict, **ep.constants}
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in by_input:
+            continue
+        name = by_input[node.name]
+        traced = node.meta.get("val")
+        actual = tensors.get(name)
+        if traced is None or actual is None:
+            continue
+        if tuple(traced.shape) != tuple(actual.shape) or traced.dtype != actual.dtype:
+            raise WeightsMismatchError(
+                f"tensor {name!r} is {tuple(actual.shape)} {actual.dtype} but the graph was "
+                f"traced with {tuple(traced.shape)} {traced.dtype}; re-export the model",
+                path,
+            )
+
+
+def program_sha256(program_json: bytes) -> bytes:
+    return hashlib.sha256(program_json).digest()
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _iter_nodes(obj):
+    """Every graph node (a dict with target, inputs and outputs), nested too."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "target" in item and "inputs" in item and "outputs" in item:
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_target(target, path: str | None) -> None:
+    if not isinstance(target, str):
+        raise GraphProgramError(f"graph node has a non-string target {target!r}", path)
+    match = _TARGET_RE.match(target)
+    if match:
+        if match.group(2) in DENIED_ATEN_OPS:
+            raise GraphProgramError(f"graph calls {target}, which touches files; refused", path)
+        return
+    if target in PYTHON_OPERATOR_TARGETS:
+        return
+    raise GraphProgramError(
+        f"graph calls {target!r}, which is not an aten or prims operator; framewire only "
+        "runs graphs of aten/prims operators (re-export without custom operators)",
+        path,
+    )
+
+
+def _walk_values(obj, path: str | None) -> None:
+    """Check every symbolic expression and operator reference in the JSON."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "expr_str":
+                    check_sym_expr(value, path)
+                elif key in ("as_operator", "as_custom_obj", "as_graph"):
+                    raise GraphProgramError(
+                        f"graph passes a {key[3:]} as an argument; only tensor and scalar "
+                        "arguments are allowed",
+                        path,
+                    )
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_sym_expr(expr, path: str | None = None) -> None:
+    """Refuse a symbolic expression that is anything but sympy arithmetic."""
+    if not isinstance(expr, str) or len(expr) > _MAX_EXPR_CHARS:
+        raise GraphProgramError("graph holds a malformed symbolic expression", path)
+    pos = 0
+    while pos < len(expr):
+        match = _EXPR_TOKEN_RE.match(expr, pos)
+        if not match:
+            raise GraphProgramError(
+                f"graph holds a symbolic expression with a forbidden character at {pos}: "
+                f"{expr[:80]!r}",
+                path,
+            )
+        name = match.group("name")
+        string = match.group("string")
+        if name is not None and name not in SYMPY_NAMES and not _SYMBOL_NAME_RE.match(name):
+            raise GraphProgramError(
+                f"graph holds a symbolic expression naming {name!r}, which is not allowed", path
+            )
+        if string is not None and not _SYMBOL_NAME_RE.match(string[1:-1]):
+            raise GraphProgramError(
+                f"graph holds a symbolic expression with the string {string}, which is not a "
+                "symbol name",
+                path,
+            )
+        pos = match.end()

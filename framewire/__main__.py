@@ -1,0 +1,5 @@
+import sys
+
+from framewire.cli import main
+
+sys.exit(main())

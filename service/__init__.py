@@ -1,0 +1,1 @@
+"""The framewire gRPC server: repository, batching, runners and APIs."""

@@ -1,0 +1,72 @@
+"""Domain errors of the serving path, each with its one gRPC status.
+
+The code is kept as the *name* of a gRPC status so that modules below the
+API layer (batcher, preprocessing, repository) need not import grpc. The
+servicers translate; the README's status table lists every case.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request cannot be served; `code` names its gRPC status."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(ServiceError):
+    """The request itself is wrong; the client must change it."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ModelNotFoundError(ServiceError):
+    """No such model, or no such version of it."""
+
+    code = "NOT_FOUND"
+
+
+class ModelUnavailableError(ServiceError):
+    """The model exists but cannot serve now (loading, failed, draining)."""
+
+    code = "UNAVAILABLE"
+
+
+class QueueFullError(ServiceError):
+    """The model's queue is full; retrying later with backoff will work."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceededError(ServiceError):
+    """The request's deadline passed before it ran."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class CancelledError(ServiceError):
+    """The client went away or cancelled."""
+
+    code = "CANCELLED"
+
+
+class ShuttingDownError(ServiceError):
+    """The server is draining and takes no new work."""
+
+    code = "UNAVAILABLE"
+
+
+class LimitExceededError(ServiceError):
+    """A configured size limit was hit (images per request, bytes, ...)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class InferenceError(ServiceError):
+    """The model failed while running a batch."""
+
+    code = "INTERNAL"

@@ -1,0 +1,40 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    """A real photo of a cat (scikit-image's bundled `chelsea`), RGB uint8."""
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(chelsea) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(chelsea).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory) -> Path:
+    """A model repository holding the exported demo model (exported once)."""
+    from framewire.exporter.demo import export_demo
+
+    repo = tmp_path_factory.mktemp("demo-repo")
+    export_demo(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(demo_repo) -> Path:
+    return demo_repo / "efficientnet_lite0" / "1" / "model.fwa"
