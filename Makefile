@@ -8,6 +8,7 @@ GRPCIO_TOOLS := grpcio-tools==1.62.3
 PROTO_FILES := $(shell find protos -name '*.proto')
 REPO ?= models
 PORT ?= 8500
+HOST ?= 127.0.0.1
 
 .PHONY: help install dev protos test test-unit test-integration serve demo clean
 
@@ -48,7 +49,7 @@ demo:
 	else echo "$(REPO) already holds models; not exporting the demo"; fi
 
 serve: demo
-	framewire serve --repo $(REPO) --port $(PORT)
+	exec framewire serve --repo $(REPO) --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf .build build dist *.egg-info

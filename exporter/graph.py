@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import json
 import re
+import threading
 from typing import Any
 
 from .errors import GraphProgramError, WeightsMismatchError
@@ -66,6 +67,10 @@ _EXPR_TOKEN_RE = re.compile(
     r"|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<op>\*\*|//|[-+*/%(),=<>!])"
 )
 _MAX_EXPR_CHARS = 4096
+
+# torch's graph deserializer keeps its state in a module global: two threads
+# deserializing at once (two models loading) would trip over each other.
+_DESERIALIZE_LOCK = threading.Lock()
 
 
 def _torch_serde():
@@ -206,7 +211,8 @@ def rebuild_program(program: dict, state_dict: dict, constants: dict, path: str 
     }
     artifact = serialize.SerializedArtifact(json.dumps(program).encode(), state, dict(constants), b"")
     try:
-        ep = serialize.deserialize(artifact)
+        with _DESERIALIZE_LOCK:
+            ep = serialize.deserialize(artifact)
     except Exception as exc:  # torch raises many types for a malformed graph
         raise GraphProgramError(f"torch could not rebuild the graph: {exc}", path) from None
     _check_placeholder_tensors(ep, path)

@@ -21,9 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    from framewire.client_cli import add_commands as add_client_commands
     from framewire.exporter.cli import add_commands as add_exporter_commands
+    from framewire.service.cli import add_commands as add_service_commands
 
     add_exporter_commands(sub)
+    add_service_commands(sub)
+    add_client_commands(sub)
     return parser
 
 

@@ -51,3 +51,17 @@ def write(artifact: pb.ModelArtifact, path: Path, *, redigest: bool = True) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(artifact.SerializeToString())
     return path
+
+
+def export_tiny(repo: Path, name: str = "tiny", version: int = 1, *, seed: int = 0, size: int = 32,
+                num_classes: int = 5, overwrite: bool = False) -> Path:
+    """Export TinyNet (a graph artifact taking size x size images) into a repository."""
+    from framewire.exporter.export import export_module
+    from framewire.exporter.writer import Preprocess
+
+    labels = [f"class{i}" for i in range(num_classes)]
+    preprocess = Preprocess(resize_shorter=size + 4, crop=(size, size), mean=(0.5,) * 3, std=(0.25,) * 3)
+    return export_module(
+        TinyNet.build(num_classes=num_classes, seed=seed), name=name, version=version, repo=repo,
+        preprocess=preprocess, labels=labels, max_batch=256, overwrite=overwrite,
+    ).path

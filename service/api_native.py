@@ -1,0 +1,266 @@
+"""The native `framewire.v1.ModelInference` servicer: thin conversion and status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from framewire import __version__
+from framewire.v1 import inference_pb2 as pb
+from framewire.v1 import inference_pb2_grpc
+
+from . import messages
+from .config import ServeConfig
+from .devices import DevicePlan, describe_device
+from .domain import PredictParams
+from .errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError
+from .grpc_errors import rpc, status_code
+from .repository import ModelRepository
+
+log = logging.getLogger("framewire.api")
+
+#: Elements in a raw image tensor, at most (a 40-megapixel RGB image).
+MAX_TENSOR_ELEMENTS = 120_000_000
+
+
+def deadline_of(context) -> float | None:
+    """The call's gRPC deadline on the event loop's clock, if it has one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
+    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state):
+        self.repo = repo
+        self.config = config
+        self.plan = plan
+        self.state = server_state
+        self.max_elements = min(MAX_TENSOR_ELEMENTS, config.max_image_pixels * 4)
+
+    @rpc
+    async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        start = time.perf_counter()
+        params = messages.predict_params(request.options)
+        image = messages.image_input(request.image, max_elements=self.max_elements)
+        async with self.repo.lease(request.model, request.version) as model:
+            served = await model.predict([image], params, deadline=deadline_of(context))
+        return pb.PredictResponse(
+            served_by=messages.served_by(served),
+            prediction=messages.prediction(served.predictions[0]),
+            timing=messages.timing(served, time.perf_counter() - start),
+        )
+
+    @rpc
+    async def BatchPredict(self, request: pb.BatchPredictRequest, context) -> pb.BatchPredictResponse:
+        start = time.perf_counter()
+        if not request.images:
+            raise InvalidInputError("the batch holds no images; send at least one")
+        if len(request.images) > self.config.max_images_per_request:
+            raise InvalidInputError(
+                f"the batch holds {len(request.images)} images; the limit is "
+                f"{self.config.max_images_per_request} per request (--max-images-per-request); split it"
+            )
+        params = messages.predict_params(request.options)
+        images = [
+            messages.image_input(image, max_elements=self.max_elements, where=f"images[{i}]")
+            for i, image in enumerate(request.images)
+        ]
+        async with self.repo.lease(request.model, request.version) as model:
+            served = await model.predict(images, params, deadline=deadline_of(context))
+        return pb.BatchPredictResponse(
+            served_by=messages.served_by(served),
+            predictions=[messages.prediction(p) for p in served.predictions],
+            timing=messages.timing(served, time.perf_counter() - start),
+        )
+
+    async def StreamPredict(self, request_iterator, context) -> None:
+        session = _StreamSession(self, context)
+        try:
+            async for frame in request_iterator:
+                session.accept(frame)
+        finally:
+            await session.finish()
+
+    @rpc
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        response = pb.ListModelsResponse()
+        for name, slots in self.repo.models().items():
+            task = next((s.task for s in slots if s.task), "")
+            response.models.add(name=name, task=task, versions=[messages.version_status(s) for s in slots])
+        return response
+
+    @rpc
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
+        model = self.repo.get(request.model, request.version)
+        info = model.describe()
+        artifact = model.artifact
+        response = pb.GetModelResponse(
+            name=info["name"],
+            version=info["version"],
+            task=info["task"],
+            input=artifact.input,
+            preprocessing=artifact.preprocessing,
+            outputs=list(artifact.output.outputs),
+            label_count=len(model.labels),
+            architecture=info["architecture"],
+            parameter_count=info["parameter_count"],
+            max_batch_size=info["max_batch_size"],
+            serving_dtype=info["serving_dtype"],
+            versions=[messages.version_status(s) for s in self.repo.models().get(model.name, [])],
+        )
+        if request.include_labels:
+            response.labels.extend(model.labels)
+        return response
+
+    @rpc
+    async def GetServerStatus(self, request, context) -> pb.GetServerStatusResponse:
+        response = pb.GetServerStatusResponse(
+            server_version=__version__,
+            device_fallback_reason=self.plan.fallback_reason,
+            uptime_seconds=time.monotonic() - self.state.started,
+            serving=self.state.serving,
+        )
+        for name in self.plan.devices:
+            d = describe_device(name)
+            response.devices.add(
+                name=d["name"], description=d["description"],
+                memory_total_bytes=d["total"], memory_allocated_bytes=d["allocated"],
+            )
+        for slots in self.repo.models().values():
+            for slot in slots:
+                runtime = response.models.add(
+                    model=slot.name, version=slot.version, state=messages.STATES[slot.state], device=slot.device
+                )
+                if slot.served is not None:
+                    stats = slot.served.stats
+                    runtime.queue_depth = slot.served.batcher.queue_depth
+                    runtime.inference_count = stats.inference_count
+                    runtime.execution_count = stats.execution_count
+                    runtime.request_success_count = stats.request_success
+                    runtime.request_failure_count = stats.request_failure
+                    runtime.max_batch_size_seen = stats.max_batch_size_seen
+        return response
+
+
+@dataclass
+class _CameraState:
+    """What a stream id has said so far, and its answers in flight, in order."""
+
+    model: str = ""
+    version: int = 0
+    params: PredictParams = field(default_factory=PredictParams)
+    last_frame: int | None = None
+    pending: asyncio.Queue = field(default_factory=asyncio.Queue)
+    in_flight: int = 0
+    writer: asyncio.Task | None = None
+
+
+class _StreamSession:
+    """One StreamPredict call: frames in, answers out in frame order per stream id."""
+
+    def __init__(self, servicer: NativeServicer, context):
+        self.servicer = servicer
+        self.context = context
+        self.cameras: dict[str, _CameraState] = {}
+        self.write_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task] = set()
+
+    def accept(self, frame: pb.StreamFrame) -> None:
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        camera = self.cameras.get(frame.stream_id)
+        if camera is None:
+            camera = self.cameras[frame.stream_id] = _CameraState()
+            camera.writer = loop.create_task(self._write(camera))
+        problem = self._check(camera, frame)
+        if problem is not None:
+            result = loop.create_future()
+            result.set_result(self._failed(frame, problem))
+        else:
+            camera.in_flight += 1
+            result = loop.create_task(self._run(camera, frame, arrived))
+            self.tasks.add(result)
+            result.add_done_callback(self.tasks.discard)
+        camera.pending.put_nowait(result)
+
+    def _check(self, camera: _CameraState, frame: pb.StreamFrame) -> ServiceError | None:
+        try:
+            if frame.model:
+                camera.model, camera.version = frame.model, frame.version
+            if frame.HasField("options"):
+                camera.params = messages.predict_params(frame.options)
+        except ServiceError as exc:
+            return exc
+        if not camera.model:
+            return InvalidInputError(f"stream {frame.stream_id!r}: the first frame must name a model")
+        if camera.last_frame is not None and frame.frame_number <= camera.last_frame:
+            return InvalidInputError(
+                f"stream {frame.stream_id!r}: frame {frame.frame_number} does not follow frame "
+                f"{camera.last_frame}; frame numbers must increase"
+            )
+        camera.last_frame = frame.frame_number
+        if camera.in_flight >= self.servicer.config.max_stream_in_flight:
+            return LimitExceededError(
+                f"stream {frame.stream_id!r} has {camera.in_flight} frames waiting (limit "
+                f"{self.servicer.config.max_stream_in_flight}, --max-stream-in-flight); send fewer "
+                "frames or skip stale ones"
+            )
+        return None
+
+    async def _run(self, camera: _CameraState, frame: pb.StreamFrame, arrived: float) -> pb.StreamResult:
+        start = time.perf_counter()
+        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else deadline_of(self.context)
+        try:
+            image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
+            async with self.servicer.repo.lease(camera.model, camera.version) as model:
+                served = await model.predict([image], camera.params, deadline=deadline)
+        except ServiceError as exc:
+            result = self._failed(frame, exc)
+            result.skipped = exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)
+            return result
+        except Exception as exc:  # one frame's failure must not end the stream
+            log.exception("stream %r frame %d failed", frame.stream_id, frame.frame_number)
+            return self._failed(frame, InferenceError(f"internal error on this frame: {type(exc).__name__}"))
+        finally:
+            camera.in_flight -= 1
+        return pb.StreamResult(
+            stream_id=frame.stream_id,
+            frame_number=frame.frame_number,
+            served_by=messages.served_by(served),
+            prediction=messages.prediction(served.predictions[0]),
+            timing=messages.timing(served, time.perf_counter() - start),
+            status=pb.FrameStatus(code=0),
+            capture_time_us=frame.capture_time_us,
+        )
+
+    @staticmethod
+    def _failed(frame: pb.StreamFrame, error: ServiceError) -> pb.StreamResult:
+        return pb.StreamResult(
+            stream_id=frame.stream_id,
+            frame_number=frame.frame_number,
+            status=pb.FrameStatus(code=status_code(error).value[0], message=error.message),
+            capture_time_us=frame.capture_time_us,
+        )
+
+    async def _write(self, camera: _CameraState) -> None:
+        while True:
+            result = await camera.pending.get()
+            if result is None:
+                return
+            answer = await result
+            async with self.write_lock:
+                await self.context.write(answer)
+
+    async def finish(self) -> None:
+        """Input ended (or the call was cancelled): answer what is in flight, then stop."""
+        try:
+            for camera in self.cameras.values():
+                camera.pending.put_nowait(None)
+            writers = [c.writer for c in self.cameras.values() if c.writer is not None]
+            if writers:
+                await asyncio.gather(*writers)
+        finally:
+            for task in list(self.tasks) + [c.writer for c in self.cameras.values() if c.writer]:
+                task.cancel()

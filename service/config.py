@@ -1,0 +1,229 @@
+"""Server configuration: one typed object from defaults, a TOML file, the
+environment and flags (later sources win), validated once at start-up.
+
+Every setting is a field of :class:`ServeConfig`; its flag is
+``--field-name`` and its environment variable ``FRAMEWIRE_FIELD_NAME``. A
+TOML file (``--config``) may set any field at top level and override
+batching and version policy per model under ``[model.<name>]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FRAMEWIRE_"
+MIB = 1024 * 1024
+
+#: Settings a model's TOML table (`[model.<name>]`) may override.
+PER_MODEL_FIELDS = (
+    "version_policy",
+    "max_batch_size",
+    "max_queue_delay_us",
+    "max_queue_size",
+    "preferred_batch_sizes",
+    "instances_per_device",
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the setting and the value."""
+
+
+def setting(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ServeConfig:
+    """Everything `framewire serve` can be told."""
+
+    repo: str = setting("models", "model repository: <repo>/<model>/<version>/model.fwa")
+    models: list[str] = field(default_factory=list, metadata={"help": "serve only these models (comma-separated); default all"})
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    port: int = setting(8500, "gRPC port (0 picks a free one)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto: every visible GPU, else the CPU)")
+    dtype: str = setting("auto", "auto | float32 | float16 | bfloat16 (auto: float16 on CUDA, float32 on CPU)")
+    runner: str = setting("process", "process: each model instance runs in its own worker process (a crash "
+                          "cannot take the server down, and the network never waits for the event loop's GIL); "
+                          "thread: in the server process (lighter for many small models)")
+    instances_per_device: int = setting(1, "model instances per device; each batch goes to a free one")
+    channels_last: bool = setting(True, "run convolutions in channels_last memory format")
+    cpu_threads: int = setting(0, "torch intra-op threads on the CPU (0: torch's default)")
+    decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
+    max_batch_size: int = setting(32, "largest device batch")
+    max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
+    preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"help": "batch sizes to prefer when the queue holds fewer than the maximum (comma-separated)"})
+    max_queue_size: int = setting(1024, "images a model may have waiting; beyond, requests get UNAVAILABLE at once")
+    pipeline_depth: int = setting(-1, "batches formed ahead while the device is busy (-1: 1 on CUDA, 0 on the CPU)")
+    max_message_bytes: int = setting(64 * MIB, "largest gRPC message, in bytes")
+    max_image_bytes: int = setting(32 * MIB, "largest encoded image, in bytes")
+    max_image_pixels: int = setting(40_000_000, "largest image, in pixels (guards against decompression bombs)")
+    max_images_per_request: int = setting(256, "most images in one BatchPredict request")
+    max_stream_in_flight: int = setting(64, "most frames of one stream id waiting for an answer")
+    max_artifact_bytes: int = setting(2 * 1024 * MIB - 1, "largest artifact file the loader reads")
+    poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
+    version_policy: str = setting("latest:1", "versions to serve: latest:N | all | specific:V1,V2")
+    warmup: bool = setting(True, "run every batch size once before a version takes traffic")
+    drain_seconds: float = setting(30.0, "on SIGTERM/SIGINT, how long in-flight work may take to finish")
+    reflection: bool = setting(True, "enable gRPC server reflection (grpcurl can list and call)")
+    log_level: str = setting("info", "debug | info | warning | error")
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
+
+    def validate(self) -> "ServeConfig":
+        """Check every value once; raise ConfigError naming the bad one."""
+        def need(cond: bool, name: str, message: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {message}")
+
+        need(bool(self.repo), "repo", "a model repository directory is required")
+        need(0 <= self.port <= 65535, "port", "must be 0..65535")
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device", "use auto, cpu, cuda or cuda:N")
+        need(self.dtype in ("auto", "float32", "float16", "bfloat16"), "dtype", "use auto, float32, float16 or bfloat16")
+        need(self.runner in ("process", "thread"), "runner", "use process or thread")
+        need(self.instances_per_device >= 1, "instances_per_device", "must be at least 1")
+        need(self.cpu_threads >= 0, "cpu_threads", "must be 0 (default) or more")
+        need(self.decode_threads >= 0, "decode_threads", "must be 0 (auto) or more")
+        need(1 <= self.max_batch_size <= 4096, "max_batch_size", "must be 1..4096")
+        need(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must not be negative")
+        need(all(1 <= s <= self.max_batch_size for s in self.preferred_batch_sizes),
+             "preferred_batch_sizes", f"each must be 1..max_batch_size ({self.max_batch_size})")
+        need(self.max_queue_size >= self.max_batch_size, "max_queue_size", f"must be at least max_batch_size ({self.max_batch_size})")
+        need(self.pipeline_depth >= -1, "pipeline_depth", "must be -1 (auto) or more")
+        need(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024")
+        need(self.max_image_bytes >= 1, "max_image_bytes", "must be positive")
+        need(self.max_image_pixels >= 1, "max_image_pixels", "must be positive")
+        need(self.max_images_per_request >= 1, "max_images_per_request", "must be positive")
+        need(self.max_stream_in_flight >= 1, "max_stream_in_flight", "must be positive")
+        need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
+        need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")
+        need(self.drain_seconds >= 0, "drain_seconds", "must not be negative")
+        need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "use debug, info, warning or error")
+        parse_version_policy(self.version_policy)
+        for model, overrides in self.model_overrides.items():
+            unknown = sorted(set(overrides) - set(PER_MODEL_FIELDS))
+            if unknown:
+                raise ConfigError(
+                    f"[model.{model}] sets {unknown}; a model table may set only {list(PER_MODEL_FIELDS)}"
+                )
+            dataclasses.replace(self, model_overrides={}, **overrides).validate()
+        return self
+
+    def for_model(self, name: str) -> "ServeConfig":
+        """This config with the model's TOML overrides applied."""
+        overrides = self.model_overrides.get(name)
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    @property
+    def max_queue_delay(self) -> float:
+        return self.max_queue_delay_us / 1e6
+
+
+def parse_version_policy(text: str) -> tuple[str, tuple[int, ...]]:
+    """("latest", (N,)), ("all", ()) or ("specific", (v1, v2, ...))."""
+    match = re.fullmatch(r"latest(?::(\d+))?|all|specific:(\d+(?:,\d+)*)", text.strip())
+    if not match:
+        raise ConfigError(f"version_policy={text!r}: use latest:N, all or specific:V1,V2")
+    if text.startswith("latest"):
+        n = int(match.group(1) or 1)
+        if n < 1:
+            raise ConfigError(f"version_policy={text!r}: latest:N needs N >= 1")
+        return "latest", (n,)
+    if text == "all":
+        return "all", ()
+    return "specific", tuple(int(v) for v in match.group(2).split(","))
+
+
+def _public_fields():
+    return [f for f in fields(ServeConfig) if not f.metadata.get("internal")]
+
+
+def _convert(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Coerce a raw value (string from env/flags, or TOML value) to the field's type."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("list"):
+            items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            return [int(v) for v in items] if "int" in kind else [str(v).strip() for v in items]
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("not a boolean")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}={value!r} (from {source}): expected {kind}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting, documented with its default and env var."""
+    parser.add_argument("--config", help="TOML file with settings (flags and environment override it)")
+    for f in _public_fields():
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{f.metadata['help']} [default {default!r}; env {env}]"
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=text)
+
+
+def load_config(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> ServeConfig:
+    """Defaults < TOML file < environment < flags, then validate."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    overrides: dict[str, dict[str, Any]] = {}
+    by_name = {f.name: f for f in _public_fields()}
+
+    config_file = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        data = _read_toml(config_file)
+        for key, value in data.items():
+            if key == "model" and isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
+                for model, table in value.items():
+                    overrides[model] = {
+                        k: _convert(by_name[k], v, f"{config_file} [model.{model}]") if k in by_name else v
+                        for k, v in table.items()
+                    }
+                continue
+            if key not in by_name:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[key] = _convert(by_name[key], value, config_file)
+    for name, f in by_name.items():
+        env = ENV_PREFIX + name.upper()
+        if env in environ:
+            values[name] = _convert(f, environ[env], f"${env}")
+    if args is not None:
+        for name, f in by_name.items():
+            raw = getattr(args, name, None)
+            if raw is not None:
+                values[name] = _convert(f, raw, "--" + name.replace("_", "-"))
+    return ServeConfig(**values, model_overrides=overrides).validate()
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None

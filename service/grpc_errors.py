@@ -1,0 +1,30 @@
+"""Mapping domain errors to gRPC statuses, in one place."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from .errors import ServiceError
+
+log = logging.getLogger("framewire.api")
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.code]
+
+
+def rpc(method):
+    """Servicer decorator: a ServiceError becomes its status code and message."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServiceError as exc:
+            log.debug("%s -> %s: %s", method.__name__, exc.code, exc.message)
+            await context.abort(status_code(exc), exc.message)
+
+    return wrapper

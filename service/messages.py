@@ -1,0 +1,104 @@
+"""Native API protobuf <-> domain conversion (no model logic)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from framewire.v1 import artifact_pb2 as apb
+from framewire.v1 import inference_pb2 as pb
+
+from .domain import ImageInput, ImagePrediction, PredictParams, Served
+from .errors import InvalidInputError
+from .repository import ModelState, VersionSlot
+
+_TENSOR_DTYPES = {apb.DATA_TYPE_UINT8: "uint8", apb.DATA_TYPE_FLOAT32: "float32"}
+_RAW_DTYPES = {np.dtype("float32"): apb.DATA_TYPE_FLOAT32, np.dtype("int64"): apb.DATA_TYPE_INT64}
+STATES = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
+    ModelState.DRAINING: pb.MODEL_STATE_DRAINING,
+}
+
+
+def image_input(image: pb.Image, *, max_elements: int, where: str = "image") -> ImageInput:
+    """A protobuf Image as a checked ImageInput."""
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return ImageInput.encoded(image.encoded)
+    if kind == "tensor":
+        tensor = image.tensor
+        dtype = _TENSOR_DTYPES.get(tensor.dtype)
+        if dtype is None:
+            name = apb.DataType.Name(tensor.dtype) if tensor.dtype in apb.DataType.values() else str(tensor.dtype)
+            raise InvalidInputError(
+                f"{where}: tensor dtype {name} is not accepted; send DATA_TYPE_UINT8 [H, W, 3] "
+                "RGB or DATA_TYPE_FLOAT32 [3, H, W] preprocessed"
+            )
+        try:
+            return ImageInput.from_tensor(dtype, tuple(tensor.shape), tensor.data, max_elements=max_elements)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc.message}") from None
+    raise InvalidInputError(f"{where} is empty; set `encoded` (JPEG/PNG/WebP/BMP bytes) or `tensor`")
+
+
+def predict_params(options: pb.PredictOptions) -> PredictParams:
+    if options.top_k > 1000:
+        raise InvalidInputError(f"top_k={options.top_k} is too large; at most 1000")
+    if not 0.0 <= options.score_threshold <= 1.0:
+        raise InvalidInputError(f"score_threshold={options.score_threshold} must be within [0, 1]")
+    return PredictParams(
+        top_k=options.top_k or 5,
+        return_raw=options.return_raw,
+        score_threshold=options.score_threshold if options.HasField("score_threshold") else 0.5,
+        max_detections=options.max_detections or 100,
+    )
+
+
+def prediction(pred: ImagePrediction) -> pb.Prediction:
+    out = pb.Prediction(image_width=pred.width, image_height=pred.height)
+    if pred.classes is not None:
+        out.classification.classes.extend(
+            pb.ClassScore(index=c.index, label=c.label, score=c.score, logit=c.logit) for c in pred.classes
+        )
+    elif pred.embedding is not None:
+        out.embedding.values.extend(pred.embedding)
+    elif pred.detections is not None:
+        out.detections.SetInParent()
+        for d in pred.detections:
+            x1, y1, x2, y2 = d.box
+            out.detections.detections.add(
+                box=pb.Box(x_min=x1, y_min=y1, x_max=x2, y_max=y2),
+                label_index=d.label_index,
+                label=d.label,
+                score=d.score,
+            )
+    for name, array in pred.raw.items():
+        array = np.ascontiguousarray(array)
+        out.raw_outputs.add(
+            name=name,
+            tensor=pb.Tensor(
+                dtype=_RAW_DTYPES[array.dtype], shape=list(array.shape), data=array.astype(array.dtype.newbyteorder("<")).tobytes()
+            ),
+        )
+    return out
+
+
+def served_by(served: Served) -> pb.ServedBy:
+    return pb.ServedBy(model=served.model, version=served.version, device=served.device)
+
+
+def timing(served: Served, total_seconds: float) -> pb.Timing:
+    return pb.Timing(
+        preprocess_us=int(served.preprocess_seconds * 1e6),
+        queue_us=int(served.queue_seconds * 1e6),
+        compute_us=int(served.compute_seconds * 1e6),
+        total_us=int(total_seconds * 1e6),
+        batch_size=served.batch_size,
+    )
+
+
+def version_status(slot: VersionSlot) -> pb.ModelVersionStatus:
+    return pb.ModelVersionStatus(
+        version=slot.version, state=STATES[slot.state], reason=slot.reason, device=slot.device
+    )

@@ -1,0 +1,201 @@
+"""A served model version: preprocessing, its batcher, its runner, its stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+from framewire.exporter import format as fmt
+from framewire.exporter import load_model, read_artifact
+from framewire.v1 import artifact_pb2 as pb
+
+from . import postprocess
+from .batcher import DynamicBatcher
+from .config import ServeConfig
+from .devices import DevicePlan
+from .domain import ImageInput, ImagePrediction, PredictParams, Served
+from .errors import InvalidInputError
+from .preprocess import Geometry, PreprocessSpec, check_pixels, decode_image, prepare
+from .runner import ModelRunner
+from .stats import ModelStats
+from .worker_runner import ProcessRunner
+
+log = logging.getLogger("framewire.model")
+
+#: Image size used to warm up detection models (they take any size).
+DETECTION_WARMUP_SHAPE = (3, 320, 320)
+
+
+class ServedModel:
+    """One model version, from image bytes to predictions."""
+
+    def __init__(self, artifact: pb.ModelArtifact, path: str, runner, config: ServeConfig, plan: DevicePlan,
+                 decode_pool: Executor):
+        self.name = artifact.name
+        self.version = artifact.version
+        self.path = path
+        self.artifact = artifact
+        self.task = fmt.TASK_NAMES[artifact.task]
+        self.labels = list(artifact.output.labels)
+        self.spec = PreprocessSpec.from_artifact(artifact)
+        self.config = config
+        self._decode_pool = decode_pool
+        self.max_batch_size = min(config.max_batch_size, artifact.input.max_batch)
+        self.stats = ModelStats()
+        self.runner = runner
+        self.on_cuda = plan.on_cuda
+        depth = config.pipeline_depth if config.pipeline_depth >= 0 else (1 if plan.on_cuda else 0)
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=self.max_batch_size,
+            max_delay=config.max_queue_delay,
+            max_queue_size=config.max_queue_size,
+            max_concurrent_batches=len(self.runner.instances) + depth,
+            preferred_batch_sizes=[s for s in config.preferred_batch_sizes if s <= self.max_batch_size],
+            name=f"{self.name}:{self.version}",
+            on_batch=self.stats.record_batch,
+        )
+
+    @property
+    def device(self) -> str:
+        return self.runner.device_label
+
+    def warm_up(self) -> None:
+        """Start the runner and run the batch sizes this model will see, once
+        each (blocking; with --no-warmup the runner only starts)."""
+        sizes, size = [], 1
+        while size < self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.max_batch_size)
+        if self.task == "detection":
+            sizes, shape = [1, min(2, self.max_batch_size)], DETECTION_WARMUP_SHAPE
+        else:
+            shape = (self.spec.channels, self.spec.height, self.spec.width)
+        if not self.on_cuda:
+            sizes = sorted({1, self.max_batch_size})
+        self.runner.warm_up(sizes if self.config.warmup else [], shape)
+
+    def start(self) -> None:
+        self.runner.start()
+        self.batcher.start()
+
+    async def close(self, *, drain: bool = True) -> None:
+        await self.batcher.close(drain=drain)
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
+
+    async def predict(
+        self,
+        images: list[ImageInput],
+        params: PredictParams,
+        *,
+        deadline: float | None = None,
+        priority: int = 0,
+    ) -> Served:
+        """Preprocess, batch, run and postprocess `images`, answers in order."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            prepared = await asyncio.gather(*(self._prepare_async(loop, image) for image in images))
+            preprocess_seconds = time.perf_counter() - started
+            items = [(tensor, geometry, params) for tensor, geometry in prepared]
+            results = await self.batcher.submit(items, deadline=deadline, priority=priority)
+        except BaseException:
+            self.stats.record_request(False)
+            raise
+        self.stats.record_request(True)
+        return Served(
+            model=self.name,
+            version=self.version,
+            device=self.device,
+            predictions=[r.value for r in results],
+            preprocess_seconds=preprocess_seconds,
+            queue_seconds=max(r.queue_seconds for r in results),
+            compute_seconds=max(r.compute_seconds for r in results),
+            batch_size=max(r.batch_size for r in results),
+        )
+
+    async def _prepare_async(self, loop, image: ImageInput):
+        # A preprocessed tensor is only checked and copied: cheaper than a
+        # trip through the thread pool.
+        if image.kind == "float32":
+            return self.prepare_input(image)
+        return await loop.run_in_executor(self._decode_pool, self.prepare_input, image)
+
+    async def _run_batch(self, items: list) -> list[ImagePrediction]:
+        """The batch function: run the tensors, answer each image in the instance's thread."""
+        return await self.runner.run([tensor for tensor, _, _ in items], finish=lambda out: self._answer(out, items))
+
+    def _answer(self, output, items: list) -> list[ImagePrediction]:
+        geometries = [geometry for _, geometry, _ in items]
+        params = [p for _, _, p in items]
+        if self.task == "classification":
+            return postprocess.classification(output, self.labels, params, geometries)
+        if self.task == "embedding":
+            return [postprocess.embedding(row, p, g) for row, p, g in zip(output, params, geometries)]
+        return [postprocess.detection(d, self.labels, p, g) for d, p, g in zip(output, params, geometries)]
+
+    def prepare_input(self, image: ImageInput):
+        """One image to a float32 CHW tensor and its Geometry (runs in the decode pool)."""
+        import torch
+
+        limits = self.config
+        if image.kind == "encoded":
+            rgb = decode_image(image.data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_image_bytes)
+            return prepare(rgb, self.spec)
+        array = image.array
+        if image.kind == "uint8":
+            check_pixels(array.shape[0], array.shape[1], limits.max_image_pixels)
+            return prepare(array, self.spec)
+        channels, height, width = array.shape
+        expected = (self.spec.channels, self.spec.height, self.spec.width)
+        if self.task == "detection":
+            if channels != self.spec.channels:
+                raise InvalidInputError(
+                    f"float tensor has {channels} channels; model {self.name} takes {self.spec.channels}"
+                )
+            check_pixels(height, width, limits.max_image_pixels)
+        elif (channels, height, width) != expected:
+            raise InvalidInputError(
+                f"float tensor is {list(array.shape)}; model {self.name} takes {list(expected)} "
+                "already preprocessed (send UINT8 [H, W, 3] or encoded bytes to have the server "
+                "resize and normalise)"
+            )
+        tensor = torch.from_numpy(array.copy())
+        return tensor, Geometry(height, width, 1.0, 1.0, 0, 0)
+
+    def describe(self) -> dict:
+        """Metadata for GetModel."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "architecture": fmt.architecture_summary(self.artifact),
+            "parameter_count": self.artifact.parameter_count,
+            "max_batch_size": self.max_batch_size,
+            "serving_dtype": self.runner.dtype_name,
+        }
+
+
+def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor) -> ServedModel:
+    """Read an artifact and give it a runner: worker processes (`--runner
+    process`) or instances in this process (`--runner thread`)."""
+    if config.runner == "thread":
+        loaded = load_model(path, max_bytes=config.max_artifact_bytes)
+        runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
+                             instances_per_device=config.instances_per_device, channels_last=config.channels_last)
+        artifact = loaded.artifact
+    else:
+        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes)
+        artifact.ClearField("weights")
+        if artifact.WhichOneof("architecture") == "graph":
+            artifact.graph.ClearField("program_json")
+        runner = ProcessRunner(
+            f"{artifact.name}:{artifact.version}", str(path), task=fmt.TASK_NAMES[artifact.task],
+            devices=plan.devices, dtype=plan.dtype, instances_per_device=config.instances_per_device,
+            channels_last=config.channels_last, cpu_threads=config.cpu_threads,
+            max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
+        )
+    return ServedModel(artifact, str(path), runner, config, plan, decode_pool)

@@ -1,0 +1,177 @@
+"""The gRPC server: wiring, health, reflection, start-up and graceful drain.
+
+`FramewireServer(config)` builds everything; `await start()` binds the port
+(port 0 picks a free one, see `.port`), starts serving health checks at once
+(NOT_SERVING), loads and warms the models, then reports SERVING. `await
+stop(grace)` reports NOT_SERVING, refuses new calls, lets in-flight ones
+finish within `grace` seconds and unloads the models. `serve(config)` runs
+one until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from framewire import __version__
+from framewire.v1 import inference_pb2, inference_pb2_grpc
+
+from .api_native import NativeServicer
+from .config import ServeConfig
+from .devices import plan_devices
+from .interceptors import LastResortInterceptor
+from .model import ServedModel, build_served_model
+from .repository import ModelRepository
+
+log = logging.getLogger("framewire.server")
+
+#: Health service name of one model: SERVING while it has a READY version.
+MODEL_HEALTH_PREFIX = "framewire.model."
+NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["ModelInference"].full_name
+
+
+@dataclass
+class ServerState:
+    started: float = field(default_factory=time.monotonic)
+    serving: bool = False
+
+
+class FramewireServer:
+    """One framewire server process; see the module doc."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        import torch
+
+        if config.runner == "process":
+            # Networks run in worker processes; here torch only preprocesses,
+            # one image per decode thread. One intra-op thread each keeps
+            # OpenMP teams from spinning on cores the workers need.
+            torch.set_num_threads(1)
+        elif config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
+        self.plan = plan_devices(config.device, config.dtype)
+        log.info("devices: %s (%s)%s", self.plan.label, self.plan.dtype,
+                 f"; CPU fallback: {self.plan.fallback_reason}" if self.plan.fallback_reason else "")
+        workers = config.decode_threads or min(8, os.cpu_count() or 1)
+        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.state = ServerState()
+        self.repo = ModelRepository(config, self._build_model, on_change=self._health_changed)
+        self.health = health_aio.HealthServicer()
+        self._health_names: set[str] = set()
+        self._health_dirty = asyncio.Event()
+        self._health_task: asyncio.Task | None = None
+        self.port: int | None = None
+
+        limit = config.max_message_bytes
+        self.grpc = grpc.aio.server(
+            interceptors=[LastResortInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.native = NativeServicer(self.repo, config, self.plan, self.state)
+        inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.service_names = [NATIVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+
+    def add_service_name(self, name: str) -> None:
+        """Register a further service's full name (for reflection and health)."""
+        self.service_names.append(name)
+
+    def _build_model(self, path: Path) -> ServedModel:
+        model_config = self.config.for_model(path.parent.parent.name)
+        return build_served_model(path, model_config, self.plan, self.decode_pool)
+
+    async def start(self) -> int:
+        """Bind, serve health at once, load the models, then report SERVING."""
+        if self.config.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection([*self.service_names, reflection.SERVICE_NAME], self.grpc)
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if not self.port:
+            raise OSError(f"cannot listen on {address}; is the port in use?")
+        await self.grpc.start()
+        await self._sync_health()
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        log.info("listening on %s:%d (framewire %s); loading models from %s",
+                 self.config.host, self.port, __version__, self.config.repo)
+        await self.repo.start()
+        self.state.serving = True
+        await self._sync_health()
+        log.info("serving: %s", ", ".join(f"{n} v{s[0].version}" for n, s in self.repo.models().items()) or "no models")
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls, finish in-flight ones within `grace`, unload."""
+        grace = self.config.drain_seconds if grace is None else grace
+        self.state.serving = False
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: refusing new calls, waiting up to %.0fs for in-flight ones", grace)
+        await self.grpc.stop(grace)
+        await self.repo.close()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        self.decode_pool.shutdown(wait=True)
+        log.info("stopped")
+
+    def _health_changed(self) -> None:
+        self._health_dirty.set()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self._health_dirty.wait()
+            self._health_dirty.clear()
+            await self._sync_health()
+
+    async def _sync_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        up = self.state.serving and self.repo.ready
+        for name in ("", *self.service_names):
+            await self.health.set(name, serving if up else not_serving)
+        models = self.repo.models()
+        names = {MODEL_HEALTH_PREFIX + n for n in models}
+        for name in names | self._health_names:
+            model = name[len(MODEL_HEALTH_PREFIX):]
+            ok = self.state.serving and any(s.state.value == "READY" for s in models.get(model, []))
+            await self.health.set(name, serving if ok else not_serving)
+        self._health_names = names
+
+
+async def serve(config: ServeConfig) -> int:
+    """Run a server until SIGTERM or SIGINT, then drain; returns the exit code."""
+    server = FramewireServer(config)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    starting = loop.create_task(server.start())
+    done, _ = await asyncio.wait({starting, loop.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done:
+        starting.result()
+        await stopping.wait()
+    else:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+    log.info("signal received")
+    await server.stop(config.drain_seconds)
+    return 0

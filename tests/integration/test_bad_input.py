@@ -1,0 +1,136 @@
+"""Bad input: each gets its precise status and message, and the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from framewire.client import FramewireError
+from framewire.v1 import artifact_pb2 as apb
+from framewire.v1 import inference_pb2 as pb
+from support.images import encode, png_claiming, random_image
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def raw(stub_method, request):
+    try:
+        stub_method(request, timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    raise AssertionError("the call succeeded")
+
+
+@pytest.fixture
+def stub(client):
+    return client.stub
+
+
+@pytest.fixture(autouse=True)
+def still_serving(client):
+    yield
+    assert client.predict(encode(random_image(0)), model="tiny").classes  # the server still answers
+
+
+def tensor_image(dtype, shape, data) -> pb.Image:
+    return pb.Image(tensor=pb.Tensor(dtype=dtype, shape=shape, data=data))
+
+
+def predict(model="tiny", image=None, version=0):
+    return pb.PredictRequest(model=model, version=version, image=image or pb.Image(encoded=encode(random_image(1))))
+
+
+def test_a_corrupt_jpeg(stub, chelsea_jpeg):
+    code, message = raw(stub.Predict, predict(image=pb.Image(encoded=chelsea_jpeg[: len(chelsea_jpeg) // 3])))
+    assert code == INVALID and "corrupt or truncated" in message
+    garbage = b"\xff\xd8\xff\xe0" + bytes(range(200))
+    code, message = raw(stub.Predict, predict(image=pb.Image(encoded=garbage)))
+    assert code == INVALID and "not a readable JPEG, PNG, WebP or BMP" in message
+
+
+def test_a_zero_byte_image(stub):
+    code, message = raw(stub.Predict, predict(image=pb.Image(encoded=b"")))
+    assert code == INVALID and "image is empty" in message
+
+
+def test_an_image_with_no_data_at_all(stub):
+    code, message = raw(stub.Predict, predict(image=pb.Image()))
+    assert code == INVALID and "image is empty; set `encoded`" in message
+
+
+def test_a_png_claiming_100000_by_100000_pixels(stub):
+    code, message = raw(stub.Predict, predict(image=pb.Image(encoded=png_claiming(100000, 100000))))
+    assert code == INVALID
+    assert "100000x100000 pixels" in message and "--max-image-pixels" in message
+
+
+def test_a_tensor_whose_byte_count_disagrees_with_its_shape(stub):
+    image = tensor_image(apb.DATA_TYPE_UINT8, [10, 10, 3], bytes(299))
+    code, message = raw(stub.Predict, predict(image=image))
+    assert code == INVALID and "needs 300 bytes but 299 were sent" in message
+
+
+def test_a_float_tensor_of_the_wrong_size(stub):
+    data = np.zeros((3, 20, 20), np.float32).tobytes()
+    code, message = raw(stub.Predict, predict(image=tensor_image(apb.DATA_TYPE_FLOAT32, [3, 20, 20], data)))
+    assert code == INVALID and "float tensor is [3, 20, 20]; model tiny takes [3, 32, 32]" in message
+
+
+def test_a_tensor_of_an_unaccepted_dtype(stub):
+    code, message = raw(stub.Predict, predict(image=tensor_image(apb.DATA_TYPE_INT64, [2, 2, 3], bytes(96))))
+    assert code == INVALID and "DATA_TYPE_INT64 is not accepted" in message
+
+
+def test_a_uint8_tensor_that_is_not_rgb(stub):
+    code, message = raw(stub.Predict, predict(image=tensor_image(apb.DATA_TYPE_UINT8, [4, 4], bytes(16))))
+    assert code == INVALID and "[H, W, 3]" in message
+
+
+def test_an_unknown_model(stub):
+    code, message = raw(stub.Predict, predict(model="no_such_model"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "'no_such_model' is not served here" in message and "tiny" in message
+
+
+def test_an_unknown_version(stub):
+    code, message = raw(stub.Predict, predict(version=42))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "no version 42" in message and "1 READY" in message
+
+
+def test_an_empty_batch(stub):
+    code, message = raw(stub.BatchPredict, pb.BatchPredictRequest(model="tiny"))
+    assert code == INVALID and "holds no images" in message
+
+
+def test_too_many_images(stub):
+    image = pb.Image(encoded=encode(random_image(2, 8, 8)))
+    code, message = raw(stub.BatchPredict, pb.BatchPredictRequest(model="tiny", images=[image] * 17))
+    assert code == INVALID and "17 images; the limit is 16" in message
+
+
+def test_a_bad_image_in_a_batch_names_its_index(stub):
+    good = pb.Image(encoded=encode(random_image(2)))
+    code, message = raw(stub.BatchPredict, pb.BatchPredictRequest(model="tiny", images=[good, pb.Image(), good]))
+    assert code == INVALID and message.startswith("images[1]")
+
+
+def test_a_message_over_the_size_limit(stub):
+    big = pb.Image(encoded=b"\xff" * (5 * 1024 * 1024))
+    code, message = raw(stub.Predict, predict(image=big))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in message
+
+
+def test_a_top_k_that_is_too_large(stub):
+    request = predict()
+    request.options.top_k = 5000
+    code, message = raw(stub.Predict, request)
+    assert code == INVALID and "top_k=5000" in message
+
+
+def test_the_client_raises_a_typed_error(client):
+    with pytest.raises(FramewireError) as info:
+        client.predict(b"", model="tiny")
+    assert info.value.code == INVALID and info.value.request_id

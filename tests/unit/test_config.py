@@ -1,0 +1,93 @@
+"""ServeConfig: defaults < TOML < environment < flags, validated with the bad value named."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from framewire.service.config import ConfigError, ServeConfig, add_arguments, load_config, parse_version_policy
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_defaults_are_valid():
+    config = load_config(parse(), environ={})
+    assert config.max_batch_size == 32 and config.device == "auto" and config.version_policy == "latest:1"
+
+
+def test_file_then_environment_then_flags(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text('max_batch_size = 8\nport = 9000\nmodels = ["a", "b"]\nwarmup = false\n'
+                    '[model.a]\nversion_policy = "all"\nmax_queue_delay_us = 10\n')
+    config = load_config(
+        parse("--config", str(toml), "--port", "9100"),
+        environ={"FRAMEWIRE_PORT": "9050", "FRAMEWIRE_MAX_QUEUE_SIZE": "77", "FRAMEWIRE_CHANNELS_LAST": "false"},
+    )
+    assert config.port == 9100  # flag beats environment and file
+    assert config.max_queue_size == 77 and config.channels_last is False  # environment
+    assert config.max_batch_size == 8 and config.models == ["a", "b"] and config.warmup is False  # file
+    a = config.for_model("a")
+    assert a.version_policy == "all" and a.max_queue_delay_us == 10 and a.max_batch_size == 8
+    assert config.for_model("b").version_policy == "latest:1"
+
+
+def test_list_flags_split_on_commas():
+    config = load_config(parse("--models", "x,y", "--preferred-batch-sizes", "4,8"), environ={})
+    assert config.models == ["x", "y"] and config.preferred_batch_sizes == [4, 8]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--max-batch-size", "0"), "max_batch_size=0: must be 1..4096"),
+    (("--device", "tpu"), "device='tpu': use auto, cpu, cuda or cuda:N"),
+    (("--dtype", "int8"), "dtype='int8'"),
+    (("--port", "70000"), "port=70000"),
+    (("--max-queue-size", "4", "--max-batch-size", "8"), "max_queue_size=4: must be at least max_batch_size (8)"),
+    (("--version-policy", "newest"), "version_policy='newest'"),
+    (("--preferred-batch-sizes", "64", "--max-batch-size", "32"), "preferred_batch_sizes"),
+    (("--max-batch-size", "lots"), "max_batch_size='lots' (from --max-batch-size): expected int"),
+])
+def test_bad_values_are_named(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(parse(*flags), environ={})
+
+
+def test_bad_environment_values_name_the_variable():
+    with pytest.raises(ConfigError, match=r"\$FRAMEWIRE_WARMUP"):
+        load_config(parse(), environ={"FRAMEWIRE_WARMUP": "maybe"})
+
+
+def test_unknown_file_settings_are_refused(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text("max_batch = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'max_batch'"):
+        load_config(parse("--config", str(toml)), environ={})
+    toml.write_text("[model.a]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"\[model.a\] sets \['port'\]"):
+        load_config(parse("--config", str(toml)), environ={})
+    toml.write_text("this is not toml [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(parse("--config", str(toml)), environ={})
+
+
+def test_version_policies():
+    assert parse_version_policy("latest") == ("latest", (1,))
+    assert parse_version_policy("latest:3") == ("latest", (3,))
+    assert parse_version_policy("all") == ("all", ())
+    assert parse_version_policy("specific:1,4") == ("specific", (1, 4))
+    with pytest.raises(ConfigError):
+        parse_version_policy("latest:0")
+
+
+def test_every_setting_has_a_documented_flag():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    for name in ServeConfig.__dataclass_fields__:
+        if name != "model_overrides":
+            assert "--" + name.replace("_", "-") in text
+            assert "FRAMEWIRE_" + name.upper() in text
