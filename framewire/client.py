@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 
+from framewire.results import ClassScore, Detection
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
@@ -39,22 +40,6 @@ class FramewireError(Exception):
         self.message = message
         self.request_id = request_id
         super().__init__(f"{code.name}: {message}")
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    score: float
-    logit: float
-
-
-@dataclass(frozen=True)
-class Detection:
-    box: tuple[float, float, float, float]
-    label_index: int
-    label: str
-    score: float
 
 
 @dataclass

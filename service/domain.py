@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from framewire.results import ClassScore, Detection
+
 from .errors import InvalidInputError
 
 #: Element sizes of the raw tensor dtypes clients may send.
@@ -83,22 +85,6 @@ class PredictParams:
     max_detections: int = 100
 
 
-@dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    score: float
-    logit: float
-
-
-@dataclass(frozen=True)
-class DetectedObject:
-    box: tuple[float, float, float, float]
-    label_index: int
-    label: str
-    score: float
-
-
 @dataclass
 class ImagePrediction:
     """The answer for one image; exactly one of the three results is set."""
@@ -107,7 +93,7 @@ class ImagePrediction:
     height: int
     classes: list[ClassScore] | None = None
     embedding: list[float] | None = None
-    detections: list[DetectedObject] | None = None
+    detections: list[Detection] | None = None
     raw: dict[str, np.ndarray] = field(default_factory=dict)
 
 

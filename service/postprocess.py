@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .domain import ClassScore, DetectedObject, ImagePrediction, PredictParams
+from framewire.results import ClassScore, Detection
+
+from .domain import ImagePrediction, PredictParams
 from .preprocess import Geometry
 
 
@@ -57,7 +59,7 @@ def detection(output: dict, labels: list[str], params: PredictParams, geometry: 
             break
         box = geometry.to_original(tuple(float(v) for v in boxes[i].tolist()))
         index = int(label_ids[i])
-        found.append(DetectedObject(box, index, _label(labels, index), score))
+        found.append(Detection(box, index, _label(labels, index), score))
     pred = ImagePrediction(geometry.original_width, geometry.original_height, detections=found)
     if params.return_raw:
         pred.raw = {"boxes": boxes.numpy(), "labels": label_ids.numpy(), "scores": scores.numpy()}

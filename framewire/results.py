@@ -1,0 +1,26 @@
+"""Result records shared by the server and the client (plain Python, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of a classification: its index, label, probability and logit."""
+
+    index: int
+    label: str
+    score: float
+    logit: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: an (x_min, y_min, x_max, y_max) box in original
+    image pixels, its label and its score."""
+
+    box: tuple[float, float, float, float]
+    label_index: int
+    label: str
+    score: float
