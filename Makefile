@@ -33,6 +33,7 @@ $(VENV_PROTOC)/bin/python:
 protos: $(VENV_PROTOC)/bin/python
 	$(VENV_PROTOC)/bin/python -m grpc_tools.protoc -Iprotos \
 		--python_out=protos --pyi_out=protos --grpc_python_out=protos $(PROTO_FILES)
+	$(VENV_PROTOC)/bin/python protos/private_pool.py protos/framewire/oip/*_pb2.py
 
 test:
 	$(PYTHON) -m pytest

@@ -162,8 +162,8 @@ class DynamicBatcher:
             raise RuntimeError("DynamicBatcher.start() was not called")
         if self._live + len(items) > self.max_queue_size:
             raise QueueFullError(
-                f"queue of model {self.name} is full ({self._live} of {self.max_queue_size} images "
-                f"waiting, {len(items)} more asked); retry with backoff"
+                f"Exceeds maximum queue size: the queue of model {self.name} is full ({self._live} of "
+                f"{self.max_queue_size} images waiting, {len(items)} more asked); retry with backoff"
             )
         loop = asyncio.get_running_loop()
         now = loop.time()

@@ -66,6 +66,12 @@ class LimitExceededError(ServiceError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class ModelLoadError(ServiceError):
+    """A model asked to load could not be (its reason says why)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class InferenceError(ServiceError):
     """The model failed while running a batch."""
 

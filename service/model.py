@@ -103,10 +103,9 @@ class ServedModel:
             items = [(tensor, geometry, params) for tensor, geometry in prepared]
             results = await self.batcher.submit(items, deadline=deadline, priority=priority)
         except BaseException:
-            self.stats.record_request(False)
+            self.stats.record_request(False, time.perf_counter() - started)
             raise
-        self.stats.record_request(True)
-        return Served(
+        served = Served(
             model=self.name,
             version=self.version,
             device=self.device,
@@ -116,6 +115,9 @@ class ServedModel:
             compute_seconds=max(r.compute_seconds for r in results),
             batch_size=max(r.batch_size for r in results),
         )
+        self.stats.record_request(True, time.perf_counter() - started, preprocess=preprocess_seconds,
+                                  queue=served.queue_seconds, compute=served.compute_seconds)
+        return served
 
     async def _prepare_async(self, loop, image: ImageInput):
         # A preprocessed tensor is only checked and copied: cheaper than a

@@ -26,7 +26,7 @@ from framewire.exporter import ARTIFACT_FILENAME, ArtifactError
 from framewire.exporter.format import MODEL_NAME_RE
 
 from .config import ServeConfig, parse_version_policy
-from .errors import ModelNotFoundError, ModelUnavailableError, ShuttingDownError
+from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .model import ServedModel
 from .worker_runner import WorkerStartError
 
@@ -76,6 +76,7 @@ class ModelRepository:
         self._poll_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._unloaded: set[str] = set()
         self._closing = False
 
     # ------------------------------------------------------------ lifecycle
@@ -170,6 +171,51 @@ class ModelRepository:
             parts.append(f"{slot.version} {slot.state.value}{reason}")
         return "; ".join(parts) or "none"
 
+    # ------------------------------------------------------- admin requests
+
+    async def unload(self, name: str) -> None:
+        """Drain and unload every version of `name`; it stays unloaded (polling
+        leaves it alone) until `load(name)`."""
+        async with self._poll_lock:
+            slots = list(self._slots.get(name, {}).values())
+            if not slots and name not in self._unloaded:
+                raise ModelNotFoundError(f"model {name!r} is not loaded (loaded: {', '.join(sorted(self._slots)) or 'none'})")
+            self._unloaded.add(name)
+            for slot in slots:
+                if slot.state is not ModelState.DRAINING:
+                    log.info("unloading %s version %d on request", name, slot.version)
+                    slot.state, slot.reason = ModelState.DRAINING, "unloaded on request"
+        await asyncio.gather(*(self._drain_and_unload(s, forget=True) for s in slots if s.served or s.leases))
+        for slot in slots:
+            versions = self._slots.get(name, {})
+            if versions.get(slot.version) is slot:
+                del versions[slot.version]
+        if not self._slots.get(name):
+            self._slots.pop(name, None)
+        self._on_change()
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) `name` from the repository now; raises unless a
+        version of it is READY afterwards."""
+        if self.config.models and name not in self.config.models:
+            raise ModelNotFoundError(
+                f"model {name!r} is not among the models this server serves (--models {','.join(self.config.models)})"
+            )
+        async with self._poll_lock:
+            self._unloaded.discard(name)
+            found = await asyncio.get_running_loop().run_in_executor(None, self._scan)
+            if name not in found:
+                raise ModelNotFoundError(f"model {name!r} is not in the repository {self.root} (<repo>/<model>/<version>/model.fwa)")
+            await self._sync_model(name, found[name])
+        self._on_change()
+        if not any(s.state is ModelState.READY for s in self._slots.get(name, {}).values()):
+            raise ModelLoadError(f"model {name!r} failed to load (versions: {self._versions_text(name)})")
+
+    @property
+    def unloaded(self) -> frozenset[str]:
+        """Models unloaded on request."""
+        return frozenset(self._unloaded)
+
     # ---------------------------------------------------------------- views
 
     def models(self) -> dict[str, list[VersionSlot]]:
@@ -197,6 +243,8 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             name = model_dir.name
             if not model_dir.is_dir() or not MODEL_NAME_RE.match(name) or (allowed and name not in allowed):
+                continue
+            if name in self._unloaded:
                 continue
             versions = {}
             for version_dir in model_dir.iterdir():

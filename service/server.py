@@ -24,9 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from framewire import __version__
+from framewire.oip import grpc_service_pb2_grpc
 from framewire.v1 import inference_pb2, inference_pb2_grpc
 
 from .api_native import NativeServicer
+from .api_oip import SERVICE_NAME as OIP_SERVICE
+from .api_oip import InferenceProtocolServicer
 from .config import ServeConfig
 from .devices import plan_devices
 from .interceptors import LastResortInterceptor
@@ -84,8 +87,10 @@ class FramewireServer:
         )
         self.native = NativeServicer(self.repo, config, self.plan, self.state)
         inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
+        self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.protocol, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        self.service_names = [NATIVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self.service_names = [NATIVE_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
 
     def add_service_name(self, name: str) -> None:
         """Register a further service's full name (for reflection and health)."""
@@ -100,7 +105,9 @@ class FramewireServer:
         if self.config.reflection:
             from grpc_reflection.v1alpha import reflection
 
-            reflection.enable_server_reflection([*self.service_names, reflection.SERVICE_NAME], self.grpc)
+            reflection.enable_server_reflection(
+                [*self.service_names, reflection.SERVICE_NAME], self.grpc, pool=reflection_pool()
+            )
         address = f"{self.config.host}:{self.config.port}"
         try:
             self.port = self.grpc.add_insecure_port(address)
@@ -155,6 +162,22 @@ class FramewireServer:
             ok = self.state.serving and any(s.state.value == "READY" for s in models.get(model, []))
             await self.health.set(name, serving if ok else not_serving)
         self._health_names = names
+
+
+def reflection_pool():
+    """One descriptor pool holding every service the server offers, for
+    reflection: the protocol's messages live outside protobuf's default pool
+    (see framewire/oip/pool.py), so reflection gets a pool of its own."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from framewire.oip import grpc_service_pb2, model_config_pb2
+    from framewire.v1 import artifact_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    for module in (artifact_pb2, inference_pb2, model_config_pb2, grpc_service_pb2, health_pb2, reflection_pb2):
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb))
+    return pool
 
 
 async def serve(config: ServeConfig) -> int:

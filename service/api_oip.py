@@ -1,0 +1,310 @@
+"""The Open Inference Protocol servicer (`inference.GRPCInferenceService`).
+
+Thin, like the native one: protocol messages to framewire's domain and back,
+through the same repository and batchers, so a protocol request and a
+native request for one model can share a device batch. Tensor conventions
+live in `oip_tensors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from framewire import __version__
+from framewire.oip import grpc_service_pb2 as pb
+from framewire.oip import grpc_service_pb2_grpc
+from framewire.oip import model_config_pb2 as mc
+
+from . import oip_tensors
+from .api_native import deadline_of
+from .config import ServeConfig, parse_version_policy
+from .devices import DevicePlan
+from .domain import PredictParams
+from .errors import InvalidInputError, ModelNotFoundError, ServiceError
+from .grpc_errors import rpc
+from .repository import ModelRepository, ModelState
+
+log = logging.getLogger("framewire.api")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+PLATFORM = "framewire"
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics",
+              "binary_tensor_data", "parameters", "schedule_policy"]
+STATE_NAMES = {
+    ModelState.LOADING: "LOADING",
+    ModelState.READY: "READY",
+    ModelState.UNAVAILABLE: "UNAVAILABLE",
+    ModelState.DRAINING: "UNLOADING",
+}
+_DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32,
+               "BYTES": mc.TYPE_STRING}
+#: Added to an explicit protocol priority so it outranks requests without one.
+_EXPLICIT_PRIORITY = 1_000_000
+
+
+def parse_version(text: str) -> int:
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInputError(f"model version {text!r} is not a positive integer")
+    return int(text)
+
+
+def parameter_value(parameter: pb.InferParameter):
+    kind = parameter.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(parameter, kind)
+
+
+class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state):
+        self.repo = repo
+        self.config = config
+        self.plan = plan
+        self.state = server_state
+
+    # ----------------------------------------------------------- health-ish
+
+    @rpc
+    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.serving and self.repo.ready)
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        try:
+            self.repo.get(request.name, parse_version(request.version))
+        except ServiceError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=PLATFORM, version=__version__, extensions=EXTENSIONS)
+
+    # -------------------------------------------------------------- models
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        model = self.repo.get(request.name, parse_version(request.version))
+        response = pb.ModelMetadataResponse(name=model.name, platform=PLATFORM)
+        response.versions.extend(
+            str(s.version) for s in self.repo.models().get(model.name, []) if s.state is ModelState.READY
+        )
+        for name, (datatype, _) in oip_tensors.INPUTS.items():
+            response.inputs.add(name=name, datatype=datatype, shape=self._input_shape(model, name))
+        for name, datatype, shape in self._outputs(model):
+            response.outputs.add(name=name, datatype=datatype, shape=[-1, *shape])
+        return response
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        model = self.repo.get(request.name, parse_version(request.version))
+        config = mc.ModelConfig(name=model.name, platform=PLATFORM, backend=PLATFORM,
+                                max_batch_size=model.max_batch_size)
+        kind, args = parse_version_policy(model.config.version_policy)
+        if kind == "latest":
+            config.version_policy.latest.num_versions = args[0]
+        elif kind == "all":
+            config.version_policy.all.SetInParent()
+        else:
+            config.version_policy.specific.versions.extend(args)
+        formats = {"images": mc.ModelInput.FORMAT_NHWC, "preprocessed": mc.ModelInput.FORMAT_NCHW}
+        for name, (datatype, _) in oip_tensors.INPUTS.items():
+            config.input.add(name=name, data_type=_DATA_TYPES[datatype], format=formats.get(name, 0),
+                             dims=self._input_shape(model, name)[1:], optional=True)
+        for name, datatype, shape in self._outputs(model):
+            config.output.add(name=name, data_type=_DATA_TYPES[datatype], dims=shape)
+        on_gpu = self.plan.on_cuda
+        config.instance_group.add(
+            name=model.name, count=model.config.instances_per_device,
+            kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU,
+            gpus=[int(d.split(":")[1]) for d in self.plan.devices] if on_gpu else [],
+        )
+        batching = config.dynamic_batching
+        batching.preferred_batch_size.extend(model.config.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = model.config.max_queue_delay_us
+        batching.preserve_ordering = True
+        for key, value in (("task", model.task), ("labels", str(len(model.labels))),
+                           ("serving_dtype", model.runner.dtype_name), ("device", model.device)):
+            config.parameters[key].string_value = value
+        return pb.ModelConfigResponse(config=config)
+
+    @staticmethod
+    def _input_shape(model, name: str) -> list[int]:
+        spec = model.spec
+        if name == "images":
+            return [-1, -1, -1, 3]
+        if name == "encoded_images":
+            return [-1]
+        if model.task == "detection":
+            return [-1, spec.channels, -1, -1]
+        return [-1, spec.channels, spec.height, spec.width]
+
+    @staticmethod
+    def _outputs(model) -> list[tuple[str, str, list[int]]]:
+        declared = {o.name: list(o.shape) for o in model.artifact.output.outputs}
+        width = declared.get("logits", declared.get("embedding", [-1, -1]))[-1]
+        return oip_tensors.output_specs(model.task, num_classes=width, embedding_size=width)
+
+    # ------------------------------------------------------------ inference
+
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        version = parse_version(request.model_version)
+        params = {k: parameter_value(v) for k, v in request.parameters.items()}
+        model = self.repo.get(request.model_name, version)
+        wanted = self._wanted_outputs(request, model)
+        images = oip_tensors.images_from_request(
+            request, model=model.name, max_images=self.config.max_images_per_request
+        )
+        predict = PredictParams(
+            top_k=int(params.get("top_k") or 5),
+            return_raw=any(name in ("logits", "probabilities") for name, _ in wanted),
+            score_threshold=float(params["score_threshold"]) if "score_threshold" in params else 0.5,
+            max_detections=int(params.get("max_detections") or 100),
+        )
+        deadline = deadline_of(context)
+        timeout_us = params.get("timeout")
+        if timeout_us:
+            own = asyncio.get_running_loop().time() + int(timeout_us) / 1e6
+            deadline = own if deadline is None else min(deadline, own)
+        priority = int(params.get("priority") or 0)
+        async with self.repo.lease(model.name, version) as served_model:
+            served = await served_model.predict(
+                images, predict, deadline=deadline,
+                priority=_EXPLICIT_PRIORITY - priority if priority > 0 else 0,
+            )
+        response = pb.ModelInferResponse(model_name=served.model, model_version=str(served.version), id=request.id)
+        response.parameters["device"].string_param = served.device
+        response.parameters["queue_us"].int64_param = int(served.queue_seconds * 1e6)
+        response.parameters["compute_us"].int64_param = int(served.compute_seconds * 1e6)
+        response.parameters["batch_size"].int64_param = served.batch_size
+        response.parameters["total_us"].int64_param = int((time.perf_counter() - started) * 1e6)
+        for tensor in oip_tensors.build_outputs(served_model.task, served.predictions, wanted, served_model.labels):
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(tensor.data)
+        return response
+
+    def _wanted_outputs(self, request: pb.ModelInferRequest, model) -> list[tuple[str, int]]:
+        known = [name for name, _, _ in self._outputs(model)]
+        if not request.outputs:
+            return [(name, 0) for name in known]
+        wanted = []
+        for output in request.outputs:
+            if output.name not in known:
+                raise InvalidInputError(
+                    f"unexpected inference output {output.name!r} for model {model.name!r}; "
+                    f"outputs are {', '.join(known)}"
+                )
+            k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
+            if k and output.name not in ("logits", "probabilities"):
+                raise InvalidInputError(f"output {output.name!r} does not support the classification parameter")
+            wanted.append((output.name, int(k or 0)))
+        return wanted
+
+    async def ModelStreamInfer(self, request_iterator, context) -> None:
+        lock = asyncio.Lock()
+        tasks: set[asyncio.Task] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            except ServiceError as exc:
+                reply = pb.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=request.id)
+                )
+            except Exception as exc:  # one request's failure must not end the stream
+                log.exception("stream request %r failed", request.id)
+                reply = pb.ModelStreamInferResponse(error_message=f"internal error: {type(exc).__name__}",
+                                                    infer_response=pb.ModelInferResponse(id=request.id))
+            async with lock:
+                await context.write(reply)
+
+        try:
+            async for request in request_iterator:
+                task = asyncio.get_running_loop().create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # ----------------------------------------------------------- statistics
+
+    @rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        version = parse_version(request.version)
+        models = self.repo.models()
+        if request.name and request.name not in models:
+            raise ModelNotFoundError(f"model {request.name!r} is not served here (served models: "
+                                     f"{', '.join(models) or 'none'})")
+        response = pb.ModelStatisticsResponse()
+        for name, slots in models.items():
+            if request.name and name != request.name:
+                continue
+            for slot in slots:
+                if (version and slot.version != version) or slot.served is None:
+                    continue
+                response.model_stats.append(self._statistics(slot.served))
+        if request.name and version and not response.model_stats:
+            raise ModelNotFoundError(f"model {request.name!r} has no loaded version {version}")
+        return response
+
+    @staticmethod
+    def _statistics(model) -> pb.ModelStatistics:
+        s = model.stats
+        ns = lambda seconds: int(seconds * 1e9)  # noqa: E731
+        entry = pb.ModelStatistics(
+            name=model.name, version=str(model.version), last_inference=int(s.last_inference_unix * 1000),
+            inference_count=s.inference_count, execution_count=s.execution_count,
+        )
+        stats = entry.inference_stats
+        for target, source in ((stats.success, s.success), (stats.fail, s.failure), (stats.queue, s.request_queue),
+                               (stats.compute_input, s.request_preprocess), (stats.compute_infer, s.request_compute)):
+            target.count, target.ns = source.count, ns(source.seconds)
+        stats.compute_output.count = s.success.count
+        for size, batch in sorted(s.by_batch_size.items()):
+            entry.batch_stats.add(
+                batch_size=size,
+                compute_infer=pb.StatisticDuration(count=batch.count, ns=ns(batch.compute_seconds)),
+                compute_input=pb.StatisticDuration(count=batch.count),
+                compute_output=pb.StatisticDuration(count=batch.count),
+            )
+        return entry
+
+    # ----------------------------------------------------------- repository
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for name, slots in self.repo.models().items():
+            for slot in slots:
+                if request.ready and slot.state is not ModelState.READY:
+                    continue
+                response.models.add(name=name, version=str(slot.version), state=STATE_NAMES[slot.state],
+                                    reason=slot.reason if slot.state is not ModelState.READY else "")
+        if not request.ready:
+            for name in sorted(self.repo.unloaded):
+                response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
+        return response
+
+    @rpc
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        await self.repo.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context) -> pb.RepositoryModelUnloadResponse:
+        await self.repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

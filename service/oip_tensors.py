@@ -1,0 +1,234 @@
+"""Open Inference Protocol tensors <-> framewire images and predictions.
+
+Inputs (exactly one per request, batch dimension first):
+
+| name             | datatype | shape          | meaning                                   |
+| ---------------- | -------- | -------------- | ----------------------------------------- |
+| `images`         | UINT8    | [N, H, W, 3]   | RGB images of any size, preprocessed here  |
+| `encoded_images` | BYTES    | [N] or [N, 1]  | JPEG/PNG/WebP/BMP files                    |
+| `preprocessed`   | FP32     | [N, C, H, W]   | already at the model's input size          |
+
+Outputs by task: classification `logits`, `probabilities` (FP32 [N, K]),
+`top_k_indices` (INT64 [N, k]), `top_k_scores` (FP32 [N, k]),
+`top_k_labels` (BYTES [N, k]); embedding `embedding` (FP32 [N, D]);
+detection `boxes` (FP32 [N, M, 4], original pixels), `scores` (FP32 [N, M]),
+`labels` (INT64 [N, M]), `label_names` (BYTES [N, M]), padded to the most
+detections M, with `counts` (INT32 [N]) saying how many are real.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .domain import ImageInput, ImagePrediction
+from .errors import InvalidInputError
+
+INPUTS = {
+    "images": ("UINT8", "[N, H, W, 3] RGB"),
+    "encoded_images": ("BYTES", "[N] encoded JPEG/PNG/WebP/BMP"),
+    "preprocessed": ("FP32", "[N, C, H, W] preprocessed"),
+}
+
+#: (name, datatype, shape without the batch dimension) per task.
+OUTPUTS = {
+    "classification": [
+        ("logits", "FP32", [-1]),
+        ("probabilities", "FP32", [-1]),
+        ("top_k_indices", "INT64", [-1]),
+        ("top_k_scores", "FP32", [-1]),
+        ("top_k_labels", "BYTES", [-1]),
+    ],
+    "embedding": [("embedding", "FP32", [-1])],
+    "detection": [
+        ("boxes", "FP32", [-1, 4]),
+        ("scores", "FP32", [-1]),
+        ("labels", "INT64", [-1]),
+        ("label_names", "BYTES", [-1]),
+        ("counts", "INT32", []),
+    ],
+}
+
+
+def output_specs(task: str, num_classes: int = -1, embedding_size: int = -1) -> list[tuple[str, str, list[int]]]:
+    """A task's outputs with known sizes filled in."""
+    specs = []
+    for name, datatype, shape in OUTPUTS[task]:
+        if name in ("logits", "probabilities") and num_classes > 0:
+            shape = [num_classes]
+        elif name == "embedding" and embedding_size > 0:
+            shape = [embedding_size]
+        specs.append((name, datatype, list(shape)))
+    return specs
+
+
+def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length, then the bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInputError(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise InvalidInputError(
+                f"input {name!r}: a BYTES element claims {size} bytes but only {len(raw) - offset} remain"
+            )
+        elements.append(raw[offset : offset + size])
+        offset += size
+    return elements
+
+
+def encode_bytes_elements(values) -> bytes:
+    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+
+
+def images_from_request(request, *, model: str, max_images: int) -> list[ImageInput]:
+    """The request's one image input as ImageInputs, checked against its spec."""
+    if not request.inputs:
+        raise InvalidInputError(f"the request has no inputs; send one of {', '.join(INPUTS)} (see ModelMetadata)")
+    if len(request.inputs) > 1:
+        names = ", ".join(t.name for t in request.inputs)
+        raise InvalidInputError(f"the request has {len(request.inputs)} inputs ({names}); send exactly one image input")
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents holds {len(request.raw_input_contents)} entries for {len(request.inputs)} inputs"
+        )
+    tensor = request.inputs[0]
+    if tensor.name not in INPUTS:
+        raise InvalidInputError(
+            f"unexpected inference input {tensor.name!r} for model {model!r}; inputs are "
+            + ", ".join(f"{n} ({d} {s})" for n, (d, s) in INPUTS.items())
+        )
+    want, layout = INPUTS[tensor.name]
+    if tensor.datatype != want:
+        raise InvalidInputError(f"input {tensor.name!r} has datatype {tensor.datatype}; it must be {want} {layout}")
+    shape = [int(d) for d in tensor.shape]
+    raw = request.raw_input_contents[0] if request.raw_input_contents else None
+    if raw is not None and tensor.HasField("contents"):
+        raise InvalidInputError(f"input {tensor.name!r} has both raw and typed contents; send one")
+    count = shape[0] if shape else 0
+    if count < 1:
+        raise InvalidInputError(f"input {tensor.name!r} has shape {shape}; the batch dimension must be at least 1")
+    if count > max_images:
+        raise InvalidInputError(
+            f"the batch holds {count} images; the limit is {max_images} per request (--max-images-per-request); split it"
+        )
+    if tensor.name == "encoded_images":
+        return _encoded(tensor, shape, raw)
+    return _arrays(tensor, shape, raw)
+
+
+def _encoded(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidInputError(f"input 'encoded_images' has shape {shape}; it must be [N] or [N, 1]")
+    elements = decode_bytes_elements(raw, tensor.name) if raw is not None else list(tensor.contents.bytes_contents)
+    if len(elements) != shape[0]:
+        raise InvalidInputError(
+            f"input 'encoded_images' has shape {shape} but its data holds {len(elements)} elements"
+        )
+    return [ImageInput.encoded(e) for e in elements]
+
+
+def _arrays(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
+    name = tensor.name
+    if len(shape) != 4 or any(d < 1 for d in shape) or (name == "images" and shape[3] != 3):
+        raise InvalidInputError(f"input {name!r} has shape {shape}; it must be {INPUTS[name][1]}")
+    elements = int(np.prod(shape, dtype=np.int64))
+    dtype = np.dtype("uint8") if name == "images" else np.dtype("<f4")
+    if raw is not None:
+        if len(raw) != elements * dtype.itemsize:
+            raise InvalidInputError(
+                f"unexpected total byte size {len(raw)} for input {name!r}, expecting {elements * dtype.itemsize} "
+                f"for shape {shape} of {tensor.datatype}"
+            )
+        data = np.frombuffer(raw, dtype=dtype)
+    else:
+        typed = tensor.contents.uint_contents if name == "images" else tensor.contents.fp32_contents
+        if len(typed) != elements:
+            raise InvalidInputError(
+                f"input {name!r} of shape {shape} needs {elements} values in its contents but holds {len(typed)}"
+            )
+        if name == "images" and typed and max(typed) > 255:
+            raise InvalidInputError("input 'images' holds values above 255; UINT8 pixels are 0..255")
+        data = np.asarray(typed, dtype=dtype)
+    batch = data.reshape(shape)
+    kind = "uint8" if name == "images" else "float32"
+    return [ImageInput(kind, array=batch[i]) for i in range(shape[0])]
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: bytes
+
+
+def build_outputs(task: str, predictions: list[ImagePrediction], wanted: list[tuple[str, int]],
+                  labels: list[str]) -> list[OutputTensor]:
+    """The requested outputs (name, classification k or 0) for a batch of predictions."""
+    return [_output(task, predictions, name, k, labels) for name, k in wanted]
+
+
+def _output(task: str, preds: list[ImagePrediction], name: str, class_count: int, labels: list[str]) -> OutputTensor:
+    n = len(preds)
+    if task == "classification":
+        if name in ("logits", "probabilities"):
+            logits = np.stack([p.raw["logits"] for p in preds]).astype(np.float32)
+            values = logits if name == "logits" else _softmax(logits)
+            if class_count:
+                return _classification_strings(name, values, class_count, labels)
+            return OutputTensor(name, "FP32", list(values.shape), values.tobytes())
+        k = min(len(c) for c in (p.classes for p in preds))
+        if name == "top_k_indices":
+            data = np.array([[c.index for c in p.classes[:k]] for p in preds], dtype="<i8")
+            return OutputTensor(name, "INT64", [n, k], data.tobytes())
+        if name == "top_k_scores":
+            data = np.array([[c.score for c in p.classes[:k]] for p in preds], dtype="<f4")
+            return OutputTensor(name, "FP32", [n, k], data.tobytes())
+        labels = [c.label.encode() for p in preds for c in p.classes[:k]]
+        return OutputTensor(name, "BYTES", [n, k], encode_bytes_elements(labels))
+    if task == "embedding":
+        data = np.array([p.embedding for p in preds], dtype="<f4")
+        return OutputTensor(name, "FP32", list(data.shape), data.tobytes())
+    counts = [len(p.detections) for p in preds]
+    m = max(counts) if counts else 0
+    if name == "counts":
+        return OutputTensor(name, "INT32", [n], np.array(counts, dtype="<i4").tobytes())
+    if name == "label_names":
+        values = [(p.detections[j].label.encode() if j < len(p.detections) else b"") for p in preds for j in range(m)]
+        return OutputTensor(name, "BYTES", [n, m], encode_bytes_elements(values))
+    if name == "boxes":
+        data = np.zeros((n, m, 4), dtype="<f4")
+        for i, p in enumerate(preds):
+            for j, d in enumerate(p.detections):
+                data[i, j] = d.box
+        return OutputTensor(name, "FP32", [n, m, 4], data.tobytes())
+    dtype, attr = ("<f4", "score") if name == "scores" else ("<i8", "label_index")
+    data = np.zeros((n, m), dtype=dtype)
+    for i, p in enumerate(preds):
+        for j, d in enumerate(p.detections):
+            data[i, j] = getattr(d, attr)
+    return OutputTensor(name, "FP32" if name == "scores" else "INT64", [n, m], data.tobytes())
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _classification_strings(name: str, values: np.ndarray, k: int, labels: list[str]) -> OutputTensor:
+    """The classification extension: the top k as "value:index:label" strings."""
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    strings = []
+    for row, indices in enumerate(order):
+        for index in indices.tolist():
+            text = f"{values[row, index]:f}:{index}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            strings.append(text.encode())
+    return OutputTensor(name, "BYTES", [values.shape[0], k], encode_bytes_elements(strings))
