@@ -71,6 +71,9 @@ class ServeConfig:
     version_policy: str = setting("latest:1", "versions to serve: latest:N | all | specific:V1,V2")
     warmup: bool = setting(True, "run every batch size once before a version takes traffic")
     drain_seconds: float = setting(30.0, "on SIGTERM/SIGINT, how long in-flight work may take to finish")
+    max_connection_age_seconds: float = setting(
+        0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
+        "reaches replicas added later; calls in flight, streams too, are not cut")
     reflection: bool = setting(True, "enable gRPC server reflection (grpcurl can list and call)")
     log_level: str = setting("info", "debug | info | warning | error")
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
@@ -103,6 +106,7 @@ class ServeConfig:
         need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
         need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")
         need(self.drain_seconds >= 0, "drain_seconds", "must not be negative")
+        need(self.max_connection_age_seconds >= 0, "max_connection_age_seconds", "must be 0 (never) or more")
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "use debug, info, warning or error")
         parse_version_policy(self.version_policy)
         for model, overrides in self.model_overrides.items():

@@ -40,6 +40,9 @@ log = logging.getLogger("framewire.server")
 
 #: Health service name of one model: SERVING while it has a READY version.
 MODEL_HEALTH_PREFIX = "framewire.model."
+#: Health service name that is SERVING while the process runs, loading or
+#: not: for liveness probes, which should not restart a server still warming up.
+LIVENESS_SERVICE = "framewire.liveness"
 NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["ModelInference"].full_name
 
 
@@ -77,14 +80,14 @@ class FramewireServer:
         self.port: int | None = None
 
         limit = config.max_message_bytes
-        self.grpc = grpc.aio.server(
-            interceptors=[LastResortInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+        if config.max_connection_age_seconds:
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)))
+        self.grpc = grpc.aio.server(interceptors=[LastResortInterceptor()], options=options)
         self.native = NativeServicer(self.repo, config, self.plan, self.state)
         inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
         self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state)
@@ -155,6 +158,7 @@ class FramewireServer:
         up = self.state.serving and self.repo.ready
         for name in ("", *self.service_names):
             await self.health.set(name, serving if up else not_serving)
+        await self.health.set(LIVENESS_SERVICE, serving)
         models = self.repo.models()
         names = {MODEL_HEALTH_PREFIX + n for n in models}
         for name in names | self._health_names:

@@ -167,7 +167,8 @@ def test_the_health_service_reports_serving(server):
 
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "framewire.v1.ModelInference", "framewire.model.tiny"):
+        for service in ("", "framewire.v1.ModelInference", "inference.GRPCInferenceService",
+                        "framewire.model.tiny", "framewire.liveness"):
             answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
 
