@@ -9,6 +9,7 @@ PROTO_FILES := $(shell find protos -name '*.proto')
 REPO ?= models
 PORT ?= 8500
 HOST ?= 127.0.0.1
+METRICS_PORT ?= 9090
 
 .PHONY: help install dev protos test test-unit test-integration serve demo clean
 
@@ -50,7 +51,7 @@ demo:
 	else echo "$(REPO) already holds models; not exporting the demo"; fi
 
 serve: demo
-	exec framewire serve --repo $(REPO) --host $(HOST) --port $(PORT)
+	exec framewire serve --repo $(REPO) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
 clean:
 	rm -rf .build build dist *.egg-info

@@ -16,10 +16,13 @@ from .config import ServeConfig
 from .devices import DevicePlan, describe_device
 from .domain import PredictParams
 from .errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError
+from .gpu import GpuSampler
 from .grpc_errors import rpc, status_code
+from .metrics import ServerMetrics
 from .repository import ModelRepository
 
 log = logging.getLogger("framewire.api")
+API = "native"
 
 #: Elements in a raw image tensor, at most (a 40-megapixel RGB image).
 MAX_TENSOR_ELEMENTS = 120_000_000
@@ -32,20 +35,27 @@ def deadline_of(context) -> float | None:
 
 
 class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
-    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state):
+    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
+                 metrics: ServerMetrics, gpu: GpuSampler):
         self.repo = repo
         self.config = config
         self.plan = plan
         self.state = server_state
+        self.metrics = metrics
+        self.gpu = gpu
         self.max_elements = min(MAX_TENSOR_ELEMENTS, config.max_image_pixels * 4)
+
+    def track(self, model: str, version: int):
+        return self.metrics.track(API, model, version, self.repo.knows)
 
     @rpc
     async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         start = time.perf_counter()
-        params = messages.predict_params(request.options)
-        image = messages.image_input(request.image, max_elements=self.max_elements)
-        async with self.repo.lease(request.model, request.version) as model:
-            served = await model.predict([image], params, deadline=deadline_of(context))
+        with self.track(request.model, request.version):
+            params = messages.predict_params(request.options)
+            image = messages.image_input(request.image, max_elements=self.max_elements)
+            async with self.repo.lease(request.model, request.version) as model:
+                served = await model.predict([image], params, deadline=deadline_of(context))
         return pb.PredictResponse(
             served_by=messages.served_by(served),
             prediction=messages.prediction(served.predictions[0]),
@@ -55,20 +65,21 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     @rpc
     async def BatchPredict(self, request: pb.BatchPredictRequest, context) -> pb.BatchPredictResponse:
         start = time.perf_counter()
-        if not request.images:
-            raise InvalidInputError("the batch holds no images; send at least one")
-        if len(request.images) > self.config.max_images_per_request:
-            raise InvalidInputError(
-                f"the batch holds {len(request.images)} images; the limit is "
-                f"{self.config.max_images_per_request} per request (--max-images-per-request); split it"
-            )
-        params = messages.predict_params(request.options)
-        images = [
-            messages.image_input(image, max_elements=self.max_elements, where=f"images[{i}]")
-            for i, image in enumerate(request.images)
-        ]
-        async with self.repo.lease(request.model, request.version) as model:
-            served = await model.predict(images, params, deadline=deadline_of(context))
+        with self.track(request.model, request.version):
+            if not request.images:
+                raise InvalidInputError("the batch holds no images; send at least one")
+            if len(request.images) > self.config.max_images_per_request:
+                raise InvalidInputError(
+                    f"the batch holds {len(request.images)} images; the limit is "
+                    f"{self.config.max_images_per_request} per request (--max-images-per-request); split it"
+                )
+            params = messages.predict_params(request.options)
+            images = [
+                messages.image_input(image, max_elements=self.max_elements, where=f"images[{i}]")
+                for i, image in enumerate(request.images)
+            ]
+            async with self.repo.lease(request.model, request.version) as model:
+                served = await model.predict(images, params, deadline=deadline_of(context))
         return pb.BatchPredictResponse(
             served_by=messages.served_by(served),
             predictions=[messages.prediction(p) for p in served.predictions],
@@ -121,13 +132,10 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             device_fallback_reason=self.plan.fallback_reason,
             uptime_seconds=time.monotonic() - self.state.started,
             serving=self.state.serving,
+            metrics_port=self.state.metrics_port,
         )
         for name in self.plan.devices:
-            d = describe_device(name)
-            response.devices.add(
-                name=d["name"], description=d["description"],
-                memory_total_bytes=d["total"], memory_allocated_bytes=d["allocated"],
-            )
+            self._describe_device(response.devices.add(), name)
         for slots in self.repo.models().values():
             for slot in slots:
                 runtime = response.models.add(
@@ -141,7 +149,30 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                     runtime.request_success_count = stats.request_success
                     runtime.request_failure_count = stats.request_failure
                     runtime.max_batch_size_seen = stats.max_batch_size_seen
+                    for key, value in stats.recent().items():
+                        setattr(runtime, key, value)
         return response
+
+    def _describe_device(self, device: pb.DeviceStatus, name: str) -> None:
+        d = describe_device(name)
+        device.name, device.description = d["name"], d["description"]
+        device.memory_total_bytes, device.memory_allocated_bytes = d["total"], d["allocated"]
+        reading = self.gpu.reading_for(uuid=d.get("uuid"), index=d.get("index"))
+        if reading is None:
+            return
+        device.sampled, device.uuid = True, reading.uuid
+        for field_name, value in (
+            ("utilization_percent", reading.utilization_percent),
+            ("memory_used_bytes", reading.memory_used_bytes),
+            ("memory_total_bytes", reading.memory_total_bytes),
+            ("process_memory_bytes", reading.process_memory_bytes),
+            ("power_watts", reading.power_watts),
+            ("power_limit_watts", reading.power_limit_watts),
+            ("temperature_celsius", reading.temperature_celsius),
+            ("sm_clock_mhz", None if reading.sm_clock_hertz is None else reading.sm_clock_hertz / 1e6),
+        ):
+            if value is not None:
+                setattr(device, field_name, value)
 
 
 @dataclass
@@ -213,9 +244,10 @@ class _StreamSession:
         start = time.perf_counter()
         deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else deadline_of(self.context)
         try:
-            image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
-            async with self.servicer.repo.lease(camera.model, camera.version) as model:
-                served = await model.predict([image], camera.params, deadline=deadline)
+            with self.servicer.track(camera.model, camera.version):
+                image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
+                async with self.servicer.repo.lease(camera.model, camera.version) as model:
+                    served = await model.predict([image], camera.params, deadline=deadline)
         except ServiceError as exc:
             result = self._failed(frame, exc)
             result.skipped = exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)

@@ -24,9 +24,11 @@ from .devices import DevicePlan
 from .domain import PredictParams
 from .errors import InvalidInputError, ModelNotFoundError, ServiceError
 from .grpc_errors import rpc
+from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelState
 
 log = logging.getLogger("framewire.api")
+API = "oip"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PLATFORM = "framewire"
@@ -58,11 +60,13 @@ def parameter_value(parameter: pb.InferParameter):
 
 
 class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state):
+    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
+                 metrics: ServerMetrics):
         self.repo = repo
         self.config = config
         self.plan = plan
         self.state = server_state
+        self.metrics = metrics
 
     # ----------------------------------------------------------- health-ish
 
@@ -158,6 +162,11 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return await self._infer(request, context)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        version = parse_version(request.model_version) if request.model_version.isdigit() else 0
+        with self.metrics.track(API, request.model_name, version, self.repo.knows):
+            return await self._infer_tracked(request, context)
+
+    async def _infer_tracked(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         started = time.perf_counter()
         version = parse_version(request.model_version)
         params = {k: parameter_value(v) for k, v in request.parameters.items()}

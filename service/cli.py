@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from .config import ConfigError, add_arguments, load_config
@@ -31,12 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"framewire serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .logs import configure_logging
     from .server import serve
+
+    configure_logging(config.log_level, config.log_format)
 
     try:
         return asyncio.run(serve(config))

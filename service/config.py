@@ -75,7 +75,11 @@ class ServeConfig:
         0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
         "reaches replicas added later; calls in flight, streams too, are not cut")
     reflection: bool = setting(True, "enable gRPC server reflection (grpcurl can list and call)")
+    metrics_port: int = setting(9090, "port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off)")
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on (0.0.0.0 for every interface)")
+    gpu_sample_seconds: float = setting(1.0, "how often to read GPU utilisation, memory, power and temperature from NVML")
     log_level: str = setting("info", "debug | info | warning | error")
+    log_format: str = setting("text", "text | json (one JSON object per line, for log collectors)")
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
 
     def validate(self) -> "ServeConfig":
@@ -108,6 +112,9 @@ class ServeConfig:
         need(self.drain_seconds >= 0, "drain_seconds", "must not be negative")
         need(self.max_connection_age_seconds >= 0, "max_connection_age_seconds", "must be 0 (never) or more")
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "use debug, info, warning or error")
+        need(self.log_format in ("text", "json"), "log_format", "use text or json")
+        need(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1 (off), 0 (any) or a port")
+        need(self.gpu_sample_seconds > 0, "gpu_sample_seconds", "must be positive")
         parse_version_policy(self.version_policy)
         for model, overrides in self.model_overrides.items():
             unknown = sorted(set(overrides) - set(PER_MODEL_FIELDS))

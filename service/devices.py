@@ -80,9 +80,14 @@ def describe_device(name: str) -> dict:
 
     index = int(name.split(":", 1)[1])
     props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
     return {
         "name": name,
         "description": props.name,
         "total": int(props.total_memory),
         "allocated": int(torch.cuda.memory_allocated(index)),
+        # NVML names GPUs "GPU-<uuid>"; CUDA's index can differ from NVML's
+        # (CUDA_VISIBLE_DEVICES), the UUID cannot.
+        "uuid": f"GPU-{uuid}" if uuid is not None else None,
+        "index": index,
     }

@@ -17,6 +17,7 @@ from .config import ServeConfig
 from .devices import DevicePlan
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
 from .errors import InvalidInputError
+from .metrics import ServerMetrics
 from .preprocess import Geometry, PreprocessSpec, check_pixels, decode_image, prepare
 from .runner import ModelRunner
 from .stats import ModelStats
@@ -32,7 +33,7 @@ class ServedModel:
     """One model version, from image bytes to predictions."""
 
     def __init__(self, artifact: pb.ModelArtifact, path: str, runner, config: ServeConfig, plan: DevicePlan,
-                 decode_pool: Executor):
+                 decode_pool: Executor, metrics: ServerMetrics | None = None):
         self.name = artifact.name
         self.version = artifact.version
         self.path = path
@@ -44,6 +45,7 @@ class ServedModel:
         self._decode_pool = decode_pool
         self.max_batch_size = min(config.max_batch_size, artifact.input.max_batch)
         self.stats = ModelStats()
+        self.metrics = metrics
         self.runner = runner
         self.on_cuda = plan.on_cuda
         depth = config.pipeline_depth if config.pipeline_depth >= 0 else (1 if plan.on_cuda else 0)
@@ -55,8 +57,13 @@ class ServedModel:
             max_concurrent_batches=len(self.runner.instances) + depth,
             preferred_batch_sizes=[s for s in config.preferred_batch_sizes if s <= self.max_batch_size],
             name=f"{self.name}:{self.version}",
-            on_batch=self.stats.record_batch,
+            on_batch=self._record_batch,
         )
+
+    def _record_batch(self, record) -> None:
+        self.stats.record_batch(record)
+        if self.metrics is not None and not record.failed:
+            self.metrics.batch(self.name, self.version, record.size, record.compute_seconds)
 
     @property
     def device(self) -> str:
@@ -85,6 +92,8 @@ class ServedModel:
     async def close(self, *, drain: bool = True) -> None:
         await self.batcher.close(drain=drain)
         await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
+        if self.metrics is not None:
+            self.metrics.forget(self.name, self.version)
 
     async def predict(
         self,
@@ -117,6 +126,8 @@ class ServedModel:
         )
         self.stats.record_request(True, time.perf_counter() - started, preprocess=preprocess_seconds,
                                   queue=served.queue_seconds, compute=served.compute_seconds)
+        if self.metrics is not None:
+            self.metrics.served(self.name, self.version, preprocess=preprocess_seconds, queue=served.queue_seconds)
         return served
 
     async def _prepare_async(self, loop, image: ImageInput):
@@ -181,7 +192,8 @@ class ServedModel:
         }
 
 
-def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor) -> ServedModel:
+def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor,
+                       metrics: ServerMetrics | None = None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
     process`) or instances in this process (`--runner thread`)."""
     if config.runner == "thread":
@@ -199,5 +211,6 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             devices=plan.devices, dtype=plan.dtype, instances_per_device=config.instances_per_device,
             channels_last=config.channels_last, cpu_threads=config.cpu_threads,
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
+            log_format=config.log_format,
         )
-    return ServedModel(artifact, str(path), runner, config, plan, decode_pool)
+    return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)

@@ -226,6 +226,10 @@ class ModelRepository:
             if versions
         }
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a model this server has (in any state)."""
+        return name in self._slots
+
     def served(self) -> list[ServedModel]:
         return [s.served for v in self._slots.values() for s in v.values() if s.served is not None]
 

@@ -212,6 +212,10 @@ class ModelRunner:
             staged = self.stage(items, instance.device)
         return self.forward(instance, staged, finish)
 
+    def pids(self) -> set[int]:
+        """Worker processes (none: instances run in this process)."""
+        return set()
+
     def close(self) -> None:
         for instance in self.instances:
             instance.executor.shutdown(wait=True)

@@ -32,7 +32,9 @@ from .api_oip import SERVICE_NAME as OIP_SERVICE
 from .api_oip import InferenceProtocolServicer
 from .config import ServeConfig
 from .devices import plan_devices
+from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
+from .metrics import ServerMetrics
 from .model import ServedModel, build_served_model
 from .repository import ModelRepository
 
@@ -50,12 +52,15 @@ NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["ModelInference"].ful
 class ServerState:
     started: float = field(default_factory=time.monotonic)
     serving: bool = False
+    metrics_port: int = 0
 
 
 class FramewireServer:
     """One framewire server process; see the module doc."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, *, nvml=None):
+        """`nvml` replaces the NVML module (tests without a GPU); by default
+        NVML is loaded if it can be."""
         self.config = config
         import torch
 
@@ -73,6 +78,9 @@ class FramewireServer:
         self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self.state = ServerState()
         self.repo = ModelRepository(config, self._build_model, on_change=self._health_changed)
+        self.gpu = GpuSampler(nvml if nvml is not None else load_nvml(), interval=config.gpu_sample_seconds,
+                              pids=self._our_pids)
+        self.metrics = ServerMetrics(self.gpu, models=self.repo.models)
         self.health = health_aio.HealthServicer()
         self._health_names: set[str] = set()
         self._health_dirty = asyncio.Event()
@@ -88,9 +96,9 @@ class FramewireServer:
         if config.max_connection_age_seconds:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)))
         self.grpc = grpc.aio.server(interceptors=[LastResortInterceptor()], options=options)
-        self.native = NativeServicer(self.repo, config, self.plan, self.state)
+        self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu)
         inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
-        self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state)
+        self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state, self.metrics)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.protocol, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = [NATIVE_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -101,7 +109,13 @@ class FramewireServer:
 
     def _build_model(self, path: Path) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
-        return build_served_model(path, model_config, self.plan, self.decode_pool)
+        return build_served_model(path, model_config, self.plan, self.decode_pool, self.metrics)
+
+    def _our_pids(self) -> set[int]:
+        pids = {os.getpid()}
+        for model in self.repo.served():
+            pids |= model.runner.pids()
+        return pids
 
     async def start(self) -> int:
         """Bind, serve health at once, load the models, then report SERVING."""
@@ -119,6 +133,10 @@ class FramewireServer:
         if not self.port:
             raise OSError(f"cannot listen on {address}; is the port in use?")
         await self.grpc.start()
+        if self.config.metrics_port >= 0:
+            self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.state.metrics_port)
+        self.gpu.start()
         await self._sync_health()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
         log.info("listening on %s:%d (framewire %s); loading models from %s",
@@ -140,6 +158,8 @@ class FramewireServer:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        self.gpu.stop()
+        self.metrics.close()
         self.decode_pool.shutdown(wait=True)
         log.info("stopped")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from .batcher import BatchRecord
@@ -23,6 +23,41 @@ class RequestTimes:
 
     count: int = 0
     seconds: float = 0.0
+
+
+class RecentWindow:
+    """Events of the last `seconds` (at most `limit` of them), for rates and
+    percentiles of "now" rather than since load."""
+
+    def __init__(self, seconds: float = 60.0, limit: int = 100_000):
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self._events: deque[tuple[float, float, bool]] = deque(maxlen=limit)
+
+    def add(self, value: float, ok: bool = True) -> None:
+        self._events.append((time.monotonic(), value, ok))
+
+    def _recent(self) -> tuple[list[tuple[float, float, bool]], float]:
+        now = time.monotonic()
+        horizon = now - self.seconds
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
+        span = max(min(self.seconds, now - self.started), 1e-3)
+        return list(self._events), span
+
+    def rates(self) -> tuple[float, float, float]:
+        """(ok events per second, failed events per second, sum of ok values per second)."""
+        events, span = self._recent()
+        ok = [v for _, v, good in events if good]
+        return len(ok) / span, (len(events) - len(ok)) / span, sum(ok) / span
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100) of the ok values, 0 when there are none."""
+        events, _ = self._recent()
+        values = sorted(v for _, v, good in events if good)
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, int(q / 100 * len(values)))]
 
 
 @dataclass
@@ -45,6 +80,8 @@ class ModelStats:
     max_batch_size_seen: int = 0
     last_inference_unix: float = 0.0
     by_batch_size: dict[int, BatchSizeStats] = field(default_factory=lambda: defaultdict(BatchSizeStats))
+    recent_requests: RecentWindow = field(default_factory=RecentWindow)
+    recent_batches: RecentWindow = field(default_factory=RecentWindow)
 
     @property
     def request_success(self) -> int:
@@ -66,6 +103,7 @@ class ModelStats:
         entry = self.by_batch_size[record.size]
         entry.count += 1
         entry.compute_seconds += record.compute_seconds
+        self.recent_batches.add(record.size)
 
     def record_request(self, ok: bool, seconds: float, *, preprocess: float = 0.0, queue: float = 0.0,
                        compute: float = 0.0) -> None:
@@ -73,8 +111,22 @@ class ModelStats:
         outcome = self.success if ok else self.failure
         outcome.count += 1
         outcome.seconds += seconds
+        self.recent_requests.add(seconds, ok)
         if ok:
             for times, value in ((self.request_preprocess, preprocess), (self.request_queue, queue),
                                  (self.request_compute, compute)):
                 times.count += 1
                 times.seconds += value
+
+    def recent(self) -> dict[str, float]:
+        """Rates and latency percentiles over the last minute."""
+        requests, errors, _ = self.recent_requests.rates()
+        batches, _, images = self.recent_batches.rates()
+        return {
+            "requests_per_second": requests,
+            "errors_per_second": errors,
+            "images_per_second": images,
+            "average_batch_size": images / batches if batches else 0.0,
+            "latency_p50_ms": self.recent_requests.percentile(50) * 1000,
+            "latency_p99_ms": self.recent_requests.percentile(99) * 1000,
+        }

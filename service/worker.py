@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-sizes", default="", help="comma-separated batch sizes")
     p.add_argument("--warmup-shape", default="", help="C,H,W")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text")
     return p.parse_args(argv)
 
 
@@ -46,8 +47,9 @@ def main(argv=None) -> int:
     os.dup2(2, 1)
     inp = sys.stdin.buffer
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    from .logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
 
     import torch
 

@@ -166,7 +166,7 @@ class ProcessRunner:
 
     def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
-                 max_artifact_bytes: int = 2**31 - 1, log_level: str = "info"):
+                 max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text"):
         self.name = name
         self.task = task
         self.dtype_name = dtype
@@ -175,7 +175,7 @@ class ProcessRunner:
             sys.executable, "-m", "framewire.service.worker", "--artifact", str(artifact_path),
             "--dtype", dtype, "--channels-last" if channels_last else "--no-channels-last",
             "--threads", str(cpu_threads), "--max-artifact-bytes", str(max_artifact_bytes),
-            "--log-level", log_level,
+            "--log-level", log_level, "--log-format", log_format,
         ]
         self.instances = [
             ModelWorker(name, [], i) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
@@ -214,6 +214,10 @@ class ProcessRunner:
             return await loop.run_in_executor(worker.executor, worker.run_batch, items, finish)
         finally:
             self._free.put_nowait(worker)
+
+    def pids(self) -> set[int]:
+        """Process ids of the running workers."""
+        return {w.proc.pid for w in self.instances if w.alive()}
 
     def close(self) -> None:
         for worker in self.instances:

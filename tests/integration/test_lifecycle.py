@@ -79,7 +79,7 @@ def test_the_readme_run_command_serves_the_demo_and_predict_prints_a_cat(tmp_pat
     # demo into an empty repository, then serves it.
     repo = tmp_path / "models"
     repo.mkdir()
-    server = ServerProcess(argv=["make", "-s", "serve", f"REPO={repo}", "PORT=0", "HOST=127.0.0.1"], cwd=str(ROOT),
+    server = ServerProcess(argv=["make", "-s", "serve", f"REPO={repo}", "PORT=0", "METRICS_PORT=0", "HOST=127.0.0.1"], cwd=str(ROOT),
                            ready_timeout=300)
     try:
         assert (repo / "efficientnet_lite0" / "1" / "model.fwa").exists()

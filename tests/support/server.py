@@ -23,12 +23,13 @@ from framewire.service.config import ServeConfig
 class RunningServer:
     """FramewireServer on 127.0.0.1:<free port>, in a thread."""
 
-    def __init__(self, **settings):
+    def __init__(self, *, nvml=None, **settings):
         settings.setdefault("host", "127.0.0.1")
         settings.setdefault("port", 0)
         settings.setdefault("device", "cpu")
         settings.setdefault("poll_seconds", 0)
         settings.setdefault("drain_seconds", 5)
+        settings.setdefault("metrics_port", 0)
         self.config = ServeConfig(**settings).validate()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -36,13 +37,14 @@ class RunningServer:
         from framewire.service.server import FramewireServer
 
         async def build():
-            server = FramewireServer(self.config)
+            server = FramewireServer(self.config, nvml=nvml)
             await server.start()
             return server
 
         self.server = self.call(build(), timeout=300)
         self.port = self.server.port
         self.address = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.server.state.metrics_port}/metrics"
 
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -79,7 +81,7 @@ class ServerProcess:
         assert framewire, "the framewire console script is not installed"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"framewire-serve-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+")
-        command = argv or [framewire, "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        command = argv or [framewire, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             cwd=cwd, start_new_session=True,

@@ -321,19 +321,37 @@ class GetServerStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("name", "description", "memory_total_bytes", "memory_allocated_bytes")
+    __slots__ = ("name", "description", "memory_total_bytes", "memory_allocated_bytes", "sampled", "utilization_percent", "memory_used_bytes", "process_memory_bytes", "power_watts", "power_limit_watts", "temperature_celsius", "sm_clock_mhz", "uuid")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POWER_WATTS_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_WATTS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_CELSIUS_FIELD_NUMBER: _ClassVar[int]
+    SM_CLOCK_MHZ_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     memory_total_bytes: int
     memory_allocated_bytes: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_allocated_bytes: _Optional[int] = ...) -> None: ...
+    sampled: bool
+    utilization_percent: float
+    memory_used_bytes: int
+    process_memory_bytes: int
+    power_watts: float
+    power_limit_watts: float
+    temperature_celsius: float
+    sm_clock_mhz: float
+    uuid: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_allocated_bytes: _Optional[int] = ..., sampled: bool = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., process_memory_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., temperature_celsius: _Optional[float] = ..., sm_clock_mhz: _Optional[float] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class ModelRuntimeStatus(_message.Message):
-    __slots__ = ("model", "version", "state", "device", "queue_depth", "inference_count", "execution_count", "request_success_count", "request_failure_count", "max_batch_size_seen")
+    __slots__ = ("model", "version", "state", "device", "queue_depth", "inference_count", "execution_count", "request_success_count", "request_failure_count", "max_batch_size_seen", "requests_per_second", "images_per_second", "errors_per_second", "latency_p50_ms", "latency_p99_ms", "average_batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +362,12 @@ class ModelRuntimeStatus(_message.Message):
     REQUEST_SUCCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FAILURE_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     state: ModelState
@@ -354,20 +378,28 @@ class ModelRuntimeStatus(_message.Message):
     request_success_count: int
     request_failure_count: int
     max_batch_size_seen: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., request_success_count: _Optional[int] = ..., request_failure_count: _Optional[int] = ..., max_batch_size_seen: _Optional[int] = ...) -> None: ...
+    requests_per_second: float
+    images_per_second: float
+    errors_per_second: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    average_batch_size: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., request_success_count: _Optional[int] = ..., request_failure_count: _Optional[int] = ..., max_batch_size_seen: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., images_per_second: _Optional[float] = ..., errors_per_second: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., average_batch_size: _Optional[float] = ...) -> None: ...
 
 class GetServerStatusResponse(_message.Message):
-    __slots__ = ("server_version", "devices", "models", "device_fallback_reason", "uptime_seconds", "serving")
+    __slots__ = ("server_version", "devices", "models", "device_fallback_reason", "uptime_seconds", "serving", "metrics_port")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelRuntimeStatus]
     device_fallback_reason: str
     uptime_seconds: float
     serving: bool
-    def __init__(self, server_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRuntimeStatus, _Mapping]]] = ..., device_fallback_reason: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., serving: bool = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, server_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRuntimeStatus, _Mapping]]] = ..., device_fallback_reason: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., serving: bool = ..., metrics_port: _Optional[int] = ...) -> None: ...

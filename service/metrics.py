@@ -1,0 +1,199 @@
+"""Prometheus metrics: what operators scrape from `--metrics-port` at /metrics.
+
+Names carry their unit. Per model and version (labels `model`, `version`):
+
+| metric | type | what |
+| --- | --- | --- |
+| `framewire_requests_total` | counter | requests by `api` (native, oip) and gRPC `code` |
+| `framewire_request_duration_seconds` | histogram | request latency as the server saw it, by `api` |
+| `framewire_queue_duration_seconds` | histogram | time requests waited in the batcher |
+| `framewire_preprocess_duration_seconds` | histogram | time decoding and preprocessing a request's images |
+| `framewire_compute_duration_seconds` | histogram | time each device batch took |
+| `framewire_inferences_total` | counter | images run |
+| `framewire_executions_total` | counter | device batches run (inferences / executions = average batch) |
+| `framewire_batch_size` | histogram | images per device batch (its sum equals the inferences) |
+| `framewire_queue_depth` | gauge | images waiting now |
+| `framewire_model_state` | gauge | 1 for the version's current `state` |
+
+Per GPU (labels `gpu`, `name`, `uuid`), from NVML: `framewire_gpu_utilization_ratio`,
+`framewire_gpu_memory_used_bytes`, `framewire_gpu_memory_total_bytes`,
+`framewire_gpu_process_memory_bytes` (this server's processes),
+`framewire_gpu_power_watts`, `framewire_gpu_power_limit_watts`,
+`framewire_gpu_temperature_celsius`, `framewire_gpu_sm_clock_hertz`. Absent
+without a GPU or NVML. Plus the client library's process metrics
+(`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from .errors import ServiceError
+from .gpu import GpuSampler
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+MODEL_LABELS = ("model", "version")
+#: Label used for requests naming a model the server does not serve, so a
+#: client cannot create unbounded label values.
+UNKNOWN_MODEL = "_unknown"
+
+
+class ServerMetrics:
+    """The metric families of one server, in a registry of its own."""
+
+    def __init__(self, gpu: GpuSampler | None = None, models: Callable[[], dict] = dict):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter("framewire_requests", "Requests by API and gRPC status code.",
+                                [*MODEL_LABELS, "api", "code"], registry=r)
+        self.request_seconds = Histogram("framewire_request_duration_seconds",
+                                         "Request latency as the server saw it, in seconds.",
+                                         [*MODEL_LABELS, "api"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("framewire_queue_duration_seconds",
+                                       "Time a request's images waited in the batcher, in seconds.",
+                                       MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.preprocess_seconds = Histogram("framewire_preprocess_duration_seconds",
+                                            "Time decoding and preprocessing a request's images, in seconds.",
+                                            MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("framewire_compute_duration_seconds",
+                                         "Time one device batch took, in seconds.",
+                                         MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.inferences = Counter("framewire_inferences", "Images run.", MODEL_LABELS, registry=r)
+        self.executions = Counter("framewire_executions", "Device batches run.", MODEL_LABELS, registry=r)
+        self.batch_size = Histogram("framewire_batch_size", "Images per device batch.", MODEL_LABELS,
+                                    buckets=BATCH_BUCKETS, registry=r)
+        r.register(_LiveCollector(gpu, models))
+        self._http = None
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], set[tuple]] = {}
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    # ------------------------------------------------------------- recording
+
+    def _child(self, family, *labels):
+        with self._lock:
+            self._series.setdefault(labels[:2], set()).add((family, labels))
+        return family.labels(*labels)
+
+    @contextmanager
+    def track(self, api: str, model: str, version: int, known: Callable[[str], bool]):
+        """Count one request and time it, with the status code it ends with."""
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except ServiceError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            name = model if known(model) else UNKNOWN_MODEL
+            self.request(api, name, version, code, time.perf_counter() - start)
+
+    def request(self, api: str, model: str, version: int | str, code: str, seconds: float) -> None:
+        labels = (model, str(version) if version else "")
+        self._child(self.requests, *labels, api, code).inc()
+        if code == "OK":
+            self._child(self.request_seconds, *labels, api).observe(seconds)
+
+    def served(self, model: str, version: int, *, preprocess: float, queue: float) -> None:
+        labels = (model, str(version))
+        self._child(self.preprocess_seconds, *labels).observe(preprocess)
+        self._child(self.queue_seconds, *labels).observe(queue)
+
+    def batch(self, model: str, version: int, size: int, seconds: float) -> None:
+        labels = (model, str(version))
+        self._child(self.inferences, *labels).inc(size)
+        self._child(self.executions, *labels).inc()
+        self._child(self.batch_size, *labels).observe(size)
+        self._child(self.compute_seconds, *labels).observe(seconds)
+
+    def forget(self, model: str, version: int) -> None:
+        """Drop an unloaded version's series (requests for "any version" stay)."""
+        with self._lock:
+            series = self._series.pop((model, str(version)), set())
+        for family, labels in series:
+            try:
+                family.remove(*labels)
+            except KeyError:
+                pass
+
+
+class _LiveCollector:
+    """Gauges read at scrape time: queue depths, model states, GPU figures."""
+
+    def __init__(self, gpu: GpuSampler | None, models: Callable[[], dict]):
+        self.gpu = gpu
+        self.models = models
+
+    def collect(self):
+        depth = GaugeMetricFamily("framewire_queue_depth", "Images waiting in the batcher now.",
+                                  labels=list(MODEL_LABELS))
+        state = GaugeMetricFamily("framewire_model_state", "1 for the version's current state.",
+                                  labels=[*MODEL_LABELS, "state"])
+        for name, slots in self.models().items():
+            for slot in slots:
+                labels = [name, str(slot.version)]
+                for candidate in ("LOADING", "READY", "UNAVAILABLE", "DRAINING"):
+                    state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
+                if slot.served is not None:
+                    depth.add_metric(labels, slot.served.batcher.queue_depth)
+        yield depth
+        yield state
+        if self.gpu is None or not self.gpu.available:
+            return
+        yield from gpu_families(self.gpu.readings)
+
+
+GPU_METRICS = (
+    ("framewire_gpu_utilization_ratio", "GPU utilisation over the last sample period, 0..1.",
+     lambda r: None if r.utilization_percent is None else r.utilization_percent / 100),
+    ("framewire_gpu_memory_used_bytes", "Device memory used by every process.", lambda r: r.memory_used_bytes),
+    ("framewire_gpu_memory_total_bytes", "Device memory in total.", lambda r: r.memory_total_bytes),
+    ("framewire_gpu_process_memory_bytes", "Device memory this server's processes hold.",
+     lambda r: r.process_memory_bytes),
+    ("framewire_gpu_power_watts", "Power draw.", lambda r: r.power_watts),
+    ("framewire_gpu_power_limit_watts", "Enforced power limit.", lambda r: r.power_limit_watts),
+    ("framewire_gpu_temperature_celsius", "GPU temperature.", lambda r: r.temperature_celsius),
+    ("framewire_gpu_sm_clock_hertz", "Streaming-multiprocessor clock.", lambda r: r.sm_clock_hertz),
+)
+
+
+def gpu_families(readings):
+    """One gauge family per GPU figure, a sample per GPU that reports it."""
+    for name, help_text, value_of in GPU_METRICS:
+        family = GaugeMetricFamily(name, help_text, labels=["gpu", "name", "uuid"])
+        for reading in readings:
+            value = value_of(reading)
+            if value is not None:
+                family.add_metric([str(reading.index), reading.name, reading.uuid], float(value))
+        yield family
