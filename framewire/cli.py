@@ -24,10 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     from framewire.client_cli import add_commands as add_client_commands
     from framewire.exporter.cli import add_commands as add_exporter_commands
     from framewire.service.cli import add_commands as add_service_commands
+    from framewire.status_cli import add_commands as add_status_commands
 
     add_exporter_commands(sub)
     add_service_commands(sub)
     add_client_commands(sub)
+    add_status_commands(sub)
     return parser
 
 

@@ -24,7 +24,10 @@ def rpc(method):
         try:
             return await method(self, request, context)
         except ServiceError as exc:
-            log.debug("%s -> %s: %s", method.__name__, exc.code, exc.message)
+            # One line per refused request, with its request id (the log
+            # filter adds it): what an operator greps for when a client
+            # reports an error.
+            log.info("%s -> %s: %s", method.__name__, exc.code, exc.message)
             await context.abort(status_code(exc), exc.message)
 
     return wrapper
