@@ -41,6 +41,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_inspect)
 
     p = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing artifacts",
+        description="Write NAME.key (private; keep it secret) and NAME.pub (give it to servers' --trusted-keys).",
+    )
+    p.add_argument("--out", default=".", help="directory for the two files (default: here)")
+    p.add_argument("--name", default="framewire-signing", help="file name stem")
+    p.set_defaults(handler=_keygen)
+
+    p = sub.add_parser(
+        "sign",
+        help="sign an artifact with an Ed25519 key",
+        description="Check the artifact, then store in it a signature over its digests and identity. "
+        "Servers given the public key (--trusted-keys) verify it; --require-signed refuses unsigned ones.",
+    )
+    p.add_argument("artifact")
+    p.add_argument("--key", required=True, help="private key from `framewire keygen`")
+    p.set_defaults(handler=_sign)
+
+    p = sub.add_parser(
         "verify",
         help="load an artifact and run it on seeded inputs",
         description="Run every load-time check, rebuild the network and run it on seeded inputs.",
@@ -48,6 +67,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_verify)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key_pair, key_id, load_private_key
+
+    try:
+        private, public = generate_key_pair(args.out, args.name)
+    except FileExistsError as exc:
+        print(f"framewire keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"private key {private} (keep it secret), public key {public}, "
+          f"key id {key_id(load_private_key(private).public_key())}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from .loader import read_artifact
+    from .signing import load_private_key, sign
+    from .writer import write_atomic
+
+    try:
+        artifact = read_artifact(args.artifact)
+        key = load_private_key(args.key)
+    except ArtifactError as exc:
+        print(f"framewire sign: {exc}", file=sys.stderr)
+        return 1
+    sign(artifact, key)
+    write_atomic(artifact, args.artifact, overwrite=True)
+    print(f"signed {args.artifact} ({artifact.name} version {artifact.version}) with key {artifact.signature.key_id}")
+    return 0
 
 
 def _say(message: str) -> None:
@@ -124,7 +173,7 @@ def _inspect(args: argparse.Namespace) -> int:
         ("format", summary["format_version"]),
         ("producer", f"framewire {summary['producer']['framewire']}, torch {summary['producer']['torch']}, "
                      f"torchvision {summary['producer']['torchvision'] or '-'}"),
-        ("signed", "yes" if summary["signed"] else "no"),
+        ("signed", f"yes, key {summary['signing_key']}" if summary["signed"] else "no"),
     ]
     if summary["description"]:
         rows.append(("description", summary["description"]))

@@ -51,6 +51,10 @@ class GraphProgramError(ArtifactError):
     """A torch.export graph calls something outside aten/prims or is malformed."""
 
 
+class ArtifactSignatureError(ArtifactError):
+    """A signature does not verify, its key is not trusted, or one is required."""
+
+
 class WeightsMismatchError(ArtifactError):
     """The weights do not fit the architecture (names, shapes or dtypes)."""
 

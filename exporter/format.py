@@ -123,6 +123,7 @@ def describe(artifact: pb.ModelArtifact, *, file_bytes: int | None = None) -> di
         },
         "created_unix_seconds": artifact.created_unix_seconds,
         "signed": bool(artifact.signature.signature),
+        "signing_key": artifact.signature.key_id,
         "description": artifact.description,
     }
     if artifact.WhichOneof("architecture") == "graph":

@@ -63,8 +63,11 @@ class LoadedModel:
         return list(self.artifact.output.labels)
 
 
-def read_artifact(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT_BYTES) -> pb.ModelArtifact:
-    """Parse and check an artifact file; no torch needed, nothing built."""
+def read_artifact(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT_BYTES, trust=None) -> pb.ModelArtifact:
+    """Parse and check an artifact file; no torch needed, nothing built.
+
+    `trust` (a signing.TrustPolicy) checks the signature after the digests.
+    """
     path = str(path)
     try:
         size = os.stat(path).st_size
@@ -80,10 +83,10 @@ def read_artifact(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ArtifactTooLargeError(f"file grew past the {max_bytes}-byte limit while being read", path)
-    return parse_artifact(data, path)
+    return parse_artifact(data, path, trust=trust)
 
 
-def parse_artifact(data: bytes, path: str | None = None) -> pb.ModelArtifact:
+def parse_artifact(data: bytes, path: str | None = None, *, trust=None) -> pb.ModelArtifact:
     """Parse and check artifact bytes (see read_artifact)."""
     artifact = pb.ModelArtifact()
     try:
@@ -96,6 +99,8 @@ def parse_artifact(data: bytes, path: str | None = None) -> pb.ModelArtifact:
     _check_format_version(artifact, path)
     _check_complete(artifact, path)
     _check_digests(artifact, path)
+    if trust is not None:
+        trust.check(artifact, path)
     parse_header(artifact.weights, path)
     _check_fields(artifact, path)
     return artifact
@@ -106,10 +111,11 @@ def load_model(
     *,
     max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT_BYTES,
     registry=None,
+    trust=None,
 ) -> LoadedModel:
     """Read, check and rebuild an artifact's network on the CPU, in eval mode."""
     path = str(path)
-    artifact = read_artifact(path, max_bytes=max_bytes)
+    artifact = read_artifact(path, max_bytes=max_bytes, trust=trust)
     entries = parse_header(artifact.weights, path)
     module = build_module(artifact, path, registry=registry)
     artifact.ClearField("weights")

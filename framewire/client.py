@@ -163,14 +163,29 @@ class Client:
         backoff: float = 0.1,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ):
+        """`token` is sent as `authorization: Bearer <token>`. Any of `tls_ca`
+        (the CA that signed the server's certificate), `tls_cert`/`tls_key`
+        (this client's certificate, for mutual TLS) makes the channel TLS;
+        `server_name` overrides the name the server's certificate must carry."""
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             *channel_options,
         ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if credentials is None and (tls_ca or tls_cert or tls_key):
+            credentials = tls_credentials(tls_ca, tls_cert, tls_key)
+        if token:
+            metadata = (*metadata, ("authorization", f"Bearer {token}"))
         if credentials is None:
             self.channel = grpc.insecure_channel(target, options=options)
         else:
@@ -261,6 +276,14 @@ class Client:
 
     def server_status(self, timeout: float | None = None) -> pb.GetServerStatusResponse:
         return self._call(self.stub.GetServerStatus, pb.GetServerStatusRequest(), timeout)
+
+
+def tls_credentials(ca=None, cert=None, key=None) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files (`ca` None: the system's roots)."""
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate and its key go together (--tls-cert and --tls-key)")
+    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
 def stream_result(result: pb.StreamResult) -> StreamResult:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .connection import add_connection_arguments, client_from_args
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(or detections, or embedding size).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP)")
-    p.add_argument("--server", default="localhost:8500", help="HOST:PORT of the server")
+    add_connection_arguments(p)
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", type=int, default=0, help="model version (default: newest READY)")
     p.add_argument("--top-k", type=int, default=5, help="classes to print per image")
@@ -26,10 +28,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .client import Client, FramewireError
+    from .client import FramewireError
 
     status = 0
-    with Client(args.server, timeout=args.timeout) as client:
+    with client_from_args(args, timeout=args.timeout) as client:
         for path in args.images:
             try:
                 pred = client.predict(Path(path), model=args.model, version=args.version, top_k=args.top_k)

@@ -14,6 +14,8 @@ import time
 
 from google.protobuf import json_format
 
+from .connection import add_connection_arguments, client_from_args
+
 STATE_NAMES = {1: "LOADING", 2: "READY", 3: "UNAVAILABLE", 4: "DRAINING"}
 
 
@@ -21,7 +23,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="print a server's devices and models once",
                        description="Print a server's devices (GPU utilisation, memory, power) and models "
                                    "(state, throughput, latency, batch sizes, queue) once.")
-    p.add_argument("--server", default="localhost:8500", help="HOST:PORT of the server")
+    add_connection_arguments(p)
     p.add_argument("--json", action="store_true", help="print GetServerStatus as JSON")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     p.set_defaults(handler=_status)
@@ -29,17 +31,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top", help="a live view of a server (q or Ctrl-C quits)",
                        description="A live terminal view of a server, refreshed every --interval seconds; "
                                    "q or Ctrl-C quits.")
-    p.add_argument("--server", default="localhost:8500", help="HOST:PORT of the server")
+    add_connection_arguments(p)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     p.set_defaults(handler=_top)
 
 
-def _fetch(server: str, timeout: float):
-    from .client import Client
-
-    with Client(server, timeout=timeout, retries=0) as client:
+def _fetch(args: argparse.Namespace):
+    with client_from_args(args, timeout=args.timeout, retries=0) as client:
         return client.server_status()
 
 
@@ -47,7 +47,7 @@ def _status(args: argparse.Namespace) -> int:
     from .client import FramewireError
 
     try:
-        status = _fetch(args.server, args.timeout)
+        status = _fetch(args)
     except FramewireError as exc:
         print(f"framewire status: {args.server}: {exc}", file=sys.stderr)
         return 1
@@ -122,7 +122,7 @@ def _top(args: argparse.Namespace) -> int:
 
     if args.once:
         try:
-            print(render(_fetch(args.server, args.timeout), server=args.server, width=_width()))
+            print(render(_fetch(args), server=args.server, width=_width()))
         except FramewireError as exc:
             print(f"framewire top: {args.server}: {exc}", file=sys.stderr)
             return 1
@@ -131,7 +131,7 @@ def _top(args: argparse.Namespace) -> int:
         try:
             while True:
                 try:
-                    frame = render(_fetch(args.server, args.timeout), server=args.server, width=_width())
+                    frame = render(_fetch(args), server=args.server, width=_width())
                 except FramewireError as exc:
                     frame = f"framewire top: {args.server}: {exc}"
                 sys.stdout.write("\x1b[H\x1b[2J" + frame.replace("\n", "\r\n") + "\r\n\r\n(q quits)")

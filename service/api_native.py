@@ -12,6 +12,7 @@ from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
 from . import messages
+from .access import model_allowed
 from .config import ServeConfig
 from .devices import DevicePlan, describe_device
 from .domain import PredictParams
@@ -20,12 +21,10 @@ from .gpu import GpuSampler
 from .grpc_errors import rpc, status_code
 from .metrics import ServerMetrics
 from .repository import ModelRepository
+from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
 API = "native"
-
-#: Elements in a raw image tensor, at most (a 40-megapixel RGB image).
-MAX_TENSOR_ELEMENTS = 120_000_000
 
 
 def deadline_of(context) -> float | None:
@@ -36,14 +35,15 @@ def deadline_of(context) -> float | None:
 
 class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
-                 metrics: ServerMetrics, gpu: GpuSampler):
+                 metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter):
         self.repo = repo
+        self.streams = streams
         self.config = config
         self.plan = plan
         self.state = server_state
         self.metrics = metrics
         self.gpu = gpu
-        self.max_elements = min(MAX_TENSOR_ELEMENTS, config.max_image_pixels * 4)
+        self.max_elements = config.max_tensor_elements
 
     def track(self, model: str, version: int):
         return self.metrics.track(API, model, version, self.repo.knows)
@@ -87,10 +87,20 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
         )
 
     async def StreamPredict(self, request_iterator, context) -> None:
+        try:
+            with self.streams.open(context.peer()):
+                await self._stream(request_iterator, context)
+        except LimitExceededError as exc:
+            await context.abort(status_code(exc), exc.message)
+
+    async def _stream(self, request_iterator, context) -> None:
         session = _StreamSession(self, context)
         try:
             async for frame in request_iterator:
                 session.accept(frame)
+                # Backpressure: a client that does not read its answers stops
+                # being read from, so gRPC flow control holds its frames back.
+                await session.room_to_read()
         finally:
             await session.finish()
 
@@ -98,6 +108,8 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     async def ListModels(self, request, context) -> pb.ListModelsResponse:
         response = pb.ListModelsResponse()
         for name, slots in self.repo.models().items():
+            if not model_allowed(name):
+                continue
             task = next((s.task for s in slots if s.task), "")
             response.models.add(name=name, task=task, versions=[messages.version_status(s) for s in slots])
         return response
@@ -136,7 +148,9 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
         )
         for name in self.plan.devices:
             self._describe_device(response.devices.add(), name)
-        for slots in self.repo.models().values():
+        for name, slots in self.repo.models().items():
+            if not model_allowed(name):
+                continue
             for slot in slots:
                 runtime = response.models.add(
                     model=slot.name, version=slot.version, state=messages.STATES[slot.state], device=slot.device
@@ -197,6 +211,14 @@ class _StreamSession:
         self.cameras: dict[str, _CameraState] = {}
         self.write_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
+        self.unwritten = 0
+        self.written = asyncio.Event()
+        self.max_unwritten = 2 * servicer.config.max_stream_in_flight
+
+    async def room_to_read(self) -> None:
+        while self.unwritten >= self.max_unwritten:
+            self.written.clear()
+            await self.written.wait()
 
     def accept(self, frame: pb.StreamFrame) -> None:
         loop = asyncio.get_running_loop()
@@ -215,6 +237,7 @@ class _StreamSession:
             self.tasks.add(result)
             result.add_done_callback(self.tasks.discard)
         camera.pending.put_nowait(result)
+        self.unwritten += 1
 
     def _check(self, camera: _CameraState, frame: pb.StreamFrame) -> ServiceError | None:
         try:
@@ -284,6 +307,8 @@ class _StreamSession:
             answer = await result
             async with self.write_lock:
                 await self.context.write(answer)
+            self.unwritten -= 1
+            self.written.set()
 
     async def finish(self) -> None:
         """Input ended (or the call was cancelled): answer what is in flight, then stop."""

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import time
 
+import grpc
+
 from framewire import __version__
 from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
@@ -19,13 +21,15 @@ from framewire.oip import model_config_pb2 as mc
 
 from . import oip_tensors
 from .api_native import deadline_of
+from .access import check_model_access, model_allowed
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
 from .domain import PredictParams
-from .errors import InvalidInputError, ModelNotFoundError, ServiceError
+from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelState
+from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
 API = "oip"
@@ -61,8 +65,9 @@ def parameter_value(parameter: pb.InferParameter):
 
 class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
-                 metrics: ServerMetrics):
+                 metrics: ServerMetrics, streams: StreamLimiter):
         self.repo = repo
+        self.streams = streams
         self.config = config
         self.plan = plan
         self.state = server_state
@@ -221,8 +226,18 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return wanted
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
+        try:
+            with self.streams.open(context.peer()):
+                await self._stream(request_iterator, context)
+        except LimitExceededError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+
+    async def _stream(self, request_iterator, context) -> None:
         lock = asyncio.Lock()
         tasks: set[asyncio.Task] = set()
+        # At most this many requests in flight: a client that does not read
+        # its answers stops being read from (gRPC flow control holds it back).
+        room = asyncio.Semaphore(self.config.max_stream_in_flight)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
@@ -237,9 +252,11 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                                                     infer_response=pb.ModelInferResponse(id=request.id))
             async with lock:
                 await context.write(reply)
+            room.release()
 
         try:
             async for request in request_iterator:
+                await room.acquire()
                 task = asyncio.get_running_loop().create_task(answer(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -255,12 +272,14 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         version = parse_version(request.version)
         models = self.repo.models()
+        if request.name:
+            check_model_access(request.name)
         if request.name and request.name not in models:
             raise ModelNotFoundError(f"model {request.name!r} is not served here (served models: "
                                      f"{', '.join(models) or 'none'})")
         response = pb.ModelStatisticsResponse()
         for name, slots in models.items():
-            if request.name and name != request.name:
+            if (request.name and name != request.name) or not model_allowed(name):
                 continue
             for slot in slots:
                 if (version and slot.version != version) or slot.served is None:
@@ -298,6 +317,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for name, slots in self.repo.models().items():
+            if not model_allowed(name):
+                continue
             for slot in slots:
                 if request.ready and slot.state is not ModelState.READY:
                     continue

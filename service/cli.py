@@ -23,6 +23,42 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_arguments(p)
     p.set_defaults(handler=_serve)
 
+    p = sub.add_parser(
+        "token",
+        help="make a bearer token and its tokens-file entry",
+        description="Print a new random token (give it to the client) and its entry for --tokens-file, "
+        "which holds only the token's sha256. --append adds the entry to a tokens file.",
+    )
+    p.add_argument("--name", required=True, help="who the token is for ([A-Za-z0-9_.-])")
+    p.add_argument("--scope", action="append", choices=["infer", "admin"], required=True,
+                   help="infer: predictions and reads; admin: repository load/unload (repeatable)")
+    p.add_argument("--model", action="append", default=[], help="limit infer to this model (repeatable)")
+    p.add_argument("--append", metavar="FILE", help="append the entry to this tokens file")
+    p.set_defaults(handler=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import os
+    import re
+
+    from .auth import new_token, token_entry
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        print("framewire token: --name may hold letters, digits, '_', '.' and '-' (at most 64)", file=sys.stderr)
+        return 2
+    token, digest = new_token()
+    entry = token_entry(args.name, digest, sorted(set(args.scope)), args.model)
+    if args.append:
+        fd = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write("\n" + entry)
+        print(f"# appended to {args.append}; the server reads it again within a second (or on SIGHUP)",
+              file=sys.stderr)
+    else:
+        print(entry)
+    print(f"token: {token}")
+    return 0
+
 
 def _serve(args: argparse.Namespace) -> int:
     try:
@@ -35,8 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(config.log_level, config.log_format)
 
+    from framewire.exporter import ArtifactError
+
     try:
         return asyncio.run(serve(config))
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, ArtifactError) as exc:
         print(f"framewire serve: {exc}", file=sys.stderr)
         return 2

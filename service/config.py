@@ -47,6 +47,11 @@ class ServeConfig:
     models: list[str] = field(default_factory=list, metadata={"help": "serve only these models (comma-separated); default all"})
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     port: int = setting(8500, "gRPC port (0 picks a free one)")
+    tls_cert: str = setting("", "PEM certificate chain of the server; with --tls-key, serves TLS")
+    tls_key: str = setting("", "PEM private key of the server")
+    tls_client_ca: str = setting("", "PEM CA bundle; when given, clients must present a certificate it signed (mTLS)")
+    tokens_file: str = setting("", "TOML file of bearer tokens (sha256, scopes, models); when given, every rpc but "
+                               "health checks needs a token; re-read on SIGHUP and when it changes")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto: every visible GPU, else the CPU)")
     dtype: str = setting("auto", "auto | float32 | float16 | bfloat16 (auto: float16 on CUDA, float32 on CPU)")
     runner: str = setting("process", "process: each model instance runs in its own worker process (a crash "
@@ -65,11 +70,17 @@ class ServeConfig:
     max_image_bytes: int = setting(32 * MIB, "largest encoded image, in bytes")
     max_image_pixels: int = setting(40_000_000, "largest image, in pixels (guards against decompression bombs)")
     max_images_per_request: int = setting(256, "most images in one BatchPredict request")
-    max_stream_in_flight: int = setting(64, "most frames of one stream id waiting for an answer")
+    max_stream_in_flight: int = setting(64, "most frames of one stream id waiting for an answer (and requests of "
+                                        "one protocol stream); a client not reading its answers is read from no more")
+    max_streams_per_connection: int = setting(16, "most streaming calls one client connection may hold open")
+    max_tensor_elements: int = setting(120_000_000, "most elements in one raw image tensor")
     max_artifact_bytes: int = setting(2 * 1024 * MIB - 1, "largest artifact file the loader reads")
     poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
     version_policy: str = setting("latest:1", "versions to serve: latest:N | all | specific:V1,V2")
     warmup: bool = setting(True, "run every batch size once before a version takes traffic")
+    trusted_keys: str = setting("", "directory of Ed25519 public keys (*.pub, from `framewire keygen`); a signed "
+                                "artifact must verify with one of them")
+    require_signed: bool = setting(False, "refuse artifacts that are not signed by a trusted key (needs --trusted-keys)")
     drain_seconds: float = setting(30.0, "on SIGTERM/SIGINT, how long in-flight work may take to finish")
     max_connection_age_seconds: float = setting(
         0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
@@ -90,6 +101,11 @@ class ServeConfig:
 
         need(bool(self.repo), "repo", "a model repository directory is required")
         need(0 <= self.port <= 65535, "port", "must be 0..65535")
+        need(bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "--tls-cert and --tls-key go together")
+        need(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "mutual TLS needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
+            value = getattr(self, name)
+            need(not value or Path(value).is_file(), name, "is not a readable file")
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device", "use auto, cpu, cuda or cuda:N")
         need(self.dtype in ("auto", "float32", "float16", "bfloat16"), "dtype", "use auto, float32, float16 or bfloat16")
         need(self.runner in ("process", "thread"), "runner", "use process or thread")
@@ -107,6 +123,8 @@ class ServeConfig:
         need(self.max_image_pixels >= 1, "max_image_pixels", "must be positive")
         need(self.max_images_per_request >= 1, "max_images_per_request", "must be positive")
         need(self.max_stream_in_flight >= 1, "max_stream_in_flight", "must be positive")
+        need(self.max_streams_per_connection >= 1, "max_streams_per_connection", "must be positive")
+        need(self.max_tensor_elements >= 1, "max_tensor_elements", "must be positive")
         need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
         need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")
         need(self.drain_seconds >= 0, "drain_seconds", "must not be negative")
@@ -116,6 +134,9 @@ class ServeConfig:
         need(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1 (off), 0 (any) or a port")
         need(self.gpu_sample_seconds > 0, "gpu_sample_seconds", "must be positive")
         parse_version_policy(self.version_policy)
+        need(not self.require_signed or bool(self.trusted_keys), "require_signed",
+             "needs --trusted-keys: a directory of the public keys to trust")
+        need(not self.trusted_keys or Path(self.trusted_keys).is_dir(), "trusted_keys", "is not a directory")
         for model, overrides in self.model_overrides.items():
             unknown = sorted(set(overrides) - set(PER_MODEL_FIELDS))
             if unknown:

@@ -36,6 +36,12 @@ class ModelUnavailableError(ServiceError):
     code = "UNAVAILABLE"
 
 
+class PermissionDeniedError(ServiceError):
+    """A valid token without the right to do this (scope or model)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class QueueFullError(ServiceError):
     """The model's queue is full; retrying later with backoff will work."""
 

@@ -193,16 +193,17 @@ class ServedModel:
 
 
 def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor,
-                       metrics: ServerMetrics | None = None) -> ServedModel:
+                       metrics: ServerMetrics | None = None, trust=None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
-    process`) or instances in this process (`--runner thread`)."""
+    process`) or instances in this process (`--runner thread`). `trust`
+    (a TrustPolicy) checks its signature, in the worker too."""
     if config.runner == "thread":
-        loaded = load_model(path, max_bytes=config.max_artifact_bytes)
+        loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
                              instances_per_device=config.instances_per_device, channels_last=config.channels_last)
         artifact = loaded.artifact
     else:
-        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes)
+        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
         artifact.ClearField("weights")
         if artifact.WhichOneof("architecture") == "graph":
             artifact.graph.ClearField("program_json")
@@ -211,6 +212,6 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             devices=plan.devices, dtype=plan.dtype, instances_per_device=config.instances_per_device,
             channels_last=config.channels_last, cpu_threads=config.cpu_threads,
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
-            log_format=config.log_format,
+            log_format=config.log_format, trusted_keys=config.trusted_keys, require_signed=config.require_signed,
         )
     return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)

@@ -25,6 +25,7 @@ from typing import AsyncIterator, Callable
 from framewire.exporter import ARTIFACT_FILENAME, ArtifactError
 from framewire.exporter.format import MODEL_NAME_RE
 
+from .access import check_model_access
 from .config import ServeConfig, parse_version_policy
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .model import ServedModel
@@ -139,6 +140,7 @@ class ModelRepository:
         return self._resolve(name, version).served
 
     def _resolve(self, name: str, version: int) -> VersionSlot:
+        check_model_access(name)
         if self._closing:
             raise ShuttingDownError("server is shutting down; retry on another replica")
         versions = self._slots.get(name)

@@ -24,12 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from framewire import __version__
+from framewire.exporter.signing import TrustPolicy
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.v1 import inference_pb2, inference_pb2_grpc
 
 from .api_native import NativeServicer
 from .api_oip import SERVICE_NAME as OIP_SERVICE
 from .api_oip import InferenceProtocolServicer
+from .auth import AuthInterceptor, TokenStore
 from .config import ServeConfig
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
@@ -37,6 +39,7 @@ from .interceptors import LastResortInterceptor
 from .metrics import ServerMetrics
 from .model import ServedModel, build_served_model
 from .repository import ModelRepository
+from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.server")
 
@@ -72,6 +75,10 @@ class FramewireServer:
         elif config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
         self.plan = plan_devices(config.device, config.dtype)
+        self.trust = TrustPolicy.from_directory(config.trusted_keys, config.require_signed) if config.trusted_keys else None
+        if self.trust is not None:
+            log.info("trusting %d signing key(s) from %s%s", len(self.trust.keys), config.trusted_keys,
+                     "; unsigned artifacts are refused" if config.require_signed else "")
         log.info("devices: %s (%s)%s", self.plan.label, self.plan.dtype,
                  f"; CPU fallback: {self.plan.fallback_reason}" if self.plan.fallback_reason else "")
         workers = config.decode_threads or min(8, os.cpu_count() or 1)
@@ -95,10 +102,16 @@ class FramewireServer:
         ]
         if config.max_connection_age_seconds:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)))
-        self.grpc = grpc.aio.server(interceptors=[LastResortInterceptor()], options=options)
-        self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu)
+        self.tokens = TokenStore(config.tokens_file) if config.tokens_file else None
+        interceptors = [LastResortInterceptor()]
+        if self.tokens is not None:
+            interceptors.insert(0, AuthInterceptor(self.tokens))
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
+        self.streams = StreamLimiter(config.max_streams_per_connection)
+        self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu, self.streams)
         inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
-        self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state, self.metrics)
+        self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state, self.metrics,
+                                                  self.streams)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.protocol, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = [NATIVE_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -109,7 +122,7 @@ class FramewireServer:
 
     def _build_model(self, path: Path) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
-        return build_served_model(path, model_config, self.plan, self.decode_pool, self.metrics)
+        return build_served_model(path, model_config, self.plan, self.decode_pool, self.metrics, self.trust)
 
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}
@@ -127,7 +140,14 @@ class FramewireServer:
             )
         address = f"{self.config.host}:{self.config.port}"
         try:
-            self.port = self.grpc.add_insecure_port(address)
+            credentials = server_credentials(self.config)
+            if credentials is None:
+                if not is_loopback(self.config.host):
+                    log.warning("serving plaintext on %s: anyone on the network can read and send requests; "
+                                "use --tls-cert/--tls-key (and --tokens-file) off loopback", self.config.host)
+                self.port = self.grpc.add_insecure_port(address)
+            else:
+                self.port = self.grpc.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not self.port:
@@ -204,13 +224,39 @@ def reflection_pool():
     return pool
 
 
+def server_credentials(config: ServeConfig):
+    """TLS credentials from --tls-cert/--tls-key (and --tls-client-ca for mTLS), or None."""
+    if not config.tls_cert:
+        return None
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def serve(config: ServeConfig) -> int:
-    """Run a server until SIGTERM or SIGINT, then drain; returns the exit code."""
+    """Run a server until SIGTERM or SIGINT, then drain; returns the exit code.
+    SIGHUP re-reads the tokens file."""
     server = FramewireServer(config)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if server.tokens is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.tokens.reload)
     starting = loop.create_task(server.start())
     done, _ = await asyncio.wait({starting, loop.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:

@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-shape", default="", help="C,H,W")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="text")
+    p.add_argument("--trusted-keys", default="")
+    p.add_argument("--require-signed", action="store_true")
     return p.parse_args(argv)
 
 
@@ -60,7 +62,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        loaded = load_model(args.artifact, max_bytes=args.max_artifact_bytes)
+        from framewire.exporter.signing import TrustPolicy
+
+        trust = TrustPolicy.from_directory(args.trusted_keys, args.require_signed) if args.trusted_keys else None
+        loaded = load_model(args.artifact, max_bytes=args.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=(args.device,), dtype=args.dtype, channels_last=args.channels_last)
         if args.warmup_sizes:
             sizes = [int(s) for s in args.warmup_sizes.split(",")]
