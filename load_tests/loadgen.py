@@ -1,36 +1,54 @@
-"""Closed-loop load: N concurrent clients, each sending its next request when
-its last one is answered, in worker processes separate from the server.
+"""Load generation in worker processes, separate from the server.
 
-Run as a module, one worker process is:
+Workloads:
 
-    python -m load_tests.loadgen --server HOST:PORT --model NAME --clients 8 \
-        --duration 20 --input uint8:224 [--warmup 3]
+- `closed`: N clients, each sending its next request when its last one is
+  answered (`predict`, `batch` of N images, `stream` one camera per client
+  sending its next frame on each answer, or `oip` ModelInfer);
+- `rate`: requests started at a fixed rate whatever the answers (open loop);
+- `camera`: S streams each sending frames at F fps on a clock, with a latency
+  budget; the server skips frames older than the budget.
 
-and prints one JSON line: completed requests, errors by code, and latency
-percentiles over the measured window.
+One worker is `python -m load_tests.loadgen '<json spec>'`; it prints one
+JSON line of results. `spawn` runs several and adds their results up.
+Requests are serialized once, so the generator spends its CPU on gRPC, not on
+building messages.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
+
+NATIVE = "/framewire.v1.ModelInference/"
+OIP = "/inference.GRPCInferenceService/"
 
 
 @dataclass
 class LoadResult:
-    completed: int = 0
+    """What the workers saw inside the measuring window."""
+
+    seconds: float = 0.0
+    requests: int = 0
+    images: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    frames_due: int = 0
+    frames_sent: int = 0
+    frames_late: int = 0
+    frames_skipped: int = 0
 
     @property
-    def throughput(self) -> float:
-        return self.completed / self.seconds if self.seconds else 0.0
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
         if not self.latencies_ms:
@@ -38,112 +56,231 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
+    def add(self, other: dict) -> None:
+        for name in ("requests", "images", "frames_due", "frames_sent", "frames_late", "frames_skipped"):
+            setattr(self, name, getattr(self, name) + other.get(name, 0))
+        self.latencies_ms.extend(other.get("latencies_ms", []))
+        for code, n in other.get("errors", {}).items():
+            self.errors[code] = self.errors.get(code, 0) + n
 
-def make_image(spec: str, seed: int = 0):
-    """A protobuf Image from 'uint8:S' (SxS RGB array), 'float32:S' (3xSxS
-    preprocessed) or 'jpeg:WxH' (an encoded JPEG)."""
-    import io
-
-    import numpy as np
-
-    from framewire.client import image_message
-
-    kind, _, size = spec.partition(":")
-    rng = np.random.default_rng(seed)
-    if kind == "uint8":
-        s = int(size)
-        return image_message(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
-    if kind == "float32":
-        s = int(size)
-        return image_message(rng.standard_normal((3, s, s)).astype(np.float32))
-    if kind == "jpeg":
-        from PIL import Image
-
-        w, h = (int(v) for v in size.split("x"))
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
-        return image_message(buf.getvalue())
-    raise ValueError(f"unknown input {spec!r}; use uint8:S, float32:S or jpeg:WxH")
+    def summary(self) -> dict:
+        out = {
+            "seconds": self.seconds, "requests": self.requests, "images": self.images,
+            "requests_per_second": self.requests_per_second, "images_per_second": self.images_per_second,
+            "latency_ms": {q: self.percentile(int(q[1:])) for q in ("p50", "p90", "p99")},
+            "errors": self.errors,
+        }
+        if self.frames_due:
+            out["camera"] = {"frames_due": self.frames_due, "frames_sent": self.frames_sent,
+                             "frames_answered": self.requests, "frames_late": self.frames_late,
+                             "frames_skipped": self.frames_skipped,
+                             "frames_dropped": self.frames_due - self.requests}
+        return out
 
 
-async def run_clients(server: str, model: str, clients: int, duration: float, warmup: float, input_spec: str) -> LoadResult:
+def build_requests(spec: dict) -> tuple[str, list[bytes], int]:
+    """(method, serialized requests, images per request) for a closed or rate workload."""
+    from framewire.v1 import inference_pb2 as pb
+
+    from .inputs import make_images
+
+    images = make_images(spec["input"], count=8)
+    mode, model, per = spec["mode"], spec["model"], int(spec.get("batch", 1))
+    if mode == "predict":
+        return NATIVE + "Predict", [pb.PredictRequest(model=model, image=i).SerializeToString() for i in images], 1
+    if mode == "batch":
+        requests = [pb.BatchPredictRequest(model=model, images=[images[(j + k) % len(images)] for k in range(per)])
+                    .SerializeToString() for j in range(len(images))]
+        return NATIVE + "BatchPredict", requests, per
+    if mode == "oip":
+        return OIP + "ModelInfer", [oip_request(model, images, j, per) for j in range(len(images))], per
+    raise SystemExit(f"mode {mode!r} is not a unary mode")
+
+
+def oip_request(model: str, images: list, start: int, count: int) -> bytes:
+    """A ModelInfer request carrying `count` of `images` in the input their form calls for."""
+    from framewire.oip import grpc_service_pb2 as opb
+
+    chosen = [images[(start + k) % len(images)] for k in range(count)]
+    request = opb.ModelInferRequest(model_name=model)
+    first = chosen[0]
+    if first.WhichOneof("data") == "encoded":
+        request.inputs.add(name="encoded_images", datatype="BYTES", shape=[count])
+        request.raw_input_contents.append(b"".join(struct.pack("<I", len(i.encoded)) + i.encoded for i in chosen))
+    elif first.tensor.dtype == 4:  # uint8 HWC
+        request.inputs.add(name="images", datatype="UINT8", shape=[count, *first.tensor.shape])
+        request.raw_input_contents.append(b"".join(i.tensor.data for i in chosen))
+    else:
+        request.inputs.add(name="preprocessed", datatype="FP32", shape=[count, *first.tensor.shape])
+        request.raw_input_contents.append(b"".join(i.tensor.data for i in chosen))
+    return request.SerializeToString()
+
+
+async def run_worker(spec: dict) -> dict:
     import grpc
 
-    from framewire.v1 import inference_pb2 as pb
-    from framewire.v1 import inference_pb2_grpc
-
-    request = pb.PredictRequest(model=model, image=make_image(input_spec))
     result = LoadResult()
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(server, options=options) as channel:
-        stub = inference_pb2_grpc.ModelInferenceStub(channel)
+    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20),
+               ("grpc.use_local_subchannel_pool", 1)]
+    metadata = (("authorization", f"Bearer {spec['token']}"),) if spec.get("token") else None
+    async with grpc.aio.insecure_channel(spec["server"], options=options) as channel:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        measure_from, stop_at = start + warmup, start + warmup + duration
+        start = loop.time() + spec.get("warmup", 0.0)
+        stop = start + spec["duration"]
+        workload = spec["workload"]
+        if workload == "camera" or spec["mode"] == "stream":
+            await _streams(channel, spec, result, start, stop, metadata)
+        else:
+            method, requests, per = build_requests(spec)
+            call = channel.unary_unary(method)
+            if workload == "rate":
+                await _open_loop(call, requests, per, spec, result, start, stop, metadata)
+            else:
+                await asyncio.gather(*(_closed_client(call, requests, per, i, result, start, stop, metadata)
+                                       for i in range(int(spec["clients"]))))
+    return dict(result.__dict__)
 
-        async def client():
+
+def _record(result: LoadResult, start: float, stop: float, sent: float, done: float, images: int, code) -> None:
+    if not (start <= sent and done <= stop):
+        return
+    if code is None:
+        result.requests += 1
+        result.images += images
+        result.latencies_ms.append((done - sent) * 1000)
+    else:
+        result.errors[code] = result.errors.get(code, 0) + 1
+
+
+async def _one(call, request: bytes, metadata):
+    import grpc
+
+    try:
+        await call(request, timeout=120, metadata=metadata)
+        return None
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+
+
+async def _closed_client(call, requests, per, index, result, start, stop, metadata) -> None:
+    loop = asyncio.get_running_loop()
+    i = index
+    while (sent := loop.time()) < stop:
+        code = await _one(call, requests[i % len(requests)], metadata)
+        _record(result, start, stop, sent, loop.time(), per, code)
+        i += 1
+
+
+async def _open_loop(call, requests, per, spec, result, start, stop, metadata) -> None:
+    loop = asyncio.get_running_loop()
+    interval = 1.0 / float(spec["rate"])
+    tasks, i, due = set(), 0, loop.time()
+
+    async def fire(request, sent):
+        code = await _one(call, request, metadata)
+        _record(result, start, stop, sent, loop.time(), per, code)
+
+    while due < stop:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        task = loop.create_task(fire(requests[i % len(requests)], loop.time()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i, due = i + 1, due + interval
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+async def _streams(channel, spec, result, start, stop, metadata) -> None:
+    from framewire.v1 import inference_pb2 as pb
+
+    from .inputs import make_images
+
+    images = make_images(spec["input"], count=8)
+    camera = spec["workload"] == "camera"
+    count = int(spec["streams"] if camera else spec["clients"])
+    call = channel.stream_stream(NATIVE + "StreamPredict", request_serializer=pb.StreamFrame.SerializeToString,
+                                 response_deserializer=pb.StreamResult.FromString)
+    budget_ms = int(spec.get("budget_ms", 0)) if camera else 0
+    interval = 1.0 / float(spec["fps"]) if camera else 0.0
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int) -> None:
+        sent: dict[int, float] = {}
+        answered = asyncio.Semaphore(0)  # one release per answer: closed-loop streams wait for theirs
+        stream_id = f"{spec.get('seed', 0)}-{index}"
+
+        async def frames():
+            number, due = 0, loop.time() + interval * index / max(count, 1)
             while True:
-                sent = loop.time()
-                if sent >= stop_at:
+                if camera:
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    if start <= due < stop:
+                        result.frames_due += 1
+                if due >= stop or (not camera and loop.time() >= stop):
                     return
-                try:
-                    await stub.Predict(request, timeout=60)
-                    code = None
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                done = loop.time()
-                if sent >= measure_from and done <= stop_at:
-                    if code is None:
-                        result.completed += 1
-                        result.latencies_ms.append((done - sent) * 1000)
-                    else:
-                        result.errors[code] = result.errors.get(code, 0) + 1
+                now = loop.time()
+                sent[number] = now
+                if camera and start <= due:
+                    result.frames_sent += 1
+                yield pb.StreamFrame(stream_id=stream_id, frame_number=number, image=images[number % len(images)],
+                                     model=spec["model"] if number == 0 else "", max_age_ms=budget_ms)
+                number += 1
+                if camera:
+                    due += interval
+                else:
+                    await answered.acquire()
+                    due = loop.time()
 
-        await asyncio.gather(*(client() for _ in range(clients)))
-    result.seconds = duration
-    return result
+        async for answer in call(frames(), timeout=spec["duration"] + spec.get("warmup", 0) + 120,
+                                 metadata=metadata):
+            now = loop.time()
+            t0 = sent.pop(answer.frame_number, now)
+            answered.release()
+            if not (start <= t0 and now <= stop + (budget_ms / 1000 if camera else 0)):
+                continue
+            if answer.skipped:
+                result.frames_skipped += 1
+            elif answer.status.code:
+                name = str(answer.status.code)
+                result.errors[name] = result.errors.get(name, 0) + 1
+            else:
+                result.requests += 1
+                result.images += 1
+                latency = (now - t0) * 1000
+                result.latencies_ms.append(latency)
+                if budget_ms and latency > budget_ms:
+                    result.frames_late += 1
+
+    await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def spawn(server: str, model: str, *, clients: int, processes: int, duration: float, warmup: float,
-          input_spec: str) -> LoadResult:
-    """Run `clients` closed-loop clients spread over `processes` worker processes."""
-    per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "load_tests.loadgen", "--server", server, "--model", model,
-             "--clients", str(n), "--duration", str(duration), "--warmup", str(warmup), "--input", input_spec],
-            stdout=subprocess.PIPE, text=True,
-        )
-        for n in per if n
-    ]
-    total = LoadResult(seconds=duration)
+def spawn(spec: dict, processes: int) -> LoadResult:
+    """Run the workload split over `processes` worker processes; add up their results."""
+    parts = []
+    for p in range(processes):
+        part = dict(spec, seed=p)
+        for key in ("clients", "streams"):
+            if key in spec:
+                total = int(spec[key])
+                part[key] = total // processes + (1 if p < total % processes else 0)
+        if "rate" in spec:
+            part["rate"] = float(spec["rate"]) / processes
+        if all(part.get(key, 1) for key in ("clients", "streams", "rate")):
+            parts.append(part)
+    procs = [subprocess.Popen([sys.executable, "-m", "load_tests.loadgen", json.dumps(part)],
+                              stdout=subprocess.PIPE, text=True) for part in parts]
+    total = LoadResult(seconds=float(spec["duration"]))
     for proc in procs:
-        out, _ = proc.communicate(timeout=duration + warmup + 120)
+        out, _ = proc.communicate(timeout=spec["duration"] + spec.get("warmup", 0) + 300)
         if proc.returncode != 0:
-            raise RuntimeError(f"load worker failed with {proc.returncode}")
-        data = json.loads(out.strip().splitlines()[-1])
-        total.completed += data["completed"]
-        total.latencies_ms.extend(data["latencies_ms"])
-        for code, n in data["errors"].items():
-            total.errors[code] = total.errors.get(code, 0) + n
+            raise RuntimeError(f"a load worker failed with exit code {proc.returncode}")
+        total.add(json.loads(out.strip().splitlines()[-1]))
     return total
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--input", default="uint8:224")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = asyncio.run(run_clients(args.server, args.model, args.clients, args.duration, args.warmup, args.input))
-    print(json.dumps({
-        "completed": result.completed, "errors": result.errors, "latencies_ms": result.latencies_ms,
-        "wall_seconds": time.perf_counter() - started,
-    }))
+    spec = json.loads((argv or sys.argv[1:])[0])
+    print(json.dumps(asyncio.run(run_worker(spec))))
     return 0
 
 

@@ -84,6 +84,20 @@ class ServedModel:
         if not self.on_cuda:
             sizes = sorted({1, self.max_batch_size})
         self.runner.warm_up(sizes if self.config.warmup else [], shape)
+        if self.config.warmup:
+            self._warm_preprocessing()
+
+    def _warm_preprocessing(self) -> None:
+        """Decode and preprocess one image, so the first request does not pay
+        for the imports and kernel set-up of the decode path."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, format="JPEG")
+        self.prepare_input(ImageInput.encoded(buf.getvalue()))
 
     def start(self) -> None:
         self.runner.start()

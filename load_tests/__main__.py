@@ -1,0 +1,174 @@
+"""framewire's load toolkit: `python -m load_tests {sweep,rate,camera} ...`.
+
+    # concurrency sweep of single-image Predict calls, with the in-process baseline
+    python -m load_tests sweep --model mobilenet_v3_small --device cpu --input uint8:224 \
+        --concurrency 1,2,4,8,16 --out sweep.json --plot sweep.png
+
+    # BatchPredict of 32 images, the Open Inference Protocol, or streams
+    python -m load_tests sweep --mode batch --batch 32 ...    --mode oip ...    --mode stream ...
+
+    # a fixed request rate (open loop)
+    python -m load_tests rate --rate 200 --model resnet50 --device cuda --input jpeg:500x375
+
+    # camera mode: S streams at F frames per second with a latency budget
+    python -m load_tests camera --streams 100 --fps 30 --budget-ms 50 --model resnet50 --device cuda
+
+The model is a torchvision architecture exported with random weights (speed
+does not depend on the weights), or --artifact FILE; the server is started
+here (or give --server HOST:PORT). Every report carries the ratio of served
+images/s to the same model run in-process at its best batch size, measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import baseline, loadgen, report
+from .inputs import describe
+from .serverproc import BenchServer, model_counters, server_view
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m load_tests", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="workload", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default="mobilenet_v3_small", help="torchvision architecture to export and serve")
+    common.add_argument("--artifact", help="serve this artifact instead of exporting --model")
+    common.add_argument("--server", help="load a server already running at HOST:PORT (and --model names its model)")
+    common.add_argument("--token", help="bearer token for a server with --tokens-file")
+    common.add_argument("--device", default="cpu")
+    common.add_argument("--dtype", default="auto", help="auto: float16 on CUDA, float32 on the CPU")
+    common.add_argument("--input", default="uint8:224", help="jpeg:WxH, folder:PATH, uint8:S or float32:S")
+    common.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
+    common.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    common.add_argument("--processes", type=int, default=0, help="load worker processes (0: a fair share of CPUs)")
+    common.add_argument("--max-batch-size", type=int, default=32)
+    common.add_argument("--max-queue-delay-us", type=int, default=2000)
+    common.add_argument("--server-arg", action="append", default=[], help="extra `framewire serve` flag (repeatable)")
+    common.add_argument("--baseline-batches", default="1,2,4,8,16,32,64")
+    common.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
+    common.add_argument("--out", help="write the report as JSON here")
+    common.add_argument("--plot", help="write throughput and p99 latency plots here (PNG; needs matplotlib)")
+
+    p = sub.add_parser("sweep", parents=[common], help="closed-loop clients, a point per concurrency")
+    p.add_argument("--mode", choices=["predict", "batch", "stream", "oip"], default="predict")
+    p.add_argument("--batch", type=int, default=1, help="images per request (batch and oip modes)")
+    p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated client counts")
+
+    p = sub.add_parser("rate", parents=[common], help="requests at a fixed rate (open loop)")
+    p.add_argument("--mode", choices=["predict", "batch", "oip"], default="predict")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rate", default="50", help="comma-separated requests per second")
+
+    p = sub.add_parser("camera", parents=[common], help="S streams at F frames per second")
+    p.add_argument("--streams", default="8", help="comma-separated stream counts")
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--budget-ms", type=int, default=100, help="latency budget; later frames are late (and skipped)")
+    return parser.parse_args(argv)
+
+
+def points(args) -> list[dict]:
+    if args.workload == "sweep":
+        return [{"workload": "closed", "mode": args.mode, "batch": args.batch, "clients": int(c)}
+                for c in args.concurrency.split(",")]
+    if args.workload == "rate":
+        return [{"workload": "rate", "mode": args.mode, "batch": args.batch, "rate": float(r)}
+                for r in args.rate.split(",")]
+    return [{"workload": "camera", "mode": "stream", "streams": int(s), "fps": args.fps, "budget_ms": args.budget_ms}
+            for s in args.streams.split(",")]
+
+
+def prepare_repo(args, repo: Path) -> tuple[str, Path | None]:
+    """(model name, artifact path) in a fresh repository."""
+    if args.artifact:
+        from framewire.exporter import read_artifact
+
+        artifact = read_artifact(args.artifact)
+        target = repo / artifact.name / "1" / "model.fwa"
+        target.parent.mkdir(parents=True)
+        shutil.copy(args.artifact, target)
+        return artifact.name, target
+    from framewire.exporter.torchvision_export import export_torchvision
+
+    result = export_torchvision(f"torchvision/{args.model}", name=args.model, version=1, repo=repo, random_init=True)
+    return args.model, result.path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dtype = args.dtype if args.dtype != "auto" else ("float16" if args.device.startswith("cuda") else "float32")
+    processes = args.processes or max(1, min(8, (os.cpu_count() or 2) // 4))
+    repo = Path(tempfile.mkdtemp(prefix="fw-load-"))
+    server = None
+    try:
+        if args.server:
+            model, artifact = args.model, Path(args.artifact) if args.artifact else None
+        else:
+            model, artifact = prepare_repo(args, repo)
+        best = None
+        curve = []
+        if not args.no_baseline and artifact is not None:
+            curve = baseline.measure(str(artifact), device=args.device, dtype=dtype,
+                                     batch_sizes=[int(b) for b in args.baseline_batches.split(",")])
+            best = max(curve, key=lambda p: p.images_per_second)
+            print(f"baseline: {best.images_per_second:.1f} img/s at batch {best.batch_size} "
+                  f"({args.device}, {dtype})", flush=True)
+        if not args.server:
+            server = BenchServer(repo, ["--device", args.device, "--dtype", dtype,
+                                        "--max-batch-size", str(args.max_batch_size),
+                                        "--max-queue-delay-us", str(args.max_queue_delay_us), *args.server_arg],
+                                 repo / "server.log")
+        address = args.server or server.address
+        results = []
+        for point in points(args):
+            spec = {**point, "server": address, "model": model, "input": args.input, "duration": args.duration,
+                    "warmup": args.warmup, "token": args.token}
+            before = model_counters(address, model, args.token)
+            load = loadgen.spawn(spec, processes)
+            view = server_view(before, model_counters(address, model, args.token))
+            results.append({"point": point, **load.summary(), "server": view})
+            print(report.line(results[-1]), flush=True)
+        baseline_rate = None
+        if best is not None:
+            # Timed again after the load: the better of the two is the model's
+            # speed here (a timing disturbed by another process only lowers
+            # it), which keeps the ratio conservative.
+            again = baseline.measure(str(artifact), device=args.device, dtype=dtype, batch_sizes=[best.batch_size])[0]
+            baseline_rate = max(best.images_per_second, again.images_per_second)
+            for r in results:
+                r["ratio"] = r["images_per_second"] / baseline_rate
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(repo, ignore_errors=True)
+
+    summary = {
+        "command": "python -m load_tests " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
+        "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
+        "load_processes": processes,
+        "baseline": [p.__dict__ for p in curve],
+        "baseline_images_per_second": baseline_rate,
+        "results": results,
+    }
+    print()
+    print(report.table(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        print(report.plot(summary, args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

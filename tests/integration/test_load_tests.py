@@ -1,0 +1,67 @@
+"""The load toolkit runs: every mode against a real server, and a full run
+with its own server, baseline, JSON report and plot. (Speed is measured by
+the toolkit, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from support.server import RunningServer
+
+
+def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "load_tests", *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def target(tiny_repo):
+    with RunningServer(repo=str(tiny_repo), max_queue_delay_us=2000) as server:
+        yield server
+
+
+@pytest.mark.parametrize("workload", [
+    ["sweep", "--mode", "predict", "--concurrency", "2", "--input", "uint8:40x30"],
+    ["sweep", "--mode", "batch", "--batch", "4", "--concurrency", "2", "--input", "jpeg:64x48"],
+    ["sweep", "--mode", "oip", "--batch", "2", "--concurrency", "2", "--input", "jpeg:64x48"],
+    ["sweep", "--mode", "oip", "--concurrency", "1", "--input", "float32:32"],
+    ["sweep", "--mode", "stream", "--concurrency", "2", "--input", "uint8:32"],
+    ["rate", "--rate", "20", "--input", "uint8:32"],
+], ids=["predict", "batch", "oip-jpeg", "oip-float", "stream", "rate"])
+def test_every_mode_loads_a_running_server(target, tmp_path, workload):
+    out = tmp_path / "report.json"
+    run(*workload, "--server", target.address, "--model", "tiny", "--no-baseline", "--duration", "2",
+        "--warmup", "0.5", "--processes", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["images"] > 0 and result["images_per_second"] > 0 and not result["errors"]
+    assert result["latency_ms"]["p50"] > 0 and result["server"]["inferences"] >= result["images"]
+
+
+def test_camera_mode_counts_frames(target, tmp_path):
+    out = tmp_path / "camera.json"
+    done = run("camera", "--server", target.address, "--model", "tiny", "--no-baseline", "--streams", "3",
+               "--fps", "10", "--budget-ms", "500", "--duration", "2", "--warmup", "0.5", "--input", "uint8:32",
+               "--processes", "1", "--out", str(out))
+    camera = json.loads(out.read_text())["results"][0]["camera"]
+    assert 40 <= camera["frames_due"] <= 80 and camera["frames_answered"] > 0
+    assert camera["frames_due"] == camera["frames_answered"] + camera["frames_dropped"]
+    assert "3 streams at 10 fps" in done.stdout
+
+
+def test_a_full_run_with_its_own_server_baseline_and_plot(tiny_repo, tmp_path):
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    done = run("sweep", "--artifact", str(tiny_repo / "tiny" / "1" / "model.fwa"), "--concurrency", "1,4",
+               "--duration", "2", "--warmup", "0.5", "--input", "uint8:32", "--baseline-batches", "1,4",
+               "--processes", "1", "--out", str(out), "--plot", str(plot))
+    report = json.loads(out.read_text())
+    assert report["baseline_images_per_second"] > 0 and len(report["baseline"]) == 2
+    assert [r["point"]["clients"] for r in report["results"]] == [1, 4]
+    assert all(r["ratio"] > 0 for r in report["results"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ratio" in done.stdout and "in-process baseline" in done.stdout
