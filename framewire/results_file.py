@@ -18,10 +18,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ["path", "model", "version", "label", "score", "labels", "scores", "embedding", "detections", "error"]
+CSV_HEADER = (",".join(CSV_COLUMNS) + "\n").encode()
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any file name round-trips
 
 
@@ -80,21 +81,21 @@ class ResultsFile:
         self._file = None
         self._last_sync = 0.0
 
-    def open(self, *, drop_errors: bool = False) -> dict[str, dict]:
-        """Read the rows already in the file (cutting off a row left incomplete
-        by a crash) and open it for appending. Returns the rows by path.
-        `drop_errors` removes the rows of failed images first, so that they are
-        scored again."""
-        rows = self._read()
-        if drop_errors and any(r.get("error") for r in rows.values()):
-            rows = {p: r for p, r in rows.items() if not r.get("error")}
-            self._rewrite(rows.values())
+    def open(self, *, drop_errors: bool = False) -> set[str]:
+        """Read which images the file already holds (cutting off a row left
+        incomplete by a crash) and open it for appending; returns their paths.
+        `drop_errors` first removes the rows of failed images, so that they
+        are scored again."""
+        done, failed = self._read()
+        if drop_errors and failed:
+            self._rewrite_without(failed)
+            done -= failed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", newline="", **ENCODING)
         if self.format == "csv" and self._file.tell() == 0:
             self._file.write(",".join(CSV_COLUMNS) + "\n")
             self._sync(force=True)
-        return rows
+        return done
 
     def write(self, rows: list[dict]) -> None:
         """Append complete rows in one write, then flush (fsync now and then)."""
@@ -130,28 +131,55 @@ class ResultsFile:
             writer.writerow(_csv_cells(row))
         return buffer.getvalue()
 
-    def _read(self) -> dict[str, dict]:
+    def _rows(self, f, complete: list[int]) -> Iterator[dict]:
+        """The rows of an open file, up to its last newline; `complete[0]`
+        counts the bytes they take."""
+        lines = _complete_lines(f, complete)
+        return _jsonl_rows(lines, self.path) if self.format == "jsonl" else _csv_rows(lines, self.path)
+
+    def _read(self) -> tuple[set[str], set[str]]:
+        """The paths in the file, and those of them whose row holds an error."""
+        done: set[str] = set()
+        failed: set[str] = set()
+        complete = [0]
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                for row in self._rows(f, complete):
+                    done.add(row["path"])
+                    if row.get("error"):
+                        failed.add(row["path"])
+                size = f.seek(0, os.SEEK_END)
         except FileNotFoundError:
-            return {}
+            return done, failed
         except OSError as exc:
             raise ResultsFileError(f"{self.path}: cannot read the earlier results: {exc.strerror or exc}") from None
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):  # a row cut short by a crash: its image is scored again
+        if complete[0] < size:  # a row cut short by a crash: its image is scored again
+            self._check_tail(complete[0])
             with open(self.path, "r+b") as f:
-                f.truncate(complete)
+                f.truncate(complete[0])
                 os.fsync(f.fileno())
-        text = data[:complete].decode(**ENCODING)
-        rows = _parse_jsonl(text, self.path) if self.format == "jsonl" else _parse_csv(text, self.path)
-        return {row["path"]: row for row in rows}
+        return done, failed
 
-    def _rewrite(self, rows: Iterable[dict]) -> None:
+    def _check_tail(self, offset: int) -> None:
+        """Refuse to cut off a tail that is not the start of one of our rows."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            tail = f.read(len(CSV_HEADER) + 1)
+        start = CSV_HEADER if self.format == "csv" else b'{"path": '
+        ours = offset > 0 or start.startswith(tail[:len(start)]) or not tail.strip(b"\0")
+        if not ours:
+            raise _not_ours(self.path, 1, f"it ends in {tail[:20]!r} without a newline")
+
+    def _rewrite_without(self, paths: set[str]) -> None:
+        """Replace the file, atomically, by one without the rows of `paths`."""
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "w", newline="", **ENCODING) as f:
+        with open(self.path, "rb") as source, open(temporary, "w", newline="", **ENCODING) as f:
             if self.format == "csv":
                 f.write(",".join(CSV_COLUMNS) + "\n")
-            f.write(self._encode(rows))
+            for row in self._rows(source, [0]):
+                if row["path"] not in paths:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n" if self.format == "jsonl"
+                            else self._encode_csv_record(row))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
@@ -160,6 +188,12 @@ class ResultsFile:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+    @staticmethod
+    def _encode_csv_record(row: dict) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow([row[c] or "" for c in CSV_COLUMNS])
+        return buffer.getvalue()
 
 
 def _csv_cells(row: dict) -> list[str]:
@@ -180,9 +214,16 @@ def _not_ours(path: Path, line: int, why: str) -> ResultsFileError:
     )
 
 
-def _parse_jsonl(text: str, path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(text.split("\n")[:-1], 1):
+def _complete_lines(f, complete: list[int]) -> Iterator[str]:
+    for line in f:
+        if not line.endswith(b"\n"):
+            return
+        complete[0] += len(line)
+        yield line.decode(**ENCODING)
+
+
+def _jsonl_rows(lines: Iterable[str], path: Path) -> Iterator[dict]:
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -191,18 +232,16 @@ def _parse_jsonl(text: str, path: Path) -> list[dict]:
             raise _not_ours(path, number, f"not JSON ({exc})") from None
         if not isinstance(row, dict) or not isinstance(row.get("path"), str):
             raise _not_ours(path, number, "a row without a `path`")
-        rows.append(row)
-    return rows
+        yield row
 
 
-def _parse_csv(text: str, path: Path) -> list[dict]:
-    if not text:
-        return []
-    records = csv.reader(io.StringIO(text, newline=""))
+def _csv_rows(lines: Iterable[str], path: Path) -> Iterator[dict]:
+    records = csv.reader(lines)
     header = next(records, None)
+    if header is None:
+        return
     if header != CSV_COLUMNS:
-        raise _not_ours(path, 1, f"the header is {','.join(header or [])!r}, not {','.join(CSV_COLUMNS)!r}")
-    rows = []
+        raise _not_ours(path, 1, f"the header is {','.join(header)!r}, not {','.join(CSV_COLUMNS)!r}")
     for record in records:
         if not record:
             continue
@@ -210,5 +249,4 @@ def _parse_csv(text: str, path: Path) -> list[dict]:
             raise _not_ours(path, records.line_num, f"{len(record)} fields instead of {len(CSV_COLUMNS)}")
         row = dict(zip(CSV_COLUMNS, record))
         row["error"] = row["error"] or None
-        rows.append(row)
-    return rows
+        yield row

@@ -269,11 +269,13 @@ class BatchScorer:
                 worker.start()
             with _progress_bar(len(todo), self.progress) as bar:
                 for _ in batches:
-                    rows = answers.get()
-                    if isinstance(rows, BaseException):
-                        raise rows
+                    answer = answers.get()
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    rows, served = answer
                     results.write(rows)
                     self._count(rows)
+                    self.summary.servers.update(served)
                     bar.update(len(rows))
                     if self.summary.failed:
                         bar.set_postfix(failed=self.summary.failed, refresh=False)
@@ -333,14 +335,16 @@ class BatchScorer:
             if batch is None:
                 return
             try:
-                rows = self._score_batch(replicas, batch)
+                answer = self._score_batch(replicas, batch)
             except BaseException as exc:  # hand it to the main thread; never lose it silently
                 answers.put(exc)
                 return
-            answers.put(rows)
+            answers.put(answer)
 
-    def _score_batch(self, replicas: ReplicaSet, paths: list[str]) -> list[dict]:
+    def _score_batch(self, replicas: ReplicaSet, paths: list[str]) -> tuple[list[dict], Counter]:
+        """A row per path, in order, and how many images each server scored."""
         rows: dict[str, dict] = {}
+        served: Counter = Counter()
         images: list[tuple[str, bytes]] = []
         for path in paths:
             try:
@@ -348,21 +352,20 @@ class BatchScorer:
             except OSError as exc:
                 rows[path] = error_row(path, self.model, f"cannot read the file: {exc.strerror or exc}")
         if images:
-            rows.update(self._predict(replicas, images))
-        return [rows[p] for p in paths]
+            rows.update(self._predict(replicas, images, served))
+        return [rows[p] for p in paths], served
 
-    def _predict(self, replicas: ReplicaSet, images: list[tuple[str, bytes]]) -> dict[str, dict]:
+    def _predict(self, replicas: ReplicaSet, images: list[tuple[str, bytes]], served: Counter) -> dict[str, dict]:
         try:
             response, replica = self._send(replicas, images)
         except _BatchFailed as failed:
             if len(images) > 1 and failed.code in SPLIT_CODES:
                 rows: dict[str, dict] = {}
                 for image in images:
-                    rows.update(self._predict(replicas, [image]))
+                    rows.update(self._predict(replicas, [image], served))
                 return rows
             return {path: error_row(path, self.model, failed.message) for path, _ in images}
-        with self._stats_lock:
-            self.summary.servers[replica.address] += len(images)
+        served[replica.address] += len(images)
         return {
             path: scored_row(path, prediction_from(p, response.served_by))
             for (path, _), p in zip(images, response.predictions)

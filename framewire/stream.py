@@ -10,12 +10,12 @@ through server restarts.
                 print(result.frame_number, result.status, result.top_label)
 
 Frames go out on one `StreamPredict` call with increasing frame numbers. At
-most `max_in_flight` frames are at the server at once; a frame submitted
-while that many are out waits, and when a newer one arrives the policy
-decides: `drop="oldest"` (the default, latest frame wins) replaces the
-waiting frame with the newer one, `"newest"` keeps the waiting one and
-drops the newcomer, `"none"` makes `submit` block until the frame can go
-(every frame is answered, the producer slows down). `max_age_ms` asks the
+most `max_in_flight` frames are at the server at once and one more may wait
+to be sent; when a frame arrives while that one still waits (the server is
+behind), the policy decides: `drop="oldest"` (the default, latest frame
+wins) replaces the waiting frame with the newer one, `"newest"` keeps the
+waiting one and drops the newcomer, `"none"` makes `submit` block until
+there is room (every frame is answered, the producer slows down). `max_age_ms` asks the
 server to skip a frame that waited that long there, and the client does
 not send a frame older than that either. If the stream breaks (UNAVAILABLE:
 the server restarts), the frames that were out are reported lost, and a new
@@ -241,9 +241,8 @@ class CameraStream:
         message = image_message(image)
         self.start()
         with self._cond:
-            if self._drop_policy_blocks():
-                while (len(self._waiting) >= self.max_in_flight and not self._closing
-                       and self._error is None):
+            if self.drop == "none":
+                while self._behind() and not self._closing and self._error is None:
                     self._cond.wait(0.1)
             if self._error is not None:
                 raise self._error
@@ -253,15 +252,21 @@ class CameraStream:
             self._next_number += 1
             entry = self._ledger[number] = _Entry(number, message, tag)
             self.stats.add("captured")
-            if self.drop == "newest" and self._waiting:
+            behind = self._behind()
+            if behind and self.drop == "newest":
                 self._resolve(entry, "dropped", grpc.StatusCode.OK, "a frame was already waiting (drop newest)")
             else:
-                self._waiting.append(number)
-                if self.drop == "oldest" and len(self._waiting) > 1:
+                if behind and self.drop == "oldest":
                     old = self._ledger[self._waiting.popleft()]
                     self._resolve(old, "dropped", grpc.StatusCode.OK, "replaced by a newer frame (drop oldest)")
+                self._waiting.append(number)
             self._cond.notify_all()
         return number
+
+    @property
+    def error(self) -> StreamClosedError | None:
+        """Why the stream ended for good (an error reconnecting cannot fix), else None."""
+        return self._error
 
     def results(self) -> Iterator[FrameResult]:
         """Every frame's result in frame order, until the stream is closed and
@@ -318,8 +323,10 @@ class CameraStream:
 
     # --- inside -----------------------------------------------------------------------------
 
-    def _drop_policy_blocks(self) -> bool:
-        return self.drop == "none"
+    def _behind(self) -> bool:
+        """Every slot is taken and a frame waits beyond them: the server is
+        behind and the next frame must replace one (or wait). Holds the lock."""
+        return len(self._in_flight) + len(self._waiting) > self.max_in_flight
 
     def _stalled(self) -> bool:
         """The oldest frame out has waited `stall_seconds` for its answer. Holds the lock."""

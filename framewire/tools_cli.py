@@ -232,6 +232,9 @@ def _run_stream(args: argparse.Namespace) -> int:
                 annotator.close()
     elapsed = time.monotonic() - start
     print(_render_summary(stream.stats.summary(), elapsed))
+    if stream.error is not None and status == 0:
+        print(f"framewire stream: {stream.error}", file=sys.stderr)
+        status = 1
     return status
 
 

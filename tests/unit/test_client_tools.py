@@ -70,17 +70,26 @@ def test_a_row_cut_short_by_a_crash_is_dropped_and_the_file_appended_to(tmp_path
 
 def test_csv_rows_round_trip_and_other_files_are_refused(tmp_path):
     path = tmp_path / "r.csv"
-    results = ResultsFile(path)
-    assert results.format == "csv" and results.open() == {}
-    results.write([{"path": "a,b.jpg", "model": "m", "version": 2, "labels": ["cat", 7], "scores": [0.5, 0.25],
-                    "error": None}])
-    results.close()
-    row = ResultsFile(path).open()["a,b.jpg"]
-    assert (row["label"], row["score"], json.loads(row["labels"]), row["error"]) == ("cat", "0.5", ["cat", 7], None)
+    import csv
 
-    (tmp_path / "notes.csv").write_text("when,what\n")
-    with pytest.raises(ResultsFileError, match="does not look like a framewire score results file"):
-        ResultsFile(tmp_path / "notes.csv").open()
+    results = ResultsFile(path)
+    assert results.format == "csv" and results.open() == set()
+    results.write([{"path": "a,b.jpg", "model": "m", "version": 2, "labels": ["cat", 7], "scores": [0.5, 0.25],
+                    "error": None}, error_row("new\nline.jpg", "m", "cannot read the file")])
+    results.close()
+    again = ResultsFile(path)
+    assert again.open(drop_errors=True) == {"a,b.jpg"}
+    again.close()
+    with open(path, newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["path"], row["label"], row["score"], json.loads(row["labels"])) == ("a,b.jpg", "cat", "0.5", ["cat", 7])
+    assert (row["version"], row["embedding"], row["error"]) == ("2", "", "")
+
+    for name, text in (("notes.csv", "when,what\n"), ("notes.jsonl", "my notes, no newline")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ResultsFileError, match="does not look like a framewire score results file"):
+            ResultsFile(tmp_path / name).open()
+        assert (tmp_path / name).read_text() == text  # never cut or overwritten
     with pytest.raises(ResultsFileError, match="--format 'xml'"):
         ResultsFile(path, "xml")
 
@@ -105,3 +114,20 @@ def test_failures_are_grouped_without_what_varies_per_image():
 def test_percentiles():
     assert percentiles([]) == {"p50_ms": None, "p90_ms": None, "p99_ms": None}
     assert percentiles(list(range(1, 101))) == {"p50_ms": 51, "p90_ms": 91, "p99_ms": 100}
+
+
+def test_every_framewire_command_in_the_clients_guide_parses():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from framewire.cli import build_parser
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "clients.md").read_text()
+    lines = "\n".join(re.findall(r"```bash\n(.*?)```", guide, flags=re.S)).replace("\\\n", " ").splitlines()
+    commands = [line.strip().rstrip("&").strip() for line in lines if line.strip().startswith("framewire ")]
+    assert any(c.startswith("framewire score ") for c in commands)
+    assert any(c.startswith("framewire stream ") for c in commands)
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command, comments=True)[1:])
+        assert callable(args.handler), command
