@@ -26,16 +26,18 @@ class VideoAnnotator:
         self.last = None
         self.frames = 0
         self.scale = 0.6
+        self.failed = False
 
     def write(self, bgr, result) -> None:
         """Draw `result` (a FrameResult) on the frame `bgr` and append it."""
         cv2 = self.cv2
-        if bgr is None:
+        if bgr is None or self.failed:
             return
         if self.writer is None:
             self.size = (bgr.shape[1], bgr.shape[0])
             self.writer = cv2.VideoWriter(self.path, self.fourcc, self.fps, self.size)
             if not self.writer.isOpened():
+                self.failed = True
                 raise OSError(f"{self.path}: OpenCV cannot write a video there")
         elif (bgr.shape[1], bgr.shape[0]) != self.size:
             bgr = cv2.resize(bgr, self.size)

@@ -90,6 +90,9 @@ def _score(args: argparse.Namespace) -> int:
     except ScoreError as exc:
         print(f"framewire score: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the output cannot be written
+        print(f"framewire score: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if args.json_summary:
         print(json.dumps({
             "total": summary.total, "skipped": summary.skipped, "scored": summary.scored,
@@ -157,6 +160,9 @@ def _stream(args: argparse.Namespace) -> int:
     except SourceError as exc:
         print(f"framewire stream: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as exc:  # --out cannot be written
+        print(f"framewire stream: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _run_stream(args: argparse.Namespace) -> int:
@@ -231,9 +237,13 @@ def _run_stream(args: argparse.Namespace) -> int:
             if annotator is not None:
                 annotator.close()
     elapsed = time.monotonic() - start
-    print(_render_summary(stream.stats.summary(), elapsed))
+    summary = stream.stats.summary()
+    print(_render_summary(summary, elapsed))
     if stream.error is not None and status == 0:
         print(f"framewire stream: {stream.error}", file=sys.stderr)
+        status = 1
+    elif summary["captured"] and not summary["answered"] and status == 0:
+        print(f"framewire stream: no frame was answered by {args.server}", file=sys.stderr)
         status = 1
     return status
 

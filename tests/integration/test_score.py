@@ -196,7 +196,7 @@ def test_sources_can_be_a_glob_or_a_list_of_paths(replicas, image_folder, tmp_pa
     out = tmp_path / "results.jsonl"
     done = framewire("score", str(listing), "--model", "tiny", "--server", a.address, "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert [r["path"] for r in read_jsonl(out)] != [] and {r["path"] for r in read_jsonl(out)} == set(from_glob[:5])
+    assert sorted(r["path"] for r in read_jsonl(out)) == sorted(from_glob[:5])
 
 
 def test_usage_errors_and_unknown_models_exit_non_zero(replicas, image_folder, tmp_path):
@@ -217,7 +217,28 @@ def test_usage_errors_and_unknown_models_exit_non_zero(replicas, image_folder, t
     assert not (tmp_path / "r.jsonl").exists() or (tmp_path / "r.jsonl").read_text() == ""
 
 
-# Last in the file: it kills a server (the next test would start it again).
+def test_embedding_models_write_their_vectors(image_folder, tmp_path):
+    from framewire.exporter.export import export_module
+    from framewire.exporter.writer import Preprocess
+    from support.artifacts import TinyNet
+    from support.server import RunningServer
+
+    repo = tmp_path / "repo"
+    export_module(TinyNet.build(num_classes=16), name="embedder", version=1, repo=repo, task="embedding",
+                  preprocess=Preprocess(resize_mode="exact", crop=(32, 32)))
+    paths = discover_images(image_folder)[:10]
+    with RunningServer(repo=str(repo), runner="thread", max_batch_size=8) as server:
+        summary = score_images(paths, model="embedder", servers=server.address, out=tmp_path / "vectors.csv")
+    assert (summary.scored, summary.failed) == (10, 0)
+    with open(tmp_path / "vectors.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10
+    for row in rows:
+        assert len(json.loads(row["embedding"])) == 16
+        assert (row["labels"], row["label"], row["detections"], row["error"]) == ("", "", "", "")
+
+
+# Last of the tests that use the replicas: it kills one (a later user would start it again).
 def test_a_server_killed_halfway_loses_no_image_and_scores_none_twice(replicas, image_folder, tmp_path):
     a, b = replicas.alive()
     paths = discover_images(image_folder)
@@ -239,7 +260,8 @@ def test_a_server_killed_halfway_loses_no_image_and_scores_none_twice(replicas, 
     assert Counter(r["path"] for r in rows) == Counter(paths)  # every image, each once
     assert all(r["error"] is None and r["model"] == "tiny" and r["version"] == 1 for r in rows)
     assert all(len(r["labels"]) == 5 and r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
-    assert (summary.total, summary.scored, summary.failed, summary.skipped, summary.remaining) == (N_IMAGES, N_IMAGES, 0, 0, 0)
+    counts = (summary.total, summary.scored, summary.failed, summary.skipped, summary.remaining)
+    assert counts == (N_IMAGES, N_IMAGES, 0, 0, 0)
     assert summary.servers[a.address] > 0 and summary.servers[b.address] > 0
     assert sum(summary.servers.values()) == N_IMAGES
     assert summary.retries >= 1  # batches that met the dead server went to the other one

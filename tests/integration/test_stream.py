@@ -149,6 +149,16 @@ def test_the_cli_streams_a_folder_of_frames_without_opencv(fast_server, frame_fo
     assert "captured 200, sent 200, answered 200" in done.stdout
     assert "latency p50" in done.stdout
 
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{probe.getsockname()[1]}"
+    unanswered = framewire("stream", str(frame_folder), "--model", "tiny", "--server", nobody, "--frames", "5",
+                           "--drain-seconds", "0.5", "--quiet")
+    assert unanswered.returncode == 1 and "no frame was answered" in unanswered.stderr
+    assert "captured 5, " in unanswered.stdout
+
     (tmp_path / "clip.mp4").write_bytes(b"not really a video")
     needs_opencv = framewire("stream", str(tmp_path / "clip.mp4"), "--model", "tiny", "--server",
                              fast_server.address, env={"PYTHONPATH": str(no_opencv)})

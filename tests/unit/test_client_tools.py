@@ -131,3 +131,46 @@ def test_every_framewire_command_in_the_clients_guide_parses():
     for command in commands:
         args = build_parser().parse_args(shlex.split(command, comments=True)[1:])
         assert callable(args.handler), command
+
+
+def _detection_prediction():
+    from framewire.client import Prediction
+    from framewire.results import Detection
+
+    return Prediction(model="det", version=3, device="cpu", width=64, height=48, detections=[
+        Detection((4.0, 5.0, 30.25, 40.5), 1, "person", 0.91234567), Detection((1.0, 1.0, 9.0, 9.0), 7, "", 0.5)])
+
+
+def test_detections_become_rows_with_boxes_in_pixels():
+    from framewire.results_file import scored_row
+
+    row = scored_row("a.jpg", _detection_prediction())
+    assert row == {"path": "a.jpg", "model": "det", "version": 3, "error": None, "detections": [
+        {"label": "person", "score": 0.9123457, "box": [4.0, 5.0, 30.25, 40.5]},
+        {"label": 7, "score": 0.5, "box": [1.0, 1.0, 9.0, 9.0]}]}
+
+
+def test_the_annotated_video_has_every_frame_and_draws_boxes(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    import grpc
+    import numpy as np
+
+    from framewire.annotate import VideoAnnotator
+    from framewire.stream import FrameResult
+
+    annotator = VideoAnnotator(tmp_path / "out.avi", fps=10)
+    blank = np.zeros((48, 64, 3), np.uint8)
+    for number, status in enumerate(["ok", "dropped", "ok"]):
+        prediction = _detection_prediction() if status == "ok" else None
+        annotator.write(blank, FrameResult("cam", number, status, grpc.StatusCode.OK, "", prediction, 1.0))
+    annotator.close()
+    capture = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 3
+    assert frames[0][5:41, 4].max() > 100  # the box's left edge is drawn
+    assert frames[1][5:41, 4].max() > 100  # a dropped frame shows the previous answer
