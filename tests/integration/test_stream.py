@@ -110,8 +110,7 @@ def test_a_slow_server_gets_the_latest_frames_and_latency_stays_bounded(slow_ser
 
     assert [r.frame_number for r in results] == list(range(N_FRAMES))
     statuses = Counter(r.status for r in results)
-    assert statuses["dropped"] >= 100 and statuses["failed"] == 0
-    assert 5 <= statuses["ok"] <= 80, statuses
+    assert statuses["dropped"] >= N_FRAMES // 2 and statuses["ok"] >= 5 and statuses["failed"] == 0, statuses
     assert results[-1].ok  # the newest frame is never the one dropped
     answered = [r.latency_ms for r in results if r.ok]
     # Queued instead of dropped, the last of 200 frames would wait some 10 s.
