@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     from framewire.exporter.cli import add_commands as add_exporter_commands
     from framewire.service.cli import add_commands as add_service_commands
     from framewire.status_cli import add_commands as add_status_commands
+    from framewire.tools_cli import add_commands as add_tool_commands
 
     add_exporter_commands(sub)
     add_service_commands(sub)
     add_client_commands(sub)
     add_status_commands(sub)
+    add_tool_commands(sub)
     return parser
 
 

@@ -71,17 +71,18 @@ class RunningServer:
 class ServerProcess:
     """`framewire serve ... --port 0` in a subprocess; learns its port from the log.
 
-    `argv` replaces the whole command (e.g. `make serve`); it must still start
-    a server on 127.0.0.1 port 0.
+    `port` binds a given port instead (to restart a server where its clients
+    expect it). `argv` replaces the whole command (e.g. `make serve`); it must
+    still start a server on 127.0.0.1 port 0.
     """
 
     def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 180,
-                 argv: list[str] | None = None, cwd: str | None = None):
+                 argv: list[str] | None = None, cwd: str | None = None, port: int = 0):
         framewire = shutil.which("framewire")
         assert framewire, "the framewire console script is not installed"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"framewire-serve-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+")
-        command = argv or [framewire, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args]
+        command = argv or [framewire, "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             cwd=cwd, start_new_session=True,

@@ -1,0 +1,294 @@
+"""The client tools' CLI verbs: `framewire score` (batch scoring) and
+`framewire stream` (a camera stream). docs/clients.md is their guide."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+
+USAGE_ERROR = 2
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_score(sub)
+    _add_stream(sub)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; at least 1")
+    return value
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a folder (glob, list) of images on one or more servers into JSONL or CSV",
+        description=(
+            "Score every image of SOURCE with a model, spreading batches over the servers (round robin; "
+            "a failed batch is retried on another server), and append one row per image to --out. "
+            "Rerunning with the same --out skips the images already in it, so an interrupted run "
+            "resumes where it stopped and no image is scored twice. Exits 0 when every image was "
+            "scored or reported with its error."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="a folder (searched recursively for .jpg .jpeg .png .webp .bmp), a glob pattern "
+                        "(quote it; ** crosses folders) or a text file of image paths, one per line")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="the servers to spread the work over (default %(default)s)")
+    p.add_argument("--out", required=True, help="results file; appended to, and read first to resume")
+    p.add_argument("--format", choices=("jsonl", "csv"),
+                   help="output format (default: csv for a .csv --out, else jsonl)")
+    p.add_argument("--version", type=int, default=0, help="model version (default: newest READY)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per request (default %(default)s)")
+    p.add_argument("--concurrency", type=_positive_int, default=4,
+                   help="requests in flight at once (default %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default %(default)s)")
+    p.add_argument("--score-threshold", type=float, help="detection models: drop detections below this")
+    p.add_argument("--max-detections", type=int, default=0, help="detection models: at most this many per image")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--max-attempts", type=_positive_int, default=5,
+                   help="attempts per batch on UNAVAILABLE before its images are reported failed "
+                        "(default %(default)s; DEADLINE_EXCEEDED is retried once)")
+    p.add_argument("--wait-ready", type=float, default=30.0,
+                   help="seconds to wait at the start for a server to have the model ready (default %(default)s)")
+    p.add_argument("--limit", type=int, help="score at most this many new images in this run")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="score again the images whose rows in --out hold an error (their rows are replaced)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--json-summary", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from framewire.results_file import ResultsFileError
+    from framewire.score import ScoreError, score_images
+    from framewire.sources import SourceError, discover_images
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    _log_to_stderr("framewire.score", through_tqdm=progress)
+    try:
+        paths = discover_images(args.source)
+        summary = score_images(
+            paths, model=args.model, servers=args.server, out=args.out, fmt=args.format, version=args.version,
+            batch_size=args.batch_size, concurrency=args.concurrency, top_k=args.top_k,
+            score_threshold=args.score_threshold, max_detections=args.max_detections, timeout=args.timeout,
+            max_attempts=args.max_attempts, wait_ready=args.wait_ready, limit=args.limit,
+            retry_failed=args.retry_failed, progress=progress,
+        )
+    except (SourceError, ResultsFileError, ValueError) as exc:
+        print(f"framewire score: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except ScoreError as exc:
+        print(f"framewire score: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the output cannot be written
+        print(f"framewire score: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.json_summary:
+        print(json.dumps({
+            "total": summary.total, "skipped": summary.skipped, "scored": summary.scored,
+            "failed": summary.failed, "remaining": summary.remaining, "errors": dict(summary.errors),
+            "servers": dict(summary.servers), "retries": summary.retries,
+            "elapsed_s": round(summary.elapsed_s, 3), "images_per_second": round(summary.images_per_second, 2),
+            "interrupted": summary.interrupted,
+        }))
+    else:
+        print(summary.render())
+    return 130 if summary.interrupted else 0
+
+
+def _add_stream(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="stream a video, camera or folder of frames to a server and report fps and latency",
+        description=(
+            "Send the frames of SOURCE to a server on one StreamPredict stream and print, every second, "
+            "the frames captured, sent, answered and skipped per second and the latency p50/p90/p99. "
+            "When the server falls behind, stale frames are skipped rather than queued (--drop, "
+            "--max-in-flight, --max-age-ms); when the server restarts, the stream reconnects."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="a video file, an rtsp:// or http:// URL, a camera index (0) or a folder of frames "
+                        "(played in name order at --fps); all but a folder need the `camera` extra (OpenCV)")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="the server (default %(default)s)")
+    p.add_argument("--version", type=int, default=0, help="model version (default: newest READY)")
+    p.add_argument("--stream-id", default="camera-0", help="the stream's id at the server (default %(default)s)")
+    p.add_argument("--fps", type=float,
+                   help="frames per second to play a folder (default 30) or a video file (default: its own "
+                        "rate) at; 0: as fast as they are read; live sources set their own pace")
+    p.add_argument("--max-in-flight", type=_positive_int, default=2,
+                   help="frames at the server at once (default %(default)s)")
+    p.add_argument("--drop", choices=("oldest", "newest", "none"), default="oldest",
+                   help="when a frame arrives while one already waits to be sent: drop the waiting one "
+                        "(oldest: latest frame wins), the new one (newest), or none (wait; every frame is "
+                        "answered, the source slows down) (default %(default)s)")
+    p.add_argument("--max-age-ms", type=int, default=0,
+                   help="skip a frame still waiting this many milliseconds (0: never) (default %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per frame (default %(default)s)")
+    p.add_argument("--score-threshold", type=float, help="detection models: drop detections below this")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--loop", action="store_true", help="play a folder of frames again and again")
+    p.add_argument("--encode", choices=("jpeg", "raw"), default="jpeg",
+                   help="how video frames travel: JPEG, or raw RGB pixels (default %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of video frames (default %(default)s)")
+    p.add_argument("--out", help="write one JSON line per frame (status, latency, prediction)")
+    p.add_argument("--annotate", metavar="VIDEO", help="write the frames with their answers drawn on (.mp4 or .avi)")
+    p.add_argument("--drain-seconds", type=float, default=10.0,
+                   help="at the end, how long to wait for the last answers (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no per-second lines, only the summary")
+    p.set_defaults(handler=_stream)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from framewire.sources import SourceError
+
+    _log_to_stderr("framewire.stream", through_tqdm=False)
+    try:
+        return _run_stream(args)
+    except SourceError as exc:
+        print(f"framewire stream: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as exc:  # --out cannot be written
+        print(f"framewire stream: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from framewire.results_file import prediction_fields
+    from framewire.sources import folder_frames, is_video_source, video_fps, video_frames
+    from framewire.stream import CameraStream, StreamClosedError
+
+    annotate = bool(args.annotate)
+    if is_video_source(args.source):
+        if not args.source.isdigit() and "://" not in args.source and not Path(args.source).is_file():
+            print(f"framewire stream: {args.source}: no such file, folder, URL or camera index", file=sys.stderr)
+            return USAGE_ERROR
+        frames = video_frames(args.source, fps=args.fps, encode=args.encode, jpeg_quality=args.jpeg_quality,
+                              keep_bgr=annotate)
+        fps = args.fps if args.fps else video_fps(args.source)
+    else:
+        fps = 30.0 if args.fps is None else args.fps
+        frames = folder_frames(args.source, fps=fps, decode=annotate, loop=args.loop)
+    annotator = None
+    if annotate:
+        from framewire.annotate import VideoAnnotator
+
+        annotator = VideoAnnotator(args.annotate, fps)
+    out = open(args.out, "w", encoding="utf-8") if args.out else None
+
+    def on_result(result) -> None:
+        if out is not None:
+            row = {"frame": result.frame_number, "stream_id": result.stream_id, "status": result.status,
+                   "code": result.code.name, "message": result.message or None,
+                   "latency_ms": None if result.latency_ms is None else round(result.latency_ms, 2)}
+            if result.prediction is not None:
+                row.update(model=result.prediction.model, version=result.prediction.version,
+                           **prediction_fields(result.prediction))
+            out.write(json.dumps(row) + "\n")
+        if annotator is not None:
+            annotator.write(result.tag, result)
+
+    stream = CameraStream(args.server, model=args.model, version=args.version, stream_id=args.stream_id,
+                          top_k=args.top_k, score_threshold=args.score_threshold,
+                          max_in_flight=args.max_in_flight, drop=args.drop, max_age_ms=args.max_age_ms,
+                          on_result=on_result)
+    stop = threading.Event()
+    reporter = None
+    if not args.quiet:
+        reporter = threading.Thread(target=_report, args=(stream, stop), daemon=True)
+    start = time.monotonic()
+    status = 0
+    try:
+        stream.start()
+        if reporter is not None:
+            reporter.start()
+        for count, frame in enumerate(frames):
+            if args.frames is not None and count >= args.frames:
+                break
+            if args.duration is not None and time.monotonic() - start >= args.duration:
+                break
+            stream.submit(frame.image, tag=frame.bgr)
+    except KeyboardInterrupt:
+        status = 130
+    except StreamClosedError as exc:
+        print(f"framewire stream: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        try:
+            stream.close(args.drain_seconds, raise_error=False)
+        finally:
+            stop.set()
+            if out is not None:
+                out.close()
+            if annotator is not None:
+                annotator.close()
+    elapsed = time.monotonic() - start
+    summary = stream.stats.summary()
+    print(_render_summary(summary, elapsed))
+    if stream.error is not None and status == 0:
+        print(f"framewire stream: {stream.error}", file=sys.stderr)
+        status = 1
+    elif summary["captured"] and not summary["answered"] and status == 0:
+        print(f"framewire stream: no frame was answered by {args.server}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _report(stream, stop: threading.Event) -> None:
+    start = time.monotonic()
+    stream.stats.take_window()
+    while not stop.wait(1.0):
+        w = stream.stats.take_window()
+        latency = "  ".join(f"p{p} {_ms(w[f'p{p}_ms'])}" for p in (50, 90, 99))
+        print(f"{time.monotonic() - start:6.0f}s  captured {w['captured_fps']:5.1f}/s  sent {w['sent_fps']:5.1f}/s  "
+              f"answered {w['answered_fps']:5.1f}/s  skipped {w['skipped_fps'] + w['dropped_fps']:5.1f}/s  "
+              f"failed {w['failed_fps']:4.1f}/s  latency {latency}", file=sys.stderr, flush=True)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _render_summary(s: dict, elapsed: float) -> str:
+    per_second = (lambda n: n / elapsed) if elapsed > 0 else (lambda n: 0.0)
+    return (
+        f"frames: captured {s['captured']}, sent {s['sent']}, answered {s['answered']}, "
+        f"skipped {s['skipped']} by the server and {s['dropped']} by the client, failed {s['failed']}, "
+        f"reconnects {s['reconnects']}\n"
+        f"{elapsed:.1f} s: captured {per_second(s['captured']):.1f} fps, answered {per_second(s['answered']):.1f} fps; "
+        f"latency p50 {_ms(s['p50_ms'])}, p90 {_ms(s['p90_ms'])}, p99 {_ms(s['p99_ms'])}"
+    )
+
+
+def _log_to_stderr(name: str, *, through_tqdm: bool) -> None:
+    """Warnings of `name` on stderr (above a progress bar when there is one)."""
+    logger = logging.getLogger(name)
+    if logger.handlers:
+        return
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = f"{name.replace('.', ' ')}: {record.getMessage()}"
+            if through_tqdm:
+                from tqdm import tqdm
+
+                tqdm.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr, flush=True)
+
+    logger.addHandler(Handler(logging.WARNING))
+    logger.propagate = False
