@@ -133,9 +133,9 @@ class ReplicaSet:
 
     def __init__(self, addresses: Sequence[str], *, credentials: grpc.ChannelCredentials | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cooldown: float = 0.5,
-                 max_cooldown: float = 10.0):
+                 max_cooldown: float = 10.0, channel_options: Sequence[tuple] = ()):
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS]
+                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS, *channel_options]
         self.replicas = [_Replica(a, options, credentials, i) for i, a in enumerate(addresses)]
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -199,7 +199,8 @@ class BatchScorer:
                  limit: int | None = None, retry_failed: bool = False, progress: bool = False,
                  metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, fsync_seconds: float = 1.0,
-                 wait_ready: float = 30.0, on_batch: Callable[[ScoreSummary], None] | None = None):
+                 wait_ready: float = 30.0, on_batch: Callable[[ScoreSummary], None] | None = None,
+                 channel_options: Sequence[tuple] = ()):
         for name, value, least in (("batch_size", batch_size, 1), ("concurrency", concurrency, 1),
                                    ("max_attempts", max_attempts, 1), ("top_k", top_k, 1)):
             if value < least:
@@ -219,6 +220,7 @@ class BatchScorer:
         self.limit, self.retry_failed, self.progress = limit, retry_failed, progress
         self.metadata = tuple(metadata)
         self.credentials, self.max_message_bytes = credentials, max_message_bytes
+        self.channel_options = tuple(channel_options)
         self.fsync_seconds = fsync_seconds
         self.wait_ready = wait_ready
         self.on_batch = on_batch
@@ -253,7 +255,7 @@ class BatchScorer:
 
     def _score(self, todo: list[str], results: ResultsFile) -> None:
         replicas = ReplicaSet(self.addresses, credentials=self.credentials,
-                              max_message_bytes=self.max_message_bytes)
+                              max_message_bytes=self.max_message_bytes, channel_options=self.channel_options)
         try:
             self._check_model(replicas)
             work: queue.Queue = queue.Queue()
@@ -435,7 +437,7 @@ def score_images(paths: Iterable[str | Path], *, model: str, servers: str | Sequ
     request), max_attempts (5), backoff (0.1 s, doubling), limit (score at
     most this many new images), retry_failed (score failed images again),
     progress (a tqdm bar on stderr), wait_ready (seconds to wait at the start
-    for a server to have the model ready, 30), metadata, credentials, on_batch (called
+    for a server to have the model ready, 30), metadata, credentials, channel_options, on_batch (called
     with the summary after each batch is written). Raises ScoreError when no
     server can score with the model, ValueError for bad options and
     `framewire.results_file.ResultsFileError` when `out` is not a results file."""

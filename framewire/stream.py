@@ -175,7 +175,7 @@ class CameraStream:
                  reconnect: bool = True, backoff: float = 0.1, max_backoff: float = 2.0,
                  stall_seconds: float = 30.0, on_result: Callable[[FrameResult], None] | None = None,
                  metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, channel_options: Sequence[tuple] = ()):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight} is too small; at least 1")
         if drop not in DROP_POLICIES:
@@ -194,7 +194,7 @@ class CameraStream:
         self.metadata = tuple(metadata)
         self.stats = StreamStats()
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS]
+                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS, *channel_options]
         if credentials is None:
             self._channel = grpc.insecure_channel(server, options=options)
         else:

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from framewire.connection import add_security_arguments, security_from_args
+
 USAGE_ERROR = 2
 
 
@@ -43,6 +45,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT[,HOST:PORT...]",
                    help="the servers to spread the work over (default %(default)s)")
+    add_security_arguments(p)
     p.add_argument("--out", required=True, help="results file; appended to, and read first to resume")
     p.add_argument("--format", choices=("jsonl", "csv"),
                    help="output format (default: csv for a .csv --out, else jsonl)")
@@ -82,7 +85,7 @@ def _score(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, concurrency=args.concurrency, top_k=args.top_k,
             score_threshold=args.score_threshold, max_detections=args.max_detections, timeout=args.timeout,
             max_attempts=args.max_attempts, wait_ready=args.wait_ready, limit=args.limit,
-            retry_failed=args.retry_failed, progress=progress,
+            retry_failed=args.retry_failed, progress=progress, **security_from_args(args),
         )
     except (SourceError, ResultsFileError, ValueError) as exc:
         print(f"framewire score: {exc}", file=sys.stderr)
@@ -122,6 +125,7 @@ def _add_stream(sub: argparse._SubParsersAction) -> None:
                         "(played in name order at --fps); all but a folder need the `camera` extra (OpenCV)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="the server (default %(default)s)")
+    add_security_arguments(p)
     p.add_argument("--version", type=int, default=0, help="model version (default: newest READY)")
     p.add_argument("--stream-id", default="camera-0", help="the stream's id at the server (default %(default)s)")
     p.add_argument("--fps", type=float,
@@ -205,7 +209,7 @@ def _run_stream(args: argparse.Namespace) -> int:
     stream = CameraStream(args.server, model=args.model, version=args.version, stream_id=args.stream_id,
                           top_k=args.top_k, score_threshold=args.score_threshold,
                           max_in_flight=args.max_in_flight, drop=args.drop, max_age_ms=args.max_age_ms,
-                          on_result=on_result)
+                          on_result=on_result, **security_from_args(args))
     stop = threading.Event()
     reporter = None
     if not args.quiet:

@@ -250,3 +250,31 @@ def test_sighup_reloads_the_tokens_file(tiny_repo, tmp_path):
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         server.close()
+
+
+def test_score_and_stream_speak_tls_with_a_token(tiny_repo, pki, tmp_path):
+    import json
+    import subprocess
+
+    token, digest = new_token()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(token_entry("jobs", digest, ["infer"], []))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        (frames / f"{i:03d}.png").write_bytes(encode(random_image(i)))
+    with RunningServer(repo=str(tiny_repo), tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
+                       tokens_file=str(tokens)) as server:
+        security = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test",
+                    "--token", token]
+        out = tmp_path / "scores.jsonl"
+        done = subprocess.run(["framewire", "score", str(frames), "--model", "tiny", "--out", str(out), *security],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 4 and all(row["error"] is None for row in rows)
+        streamed = tmp_path / "stream.jsonl"
+        done = subprocess.run(["framewire", "stream", str(frames), "--model", "tiny", "--fps", "0", "--drop", "none",
+                               "--quiet", "--out", str(streamed), *security], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert [json.loads(line)["status"] for line in streamed.read_text().splitlines()] == ["ok"] * 4

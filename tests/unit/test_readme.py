@@ -36,5 +36,8 @@ def test_the_readme_has_a_run_command_and_a_test_command():
 
 @pytest.mark.parametrize("command", [c for c in commands() if c.startswith("framewire ")])
 def test_every_framewire_command_in_the_readme_parses(command):
-    args = build_parser().parse_args(shlex.split(command, comments=True)[1:])
+    words = shlex.split(command, comments=True)
+    if words[-1] == "&":  # started in the background
+        words = words[:-1]
+    args = build_parser().parse_args(words[1:])
     assert callable(args.handler)
