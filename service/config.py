@@ -59,6 +59,8 @@ class ServeConfig:
                           "thread: in the server process (lighter for many small models)")
     instances_per_device: int = setting(1, "model instances per device; each batch goes to a free one")
     channels_last: bool = setting(True, "run convolutions in channels_last memory format")
+    cuda_graphs: bool = setting(False, "on CUDA, replay CUDA graphs captured per batch-size bucket (batches are "
+                                "padded up to the next warm-up size); falls back to eager when capture fails")
     cpu_threads: int = setting(0, "torch intra-op threads on the CPU (0: torch's default)")
     decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
     max_batch_size: int = setting(32, "largest device batch")

@@ -214,7 +214,8 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
     if config.runner == "thread":
         loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
-                             instances_per_device=config.instances_per_device, channels_last=config.channels_last)
+                             instances_per_device=config.instances_per_device, channels_last=config.channels_last,
+                             cuda_graphs=config.cuda_graphs)
         artifact = loaded.artifact
     else:
         artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
@@ -227,5 +228,6 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             channels_last=config.channels_last, cpu_threads=config.cpu_threads,
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
             log_format=config.log_format, trusted_keys=config.trusted_keys, require_signed=config.require_signed,
+            cuda_graphs=config.cuda_graphs,
         )
     return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)

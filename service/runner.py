@@ -53,7 +53,7 @@ class ModelRunner:
     """Builds instances of a loaded model and runs staged batches on them."""
 
     def __init__(self, loaded, *, devices: tuple[str, ...], dtype: str, instances_per_device: int = 1,
-                 channels_last: bool = True):
+                 channels_last: bool = True, cuda_graphs: bool = False):
         import torch
 
         if dtype not in DTYPES:
@@ -64,6 +64,7 @@ class ModelRunner:
         self.dtype = getattr(torch, dtype)
         self.dtype_name = dtype
         self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
         self.instances: list[Instance] = []
         self._free: dict[Any, asyncio.Queue] = {}
         self._streams: dict[Any, Any] = {}
@@ -104,6 +105,13 @@ class ModelRunner:
                     items = [torch.zeros(example_shape) for _ in range(size)]
                 staged = self.stage(items, instance.device)
                 self.forward(instance, staged)
+            if self.cuda_graphs and instance.device.type == "cuda" and self.task != "detection":
+                from .cuda_graphs import graph_module
+
+                instance.module = graph_module(
+                    instance.module, device=instance.device, dtype=self.dtype, sample_shape=example_shape,
+                    buckets=sizes, channels_last=self.channels_last, name=self.name,
+                )
         log.info("%s warmed up at batch sizes %s on %s", self.name, sizes, self.device_label)
 
     def stage(self, items: list, device) -> Staged:

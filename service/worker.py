@@ -30,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-artifact-bytes", type=int, default=2**31 - 1)
     p.add_argument("--warmup-sizes", default="", help="comma-separated batch sizes")
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
 
         trust = TrustPolicy.from_directory(args.trusted_keys, args.require_signed) if args.trusted_keys else None
         loaded = load_model(args.artifact, max_bytes=args.max_artifact_bytes, trust=trust)
-        runner = ModelRunner(loaded, devices=(args.device,), dtype=args.dtype, channels_last=args.channels_last)
+        runner = ModelRunner(loaded, devices=(args.device,), dtype=args.dtype, channels_last=args.channels_last,
+                             cuda_graphs=args.cuda_graphs)
         if args.warmup_sizes:
             sizes = [int(s) for s in args.warmup_sizes.split(",")]
             shape = tuple(int(s) for s in args.warmup_shape.split(","))

@@ -167,7 +167,7 @@ class ProcessRunner:
     def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
                  max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
-                 trusted_keys: str = "", require_signed: bool = False):
+                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False):
         self.name = name
         self.task = task
         self.dtype_name = dtype
@@ -179,6 +179,7 @@ class ProcessRunner:
             "--log-level", log_level, "--log-format", log_format,
             *(["--trusted-keys", trusted_keys] if trusted_keys else []),
             *(["--require-signed"] if require_signed else []),
+            *(["--cuda-graphs"] if cuda_graphs else []),
         ]
         self.instances = [
             ModelWorker(name, [], i) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))

@@ -92,3 +92,27 @@ def test_a_real_out_of_memory_error_splits_the_batch():
     with torch.inference_mode():
         for item, out in zip(items, outputs):
             torch.testing.assert_close(out, module.linear.cpu()(item.flatten()), atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graphs_give_the_eager_answers_at_every_batch_size(demo_artifact):
+    from framewire.service.cuda_graphs import GraphedModule
+
+    loaded = load_model(demo_artifact)
+    module = loaded.module.to(device="cuda:0", dtype=torch.float16).to(memory_format=torch.channels_last)
+    graphed = GraphedModule(module, device=torch.device("cuda:0"), dtype=torch.float16, sample_shape=(3, 224, 224),
+                            buckets=[1, 2, 4, 8], channels_last=True)
+    for size in (1, 3, 5, 8, 9):
+        x = torch.randn(size, 3, 224, 224, device="cuda:0", dtype=torch.float16).contiguous(
+            memory_format=torch.channels_last)
+        with torch.inference_mode():
+            expected = module(x).float()
+            got = graphed(x).float().clone()
+        torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_a_server_with_cuda_graphs_sees_a_cat(demo_repo, chelsea_jpeg):
+    with RunningServer(repo=str(demo_repo), device="cuda", cuda_graphs=True, max_batch_size=8) as server, \
+            Client(server.address) as c:
+        assert c.predict(chelsea_jpeg, model="efficientnet_lite0").top.index in CAT_CLASSES
+        preds = c.batch_predict([chelsea_jpeg] * 5, model="efficientnet_lite0")
+        assert all(p.top.index in CAT_CLASSES for p in preds)
