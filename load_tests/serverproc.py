@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +17,7 @@ class BenchServer:
     def __init__(self, repo: Path, args: list[str], log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "w")
-        command = [shutil.which("framewire") or "framewire", "serve", "--repo", str(repo), "--host", "127.0.0.1",
+        command = [sys.executable, "-m", "framewire", "serve", "--repo", str(repo), "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 600
