@@ -139,8 +139,16 @@ def _scaled(value, factor: float) -> float | None:
 
 
 def _process_memory(nvml, handle, pids: set[int]) -> int | None:
+    """Device memory held by `pids`; None where NVML cannot say.
+
+    In a container with its own PID namespace NVML lists the host's process
+    ids, which match none of ours: when none of the listed processes is
+    visible here, the figure is unknown (left out), not zero.
+    """
     processes = _read(nvml.nvmlDeviceGetComputeRunningProcesses, handle)
     if processes is None:
+        return None
+    if processes and not any(p.pid in pids or os.path.exists(f"/proc/{p.pid}") for p in processes):
         return None
     used = [p.usedGpuMemory for p in processes if p.pid in pids and p.usedGpuMemory is not None]
     return int(sum(used))

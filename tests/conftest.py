@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The console script of the interpreter running the tests comes first, so
+# `.venv/bin/python -m pytest` works without activating the environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
 
 @pytest.fixture(scope="session")
 def chelsea() -> np.ndarray:

@@ -6,34 +6,19 @@ import concurrent.futures as cf
 import json
 import subprocess
 import sys
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from prometheus_client.parser import text_string_to_metric_families
 
 from framewire.cli import main as cli
 from framewire.client import Client, FramewireError
 from framewire.status_cli import render
 from support.images import encode, random_image
+from support.metrics import scrape, value
 from support.nvml import FakeGpu, FakeNvml
 from support.server import RunningServer, ServerProcess
-
-
-def scrape(url: str) -> dict[str, list]:
-    """Samples by sample name (`..._total`, `..._bucket`, ...)."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def value(samples, sample_name: str, **labels) -> float:
-    return sum(s.value for s in samples.get(sample_name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,16 @@ def test_the_processes_of_the_model_workers_count_too():
     assert reading.process_memory_bytes == 2 * 2**30
 
 
+def test_host_process_ids_in_a_container_leave_process_memory_out_not_zero():
+    # NVML in a container with its own PID namespace lists host pids that do not exist here.
+    nvml = FakeNvml([FakeGpu(processes=[(2**22 + 17, 2**30), (2**22 + 18, 2**30)]), FakeGpu(uuid="GPU-2", processes=[])])
+    first, second = GpuSampler(nvml, pids=lambda: {os.getpid()}).sample()
+    assert first.process_memory_bytes is None
+    assert second.process_memory_bytes == 0  # no processes at all: truly nothing held
+    families = {f.name: f.samples for f in gpu_families([first])}
+    assert families["framewire_gpu_process_memory_bytes"] == [] and families["framewire_gpu_utilization_ratio"]
+
+
 def test_unsupported_figures_are_left_out_not_fatal():
     nvml = FakeNvml([FakeGpu(unsupported={"power", "power_limit", "clock"}), FakeGpu(name="second", uuid="GPU-2")])
     first, second = GpuSampler(nvml).sample()
