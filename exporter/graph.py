@@ -28,7 +28,7 @@ import re
 import threading
 from typing import Any
 
-from .errors import GraphProgramError, WeightsMismatchError
+from .errors import ArtifactVersionError, GraphProgramError, WeightsMismatchError
 
 #: Targets outside torch.ops.aten / torch.ops.prims that a graph may call:
 #: Python's own operators on sizes and tuple outputs.
@@ -147,8 +147,9 @@ def check_program(program_json: bytes, path: str | None = None) -> dict:
     if major != ours[0]:
         raise GraphProgramError(
             f"graph was serialized with torch.export schema {major}.{version.get('minor')}, "
-            f"this torch reads schema {ours[0]}.x; re-export the model with a torch whose "
-            f"schema major version is {ours[0]}",
+            f"this torch ({_torch_version()}) reads schema {ours[0]}.x; re-export the model "
+            f"with a torch whose schema major version is {ours[0]}, such as this machine's "
+            f"torch {_torch_version()}",
             path,
         )
     if program.get("guards_code"):
@@ -189,8 +190,20 @@ def expected_tensors(program: dict) -> tuple[set[str], set[str], set[str]]:
     return params, buffers, constants
 
 
-def rebuild_program(program: dict, state_dict: dict, constants: dict, path: str | None = None):
-    """Deserialize a checked program with the given tensors; return the module."""
+def rebuild_program(
+    program: dict,
+    state_dict: dict,
+    constants: dict,
+    path: str | None = None,
+    *,
+    exported_with: str | None = None,
+):
+    """Deserialize a checked program with the given tensors; return the module.
+
+    `exported_with` is the torch version that exported the graph (recorded in
+    the artifact); when torch cannot rebuild a graph from another torch, the
+    error says so and what to do.
+    """
     params, buffers, want_constants = expected_tensors(program)
     want_state = params | buffers
     have_state, have_constants = set(state_dict), set(constants)
@@ -214,7 +227,7 @@ def rebuild_program(program: dict, state_dict: dict, constants: dict, path: str 
         with _DESERIALIZE_LOCK:
             ep = serialize.deserialize(artifact)
     except Exception as exc:  # torch raises many types for a malformed graph
-        raise GraphProgramError(f"torch could not rebuild the graph: {exc}", path) from None
+        raise _rebuild_error(program, exported_with, exc, path) from None
     _check_placeholder_tensors(ep, path)
     return ep
 
@@ -241,6 +254,66 @@ def _check_placeholder_tensors(ep, path: str | None) -> None:
                 f"traced with {tuple(traced.shape)} {traced.dtype}; re-export the model",
                 path,
             )
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+_RELEASE_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def _release(version: str | None) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a torch version string such as 2.14.1+cu130."""
+    match = _RELEASE_RE.match(version or "")
+    return tuple(int(g or 0) for g in match.groups()) if match else None
+
+
+def _rebuild_error(program: dict, exported_with: str | None, exc: Exception, path: str | None):
+    """The error for a graph torch could not deserialize.
+
+    A graph from a newer torch (a newer schema minor, or a newer release with
+    operators or operator arguments this torch lacks) is an ArtifactVersionError
+    that says to export with the serving machine's torch; anything else is a
+    GraphProgramError.
+    """
+    detail = str(exc) or type(exc).__name__
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    ours_version = _torch_version()
+    version = program.get("schema_version") or {}
+    theirs_schema = (version.get("major"), version.get("minor"))
+    ours_schema = current_schema_version()
+    theirs_release, ours_release = _release(exported_with), _release(ours_version)
+    newer_schema = (
+        all(isinstance(v, int) for v in theirs_schema) and theirs_schema > ours_schema
+    )
+    newer_release = bool(theirs_release and ours_release and theirs_release > ours_release)
+    exporter = f"torch {exported_with[:64]}" if exported_with else "another torch"
+    origin = (
+        f"the graph was exported with {exporter} (torch.export schema "
+        f"{theirs_schema[0]}.{theirs_schema[1]}); this is torch {ours_version} (schema "
+        f"{ours_schema[0]}.{ours_schema[1]})"
+    )
+    if newer_schema or newer_release:
+        return ArtifactVersionError(
+            f"torch {ours_version} could not rebuild the graph ({detail}): {origin}, which "
+            "cannot read graphs that use operators or fields added after it; export the "
+            f"model with the serving machine's torch version ({ours_version}), or upgrade "
+            "torch where it is served",
+            path,
+        )
+    if theirs_schema != ours_schema or (
+        theirs_release and ours_release and theirs_release[:2] != ours_release[:2]
+    ):
+        return GraphProgramError(
+            f"torch could not rebuild the graph ({detail}): {origin}; export the model with "
+            f"the serving machine's torch version ({ours_version})",
+            path,
+        )
+    return GraphProgramError(f"torch could not rebuild the graph: {detail}", path)
 
 
 def program_sha256(program_json: bytes) -> bytes:

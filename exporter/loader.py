@@ -143,7 +143,9 @@ def build_module(artifact: pb.ModelArtifact, path: str | None = None, *, registr
         constant_names = set(artifact.graph.constant_names)
         state = {k: v for k, v in tensors.items() if k not in constant_names}
         constants = {k: v for k, v in tensors.items() if k in constant_names}
-        ep = graph.rebuild_program(program, state, constants, path)
+        ep = graph.rebuild_program(
+            program, state, constants, path, exported_with=artifact.graph.torch_version or None
+        )
         # An exported module runs in the mode it was traced in (eval, as the
         # exporter traces it) and refuses .eval() itself.
         module = ep.module()

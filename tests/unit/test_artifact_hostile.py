@@ -200,6 +200,41 @@ def test_a_graph_from_another_schema_major_is_refused(tmp_path, graph_artifact):
         load_model(path)
 
 
+def _from_a_newer_torch(artifact):
+    """What a newer torch writes: a newer schema minor, a newer release, and an
+    aten operator this torch does not have."""
+    def edit(program):
+        program["schema_version"]["minor"] += 1
+        _nodes(program)[-1]["target"] = "torch.ops.aten.op_from_a_newer_torch.default"
+
+    _edit_program(artifact, edit)
+    artifact.graph.schema_version.minor += 1
+    artifact.graph.torch_version = "99.0.0+cpu"
+
+
+def test_a_graph_from_a_newer_torch_says_to_export_with_the_serving_torch(tmp_path, graph_artifact):
+    import torch
+
+    path = tampered(tmp_path, graph_artifact, _from_a_newer_torch)
+    with pytest.raises(ArtifactVersionError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "exported with torch 99.0.0+cpu" in message
+    assert f"this is torch {torch.__version__}" in message
+    assert f"export the model with the serving machine's torch version ({torch.__version__})" in message
+
+
+def test_an_unknown_operator_from_the_same_torch_is_a_graph_error(tmp_path, graph_artifact):
+    def edit(program):
+        _nodes(program)[-1]["target"] = "torch.ops.aten.no_such_op.default"
+
+    path = tampered(tmp_path, graph_artifact, lambda a: _edit_program(a, edit))
+    with pytest.raises(GraphProgramError, match="torch could not rebuild the graph") as info:
+        load_model(path)
+    assert not isinstance(info.value, ArtifactVersionError)
+    assert "serving machine" not in str(info.value)
+
+
 def _replace_tensor(artifact, name, tensor):
     from safetensors.torch import load, save
 
