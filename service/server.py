@@ -11,6 +11,7 @@ one until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -148,13 +149,19 @@ class FramewireServer:
                 self.port = self.grpc.add_insecure_port(address)
             else:
                 self.port = self.grpc.add_secure_port(address, credentials)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address}: {exc}") from None
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address}; is the port in use?")
+            raise OSError(f"cannot listen on {address}: the address is in use or not this machine's; "
+                          "pick another --port (0: any free port) or --host")
         await self.grpc.start()
         if self.config.metrics_port >= 0:
-            self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            try:
+                self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port}: "
+                              f"{exc.strerror or exc}; pick another --metrics-port (0: any free port, -1: off)"
+                              ) from None
             log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.state.metrics_port)
         self.gpu.start()
         await self._sync_health()
@@ -260,7 +267,10 @@ async def serve(config: ServeConfig) -> int:
     starting = loop.create_task(server.start())
     done, _ = await asyncio.wait({starting, loop.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
-        starting.result()
+        if starting.exception() is not None:
+            with contextlib.suppress(Exception):  # release what did start; the start-up error is the one to report
+                await server.stop(0)
+            raise starting.exception()
         await stopping.wait()
     else:
         starting.cancel()

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -65,6 +66,22 @@ def test_an_explicit_cuda_device_that_is_missing_is_a_clear_start_up_error(tiny_
     )
     assert done.returncode == 2
     assert "no CUDA device is visible; use --device auto" in done.stderr
+
+
+@pytest.mark.parametrize("taken", ["--port", "--metrics-port"])
+def test_a_port_in_use_is_a_clear_start_up_error_and_nothing_is_left_running(tiny_repo, taken):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        ports = {"--port": "0", "--metrics-port": "0", taken: port}
+        done = subprocess.run([shutil.which("framewire"), "serve", "--repo", str(tiny_repo), "--host", "127.0.0.1",
+                               "--port", ports["--port"], "--metrics-port", ports["--metrics-port"]],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("framewire serve: cannot ") and f"127.0.0.1:{port}" in last and taken in last
+    assert "Traceback" not in done.stderr and "never awaited" not in done.stderr
 
 
 def test_bad_settings_are_refused_before_start(tiny_repo):
