@@ -57,11 +57,15 @@ class ServeConfig:
     runner: str = setting("process", "process: each model instance runs in its own worker process (a crash "
                           "cannot take the server down, and the network never waits for the event loop's GIL); "
                           "thread: in the server process (lighter for many small models)")
-    instances_per_device: int = setting(1, "model instances per device; each batch goes to a free one")
+    instances_per_device: int = setting(0, "model instances per device; each batch goes to a free one (0: auto, "
+                                        "1 per GPU; on the CPU 2 worker processes that split the cores, which keeps "
+                                        "OpenMP teams small and the cores busy)")
     channels_last: bool = setting(True, "run convolutions in channels_last memory format")
     cuda_graphs: bool = setting(False, "on CUDA, replay CUDA graphs captured per batch-size bucket (batches are "
                                 "padded up to the next warm-up size); falls back to eager when capture fails")
-    cpu_threads: int = setting(0, "torch intra-op threads on the CPU (0: torch's default)")
+    cpu_threads: int = setting(0, "torch intra-op threads per model instance on the CPU (0: auto, the usable "
+                               "CPUs divided among the instances of --runner process; torch's default with --runner "
+                               "thread)")
     decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
     max_batch_size: int = setting(32, "largest device batch")
     max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
@@ -111,8 +115,8 @@ class ServeConfig:
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device", "use auto, cpu, cuda or cuda:N")
         need(self.dtype in ("auto", "float32", "float16", "bfloat16"), "dtype", "use auto, float32, float16 or bfloat16")
         need(self.runner in ("process", "thread"), "runner", "use process or thread")
-        need(self.instances_per_device >= 1, "instances_per_device", "must be at least 1")
-        need(self.cpu_threads >= 0, "cpu_threads", "must be 0 (default) or more")
+        need(self.instances_per_device >= 0, "instances_per_device", "must be 0 (auto) or more")
+        need(self.cpu_threads >= 0, "cpu_threads", "must be 0 (auto) or more")
         need(self.decode_threads >= 0, "decode_threads", "must be 0 (auto) or more")
         need(1 <= self.max_batch_size <= 4096, "max_batch_size", "must be 1..4096")
         need(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must not be negative")
@@ -261,3 +265,26 @@ def _read_toml(path: str) -> dict:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def instance_plan(config: ServeConfig, on_cuda: bool, cpus: int | None = None) -> tuple[int, int]:
+    """(instances per device, intra-op threads per instance; 0 is torch's default), `auto` resolved.
+
+    On the CPU, worker processes split the cores between two instances: on
+    two cores, two single-threaded instances served mobilenet_v3_small ~20%
+    faster than one two-threaded one (BENCHMARKS.md), because one OpenMP team
+    stalls at every barrier whenever the front end takes one of its cores.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    if on_cuda or config.runner == "thread":
+        return config.instances_per_device or 1, config.cpu_threads
+    instances = config.instances_per_device or (2 if cpus >= 2 else 1)
+    return instances, config.cpu_threads or max(1, cpus // instances)

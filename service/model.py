@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import Executor
@@ -13,7 +14,7 @@ from framewire.v1 import artifact_pb2 as pb
 
 from . import postprocess
 from .batcher import DynamicBatcher
-from .config import ServeConfig
+from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
 from .errors import InvalidInputError
@@ -211,6 +212,8 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
     """Read an artifact and give it a runner: worker processes (`--runner
     process`) or instances in this process (`--runner thread`). `trust`
     (a TrustPolicy) checks its signature, in the worker too."""
+    instances, threads = instance_plan(config, plan.on_cuda)
+    config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
     if config.runner == "thread":
         loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,

@@ -334,7 +334,9 @@ class ModelRepository:
             return
         slot.served, slot.task = served, served.task
         slot.state, slot.reason = ModelState.READY, ""
-        log.info("%s version %d is READY on %s", slot.name, slot.version, served.device)
+        threads = served.config.cpu_threads
+        log.info("%s version %d is READY on %s (%d instance(s) per device%s)", slot.name, slot.version, served.device,
+                 served.config.instances_per_device, f", {threads} thread(s) each" if threads else "")
 
     def _build_warm(self, path: Path) -> ServedModel:
         served = self._build(path)

@@ -30,6 +30,8 @@ class RunningServer:
         settings.setdefault("poll_seconds", 0)
         settings.setdefault("drain_seconds", 5)
         settings.setdefault("metrics_port", 0)
+        # One worker per model keeps the suite quick; ServerProcess runs the CLI's defaults (auto: two on the CPU).
+        settings.setdefault("instances_per_device", 1)
         self.config = ServeConfig(**settings).validate()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

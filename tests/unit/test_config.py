@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from framewire.service.config import ConfigError, ServeConfig, add_arguments, load_config, parse_version_policy
+from framewire.service.config import (ConfigError, ServeConfig, add_arguments, instance_plan, load_config,
+                                      parse_version_policy)
 
 
 def parse(*flags: str) -> argparse.Namespace:
@@ -91,3 +92,15 @@ def test_every_setting_has_a_documented_flag():
         if name != "model_overrides":
             assert "--" + name.replace("_", "-") in text
             assert "FRAMEWIRE_" + name.upper() in text
+
+
+def test_auto_instances_split_the_cpus_between_two_worker_processes():
+    auto = ServeConfig()
+    assert instance_plan(auto, on_cuda=False, cpus=2) == (2, 1)
+    assert instance_plan(auto, on_cuda=False, cpus=16) == (2, 8)
+    assert instance_plan(auto, on_cuda=False, cpus=1) == (1, 1)
+    assert instance_plan(auto, on_cuda=True, cpus=16) == (1, 0)  # one instance per GPU, torch's threads
+    assert instance_plan(ServeConfig(runner="thread"), on_cuda=False, cpus=16) == (1, 0)
+    assert instance_plan(ServeConfig(instances_per_device=3), on_cuda=False, cpus=16) == (3, 5)
+    assert instance_plan(ServeConfig(instances_per_device=3, cpu_threads=2), on_cuda=False, cpus=16) == (3, 2)
+    assert instance_plan(ServeConfig(instances_per_device=4), on_cuda=True, cpus=16) == (4, 0)
