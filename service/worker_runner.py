@@ -224,6 +224,7 @@ class ProcessRunner:
         return {w.proc.pid for w in self.instances if w.alive()}
 
     def close(self) -> None:
-        for worker in self.instances:
-            worker.executor.submit(worker.stop).result()
+        stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
+        for worker, stopped in zip(self.instances, stopping):
+            stopped.result()
             worker.executor.shutdown(wait=True)
