@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -64,8 +65,8 @@ class ServeConfig:
     cuda_graphs: bool = setting(False, "on CUDA, replay CUDA graphs captured per batch-size bucket (batches are "
                                 "padded up to the next warm-up size); falls back to eager when capture fails")
     cpu_threads: int = setting(0, "torch intra-op threads per model instance on the CPU (0: auto, the usable "
-                               "CPUs divided among the instances of --runner process; torch's default with --runner "
-                               "thread)")
+                               "CPUs (affinity, capped by a container's CPU limit) divided among the instances of "
+                               "--runner process; torch's default with --runner thread)")
     decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
     max_batch_size: int = setting(32, "largest device batch")
     max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
@@ -267,12 +268,33 @@ def _read_toml(path: str) -> dict:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU
+    quota (a container's CPU limit, which the affinity mask does not show)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(Path(cgroup_root))
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of quota from cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`; None when unlimited."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        quota, period = text[0], text[1]
+    except (OSError, IndexError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:  # "max": no limit
+        return None
+    return q / p if q > 0 and p > 0 else None
 
 
 def instance_plan(config: ServeConfig, on_cuda: bool, cpus: int | None = None) -> tuple[int, int]:

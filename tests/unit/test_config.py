@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
-from framewire.service.config import (ConfigError, ServeConfig, add_arguments, instance_plan, load_config,
+from framewire.service.config import (ConfigError, ServeConfig, add_arguments, instance_plan, load_config, usable_cpus,
                                       parse_version_policy)
 
 
@@ -104,3 +105,19 @@ def test_auto_instances_split_the_cpus_between_two_worker_processes():
     assert instance_plan(ServeConfig(instances_per_device=3), on_cuda=False, cpus=16) == (3, 5)
     assert instance_plan(ServeConfig(instances_per_device=3, cpu_threads=2), on_cuda=False, cpus=16) == (3, 2)
     assert instance_plan(ServeConfig(instances_per_device=4), on_cuda=True, cpus=16) == (4, 0)
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs of quota: two threads' worth, rounded up
+    ({"cpu.max": "100000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # cgroup v1, no limit
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({}, None),  # no cgroup files at all
+])
+def test_a_container_cpu_limit_caps_the_usable_cpus(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(str(tmp_path)) == (affinity if expected is None else min(affinity, expected))
