@@ -28,6 +28,23 @@ DTYPES = ("float32", "float16", "bfloat16")
 Finish = Callable[[Any], list]
 
 
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One instance of a model as operators see it.
+
+    `state` is "running", "in process" (an instance inside the server
+    process: `--runner thread`), "exited" (a worker process that died; it is
+    started again for the next batch) or "stopped"; `restarts` counts how
+    often its process was started again after dying.
+    """
+
+    instance: int
+    device: str
+    state: str
+    pid: int = 0
+    restarts: int = 0
+
+
 @dataclass
 class Staged:
     """A batch on its device, ready for an instance."""
@@ -223,6 +240,13 @@ class ModelRunner:
     def pids(self) -> set[int]:
         """Worker processes (none: instances run in this process)."""
         return set()
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every instance: all run inside this process."""
+        import os
+
+        return [WorkerStatus(instance=n, device=str(i.device), state="in process", pid=os.getpid())
+                for n, i in enumerate(self.instances)]
 
     def close(self) -> None:
         for instance in self.instances:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InferenceError, LimitExceededError, ServiceError
 from .ipc import SharedBuffer, WorkerGone, read_message, write_message
-from .runner import Finish, _unbind
+from .runner import Finish, WorkerStatus, _unbind
 
 log = logging.getLogger("framewire.worker")
 
@@ -54,6 +54,8 @@ class ModelWorker:
         self.buffer: SharedBuffer | None = None
         self.view: Any = None
         self.info: dict = {}
+        self.restarts = 0
+        self.stopped = False
 
     # Everything below runs in this worker's thread (or at start-up).
 
@@ -79,6 +81,7 @@ class ModelWorker:
     def run_batch(self, items: list, finish: Finish | None) -> list:
         if not self.alive():
             log.warning("%s: worker %d is not running; starting it again", self.name, self.index)
+            self.restarts += 1
             try:
                 self.spawn()
             except WorkerStartError as exc:
@@ -131,7 +134,20 @@ class ModelWorker:
             self.buffer.close()
             self.buffer = None
 
+    def status(self, device: str) -> WorkerStatus:
+        """What operators see of this worker (read from any thread)."""
+        proc = self.proc
+        if self.stopped:
+            state = "stopped"
+        elif proc is not None and proc.poll() is None:
+            state = "running"
+        else:
+            state = "exited"
+        return WorkerStatus(instance=self.index, device=device, state=state,
+                            pid=proc.pid if proc is not None else 0, restarts=self.restarts)
+
     def stop(self, timeout: float = 30) -> None:
+        self.stopped = True
         if self.alive():
             try:
                 write_message(self.proc.stdin, {"op": "stop"})
@@ -222,6 +238,10 @@ class ProcessRunner:
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
         return {w.proc.pid for w in self.instances if w.alive()}
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every worker process: its pid, state and restarts."""
+        return [w.status(d) for w, d in zip(self.instances, self._instance_devices)]
 
     def close(self) -> None:
         stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
