@@ -89,14 +89,14 @@ class StatusHistory:
 
     def record(self, inputs: StatusInputs) -> dict:
         """Add the sample for `inputs` (taken at `inputs.time`) and return it."""
-        counters = {v.key: Counters.of(v) for v in inputs.versions}
+        counters = {v.key: Counters.of(v) for v in inputs.versions if v.loaded}
         with self._lock:
             previous = self._counters[-1] if self._counters else None
             self._counters.append((inputs.time, counters))
         models = {}
         for version in inputs.versions:
             moved = {}
-            if previous is not None and version.key in previous[1]:
+            if previous is not None and version.key in previous[1] and version.key in counters:
                 moved = rates(previous[1][version.key], counters[version.key], inputs.time - previous[0])
             figures = {name: moved.get(name) for name in SAMPLED_RATES}
             figures["latency_p50_ms"] = version.recent_latency_p50_ms

@@ -49,6 +49,8 @@ class VersionFigures:
     reason: str = ""
     device: str = ""
     task: str = ""
+    #: Whether it has a served model (counters and rates below mean something).
+    loaded: bool = False
     artifact: ArtifactFigures = field(default_factory=ArtifactFigures)
     queue_depth: int = 0
     queue_capacity: int = 0

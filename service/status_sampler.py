@@ -129,7 +129,7 @@ def version_figures(slot, trusted_keys: bool) -> VersionFigures:
     stats, artifact = served.stats, served.artifact
     latency = stats.recent_requests.percentiles((50, 99), within=RECENT_LATENCY_SECONDS)
     return dataclasses.replace(
-        base, task=served.task,
+        base, task=served.task, loaded=True,
         artifact=ArtifactFigures(path=served.path, weights_sha256=artifact.weights_sha256.hex(),
                                  signer=artifact.signature.key_id,
                                  signature_checked=trusted_keys and bool(artifact.signature.key_id)),
