@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,6 +12,14 @@ import numpy as np
 from framewire.client import Client
 from support.images import encode, random_image
 from support.server import RunningServer
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.1)
+    return value
 
 
 def worker_pids(server) -> list[int]:
@@ -29,6 +38,13 @@ def test_a_killed_worker_is_restarted_and_the_server_keeps_serving(tiny_repo):
         assert worker_pids(server) != [pid]
         np.testing.assert_allclose(after.raw["logits"], before.raw["logits"], atol=1e-6)
         assert c.server_status().serving
+
+        def restarted():
+            (model,) = json.loads(c.server_status().status_json)["models"]
+            return model["workers"] if model["workers"][0]["restarts"] == 1 else None
+
+        (seen,) = wait_for(restarted, 30, "the restart in the status document")
+        assert seen["state"] == "running" and seen["pid"] == worker.proc.pid != pid
 
 
 def test_the_in_process_runner_answers_like_the_worker(tiny_repo):
