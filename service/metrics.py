@@ -1,5 +1,8 @@
 """Prometheus metrics: what operators scrape from `--metrics-port` at /metrics.
 
+The same listener serves the operator's live page and its JSON
+(operator_http.py) when `serve` is given them.
+
 Names carry their unit. Per model and version (labels `model`, `version`):
 
 | metric | type | what |

@@ -40,7 +40,7 @@ function fmt(v, unit) {
   switch (unit) {
     case "bytes": return bytes(v);
     case "%": return v.toFixed(v < 10 ? 1 : 0) + "%";
-    case "ms": return compact(v) + " ms";
+    case "ms": return Math.abs(v) >= 1000 ? (v / 1000).toFixed(1) + " s" : compact(v) + " ms";
     case "W": return v.toFixed(0) + " W";
     case "C": return v.toFixed(0) + " °C";
     case "MHz": return v.toFixed(0) + " MHz";
