@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from support.images import encode, random_image
 from support.nvml import FakeGpu, FakeNvml
 from support.prometheus import PrometheusServer, free_port
 from support.server import RunningServer
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "framewire-rules.yaml"
@@ -107,17 +107,6 @@ class Traffic:
         self.done.set()
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f}s")
-        time.sleep(0.5)
-
-
 def finite(result: list[dict]) -> list[float]:
     return [float(sample["value"][1]) for sample in result if math.isfinite(float(sample["value"][1]))]
 
@@ -144,11 +133,11 @@ def stack(tmp_path_factory):
         try:
             with PrometheusServer([{"job_name": "framewire", "static_configs": targets}], [RULES]) as prometheus:
                 wait_until(lambda: finite(prometheus.query(f'framewire_queue_depth{{model="slowq"}} == {HELD_IMAGES}')),
-                           120, "the held request never showed in the queue")
+                           120, "the held request in the queue")
                 for code in ("OK", "INVALID_ARGUMENT", "UNAVAILABLE"):
                     wait_until(lambda: finite(prometheus.query(
                         f'count_over_time(framewire_requests_total{{code="{code}"}}[{RATE_INTERVAL}]) >= 5')),
-                        120, f"Prometheus never scraped five samples of {code} requests")
+                        120, f"five scraped samples of {code} requests")
                 yield server, prometheus, instance
         finally:
             traffic.stop()
@@ -224,7 +213,7 @@ def test_each_alert_is_pending_for_what_was_arranged_and_nothing_else(stack):
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert {rule["alert"] for rule in rules} == set(EXPECTED_ALERTS), "give every alert a case in EXPECTED_ALERTS"
     loaded = wait_until(lambda: [r for r in prometheus.rules() if r.get("lastEvaluation", "").startswith("2")],
-                        60, "Prometheus never evaluated the rules")
+                        60, "a first evaluation of the rules")
     assert {r["name"]: r["health"] for r in loaded} == dict.fromkeys(EXPECTED_ALERTS, "ok")
 
     def active() -> dict[str, list[dict]]:
@@ -235,7 +224,7 @@ def test_each_alert_is_pending_for_what_was_arranged_and_nothing_else(stack):
         return found
 
     alerts = wait_until(lambda: (found := active()).keys() >= EXPECTED_ALERTS.keys() and found, 60,
-                        f"not every alert became pending: {sorted(EXPECTED_ALERTS.keys() - active().keys())}")
+                        "every alert to be pending")
     for name, labels in EXPECTED_ALERTS.items():
         matching = [a for a in alerts[name] if all(a.get(k) == v for k, v in labels.items())]
         assert len(alerts[name]) == len(matching) == 1, f"{name}: {alerts[name]}"

@@ -12,14 +12,7 @@ import numpy as np
 from framewire.client import Client
 from support.images import encode, random_image
 from support.server import RunningServer
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
-        time.sleep(0.1)
-    return value
+from support.waiting import wait_until
 
 
 def worker_pids(server) -> list[int]:
@@ -43,7 +36,7 @@ def test_a_killed_worker_is_restarted_and_the_server_keeps_serving(tiny_repo):
             (model,) = json.loads(c.server_status().status_json)["models"]
             return model["workers"] if model["workers"][0]["restarts"] == 1 else None
 
-        (seen,) = wait_for(restarted, 30, "the restart in the status document")
+        (seen,) = wait_until(restarted, 30, "the restart in the status document")
         assert seen["state"] == "running" and seen["pid"] == worker.proc.pid != pid
 
 
