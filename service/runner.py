@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -243,8 +244,6 @@ class ModelRunner:
 
     def workers(self) -> list[WorkerStatus]:
         """Every instance: all run inside this process."""
-        import os
-
         return [WorkerStatus(instance=n, device=str(i.device), state="in process", pid=os.getpid())
                 for n, i in enumerate(self.instances)]
 
