@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InferenceError, LimitExceededError, ServiceError
 from .ipc import SharedBuffer, WorkerGone, read_message, write_message
+from .load_budget import LoadBudget
 from .runner import Finish, _unbind
 
 log = logging.getLogger("framewire.worker")
@@ -45,10 +46,12 @@ class WorkerStartError(Exception):
 class ModelWorker:
     """One worker process and the thread that talks to it."""
 
-    def __init__(self, name: str, command: list[str], index: int):
+    def __init__(self, name: str, command: list[str], index: int, load_timeout: float = 120.0):
         self.name = name
         self.command = command
         self.index = index
+        self.load_timeout = load_timeout
+        self.budget: LoadBudget | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
         self.proc: subprocess.Popen | None = None
         self.buffer: SharedBuffer | None = None
@@ -57,14 +60,20 @@ class ModelWorker:
 
     # Everything below runs in this worker's thread (or at start-up).
 
-    def spawn(self) -> None:
-        """Start the process and wait until it has loaded and warmed up."""
+    def spawn(self, budget: LoadBudget | None = None) -> None:
+        """Start the process and wait until it has loaded and warmed up; the
+        budget (by default `load_timeout` seconds) kills it if it takes longer."""
+        self.budget = budget = budget or LoadBudget(self.load_timeout)
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         try:
-            header, _ = read_message(self.proc.stdout)
+            with budget.watch(self.proc):
+                header, _ = read_message(self.proc.stdout)
         except WorkerGone:
             code = self.proc.wait()
+            why = budget.failure()
+            if why is not None:
+                raise WorkerStartError("timeout", why) from None
             raise WorkerStartError("internal", f"the model worker exited with code {code} while loading") from None
         if header.get("op") != "ready":
             self.proc.wait()
@@ -167,8 +176,12 @@ class ProcessRunner:
     def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
                  max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
-                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False):
+                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False,
+                 load_timeout: float = 120.0, load_budget: LoadBudget | None = None):
+        """`load_budget` bounds the first start of every worker (together);
+        a restart gets `load_timeout` seconds of its own."""
         self.name = name
+        self._budget = load_budget or LoadBudget(load_timeout)
         self.task = task
         self.dtype_name = dtype
         self.devices = devices
@@ -182,7 +195,8 @@ class ProcessRunner:
             *(["--cuda-graphs"] if cuda_graphs else []),
         ]
         self.instances = [
-            ModelWorker(name, [], i) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
+            ModelWorker(name, [], i, load_timeout)
+            for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
         ]
         self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
         self._free: asyncio.Queue | None = None
@@ -199,7 +213,7 @@ class ProcessRunner:
         started = []
         try:
             for worker in self.instances:
-                worker.spawn()
+                worker.spawn(self._budget)
                 started.append(worker)
         except BaseException:
             for worker in started:
@@ -224,6 +238,9 @@ class ProcessRunner:
         return {w.proc.pid for w in self.instances if w.alive()}
 
     def close(self) -> None:
+        for worker in self.instances:  # a worker still loading is killed, not waited for
+            if worker.budget is not None:
+                worker.budget.cancel()
         stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
         for worker, stopped in zip(self.instances, stopping):
             stopped.result()
