@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from concurrent.futures import Executor
 
 from framewire.exporter import format as fmt
-from framewire.exporter import ArtifactError, load_model, read_artifact
+from framewire.exporter import ArtifactError, load_model, parse_artifact
 from framewire.exporter.child_load import load_in_child
 from framewire.exporter.errors import ArtifactLoadTimeoutError
 from framewire.exporter.loader import read_artifact_bytes
@@ -230,7 +231,10 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
                              cuda_graphs=config.cuda_graphs)
         artifact = loaded.artifact
     else:
-        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
+        data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
+        artifact = parse_artifact(data, str(path), trust=trust)
+        file_sha256 = hashlib.sha256(data).hexdigest()
+        del data
         artifact.ClearField("weights")
         if artifact.WhichOneof("architecture") == "graph":
             artifact.graph.ClearField("program_json")
@@ -241,6 +245,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
             log_format=config.log_format, trusted_keys=config.trusted_keys, require_signed=config.require_signed,
             cuda_graphs=config.cuda_graphs, load_timeout=config.load_timeout_seconds, load_budget=budget,
+            file_sha256=file_sha256,
         )
     return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)
 

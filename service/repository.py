@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -342,6 +343,8 @@ class ModelRepository:
             return
         slot.served, slot.task = served, served.task
         slot.state, slot.reason = ModelState.READY, ""
+        loop = asyncio.get_running_loop()
+        served.runner.on_stale = lambda why: loop.call_soon_threadsafe(self._mark_stale, slot, why)
         threads = served.config.cpu_threads
         log.info("%s version %d is READY on %s (%d instance(s) per device%s)", slot.name, slot.version, served.device,
                  served.config.instances_per_device, f", {threads} thread(s) each" if threads else "")
@@ -364,6 +367,23 @@ class ModelRepository:
             raise
         finally:
             self._loading.discard(budget)
+
+    def _mark_stale(self, slot: VersionSlot, why: str) -> None:
+        """A worker of a READY version found its file changed: the version is
+        UNAVAILABLE (its requests would otherwise get other answers) until it
+        is reloaded from the new file; its running instances drain and stop."""
+        if slot.state is not ModelState.READY or self._slots.get(slot.name, {}).get(slot.version) is not slot:
+            return
+        self._fail(slot, why)
+        served, slot.served = slot.served, None
+        self._spawn(self._close_when_idle(slot, served))
+        self._on_change()
+
+    async def _close_when_idle(self, slot: VersionSlot, served: ServedModel) -> None:
+        if slot.leases:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(slot.idle.wait(), timeout=self.config.drain_seconds)
+        await served.close(drain=True)
 
     def _fail(self, slot: VersionSlot, reason: str) -> None:
         slot.state, slot.reason = ModelState.UNAVAILABLE, reason

@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from .runner import Finish, _unbind
 log = logging.getLogger("framewire.worker")
 
 FLOAT_BYTES = 4
+#: Start failures meaning the version's bytes can no longer be served.
+STALE_KINDS = ("changed", "artifact")
 
 
 class WorkerCrashedError(ServiceError):
@@ -35,7 +37,9 @@ class WorkerCrashedError(ServiceError):
 
 
 class WorkerStartError(Exception):
-    """A worker could not load the model; `kind` is "artifact" or "internal"."""
+    """A worker could not load the model; `kind` is "artifact", "changed"
+    (the file is not the bytes the version was loaded from), "timeout" or
+    "internal"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -86,12 +90,6 @@ class ModelWorker:
         return self.proc is not None and self.proc.poll() is None
 
     def run_batch(self, items: list, finish: Finish | None) -> list:
-        if not self.alive():
-            log.warning("%s: worker %d is not running; starting it again", self.name, self.index)
-            try:
-                self.spawn()
-            except WorkerStartError as exc:
-                raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
         try:
             header, payload = self._roundtrip(items)
         except (WorkerGone, BrokenPipeError, OSError):
@@ -177,10 +175,15 @@ class ProcessRunner:
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
                  max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
                  trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False,
-                 load_timeout: float = 120.0, load_budget: LoadBudget | None = None):
+                 load_timeout: float = 120.0, load_budget: LoadBudget | None = None, file_sha256: str = ""):
         """`load_budget` bounds the first start of every worker (together);
-        a restart gets `load_timeout` seconds of its own."""
+        a restart gets `load_timeout` seconds of its own. `file_sha256` is the
+        digest of the bytes the version was loaded from: a worker (a restarted
+        one too) refuses any other bytes, and `on_stale(reason)` is called."""
         self.name = name
+        #: Called (from a worker thread) when a restarted worker finds that the
+        #: version's file no longer holds the bytes it was loaded from.
+        self.on_stale: Callable[[str], None] | None = None
         self._budget = load_budget or LoadBudget(load_timeout)
         self.task = task
         self.dtype_name = dtype
@@ -193,6 +196,7 @@ class ProcessRunner:
             *(["--trusted-keys", trusted_keys] if trusted_keys else []),
             *(["--require-signed"] if require_signed else []),
             *(["--cuda-graphs"] if cuda_graphs else []),
+            *(["--expect-sha256", file_sha256] if file_sha256 else []),
         ]
         self.instances = [
             ModelWorker(name, [], i, load_timeout)
@@ -229,9 +233,23 @@ class ProcessRunner:
         loop = asyncio.get_running_loop()
         worker = await self._free.get()
         try:
-            return await loop.run_in_executor(worker.executor, worker.run_batch, items, finish)
+            return await loop.run_in_executor(worker.executor, self._run_on, worker, items, finish)
         finally:
             self._free.put_nowait(worker)
+
+    def _run_on(self, worker: ModelWorker, items: list, finish: Finish | None) -> list:
+        if not worker.alive():
+            log.warning("%s: worker %d is not running; starting it again", self.name, worker.index)
+            self._restart(worker)
+        return worker.run_batch(items, finish)
+
+    def _restart(self, worker: ModelWorker) -> None:
+        try:
+            worker.spawn()
+        except WorkerStartError as exc:
+            if exc.kind in STALE_KINDS and self.on_stale is not None:
+                self.on_stale(exc.message)
+            raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
