@@ -3,8 +3,8 @@
 `ProcessRunner` has the interface of the in-process `ModelRunner` as the
 model path uses it (`instances`, `warm_up`, `start`, `run`, `close`): each
 instance is a worker process; a batch is written into the instance's shared
-buffer and run there. A worker that dies fails its batch with UNAVAILABLE and
-is started again for the next one.
+buffer and run there. A worker that dies fails its batch with UNAVAILABLE;
+`WorkerPool` restarts it in the background while the others serve.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from .errors import InferenceError, LimitExceededError, ServiceError
 from .ipc import SharedBuffer, WorkerGone, read_message, write_message
 from .load_budget import LoadBudget
 from .runner import Finish, _unbind
+from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
 
 FLOAT_BYTES = 4
-#: Start failures meaning the version's bytes can no longer be served.
-STALE_KINDS = ("changed", "artifact")
 
 
 class WorkerCrashedError(ServiceError):
@@ -56,6 +55,7 @@ class ModelWorker:
         self.index = index
         self.load_timeout = load_timeout
         self.budget: LoadBudget | None = None
+        self._stopping = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
         self.proc: subprocess.Popen | None = None
         self.buffer: SharedBuffer | None = None
@@ -68,6 +68,8 @@ class ModelWorker:
         """Start the process and wait until it has loaded and warmed up; the
         budget (by default `load_timeout` seconds) kills it if it takes longer."""
         self.budget = budget = budget or LoadBudget(self.load_timeout)
+        if self._stopping:
+            budget.cancel()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         try:
@@ -86,6 +88,12 @@ class ModelWorker:
         self._drop_buffer()
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
 
+    def cancel_loading(self) -> None:
+        """Kill the process if it is still loading, now and in any later spawn (the runner is closing)."""
+        self._stopping = True
+        if self.budget is not None:
+            self.budget.cancel()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -97,7 +105,7 @@ class ModelWorker:
             self._drop_buffer()
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
-                "it restarts for the next request, retry"
+                "it is restarting, retry"
             ) from None
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
@@ -203,7 +211,7 @@ class ProcessRunner:
             for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
         ]
         self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
-        self._free: asyncio.Queue | None = None
+        self._pool: WorkerPool | None = None
 
     @property
     def device_label(self) -> str:
@@ -225,40 +233,30 @@ class ProcessRunner:
             raise
 
     def start(self) -> None:
-        self._free = asyncio.Queue()
-        for worker in self.instances:
-            self._free.put_nowait(worker)
+        """Put the warm workers into rotation (call from the event loop)."""
+        self._pool = WorkerPool(self.name, self.instances, on_stale=self._stale)
 
     async def run(self, items: list, finish: Finish | None = None) -> list:
-        loop = asyncio.get_running_loop()
-        worker = await self._free.get()
+        """Run a batch on a free live worker (see WorkerPool)."""
+        worker = await self._pool.take()
         try:
-            return await loop.run_in_executor(worker.executor, self._run_on, worker, items, finish)
+            return await asyncio.get_running_loop().run_in_executor(worker.executor, worker.run_batch, items, finish)
         finally:
-            self._free.put_nowait(worker)
+            self._pool.give_back(worker)
 
-    def _run_on(self, worker: ModelWorker, items: list, finish: Finish | None) -> list:
-        if not worker.alive():
-            log.warning("%s: worker %d is not running; starting it again", self.name, worker.index)
-            self._restart(worker)
-        return worker.run_batch(items, finish)
-
-    def _restart(self, worker: ModelWorker) -> None:
-        try:
-            worker.spawn()
-        except WorkerStartError as exc:
-            if exc.kind in STALE_KINDS and self.on_stale is not None:
-                self.on_stale(exc.message)
-            raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
+    def _stale(self, why: str) -> None:
+        if self.on_stale is not None:
+            self.on_stale(why)
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
         return {w.proc.pid for w in self.instances if w.alive()}
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         for worker in self.instances:  # a worker still loading is killed, not waited for
-            if worker.budget is not None:
-                worker.budget.cancel()
+            worker.cancel_loading()
         stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
         for worker, stopped in zip(self.instances, stopping):
             stopped.result()
