@@ -34,9 +34,10 @@ class WorkerStatus:
     """One instance of a model as operators see it.
 
     `state` is "running", "in process" (an instance inside the server
-    process: `--runner thread`), "exited" (a worker process that died; it is
-    started again for the next batch) or "stopped"; `restarts` counts how
-    often its process was started again after dying.
+    process: `--runner thread`), "starting" (loading and warming up),
+    "restarting" (a worker process that died, to be started again while the
+    others serve) or "stopped"; `restarts`
+    counts how often its process was started again after dying.
     """
 
     instance: int
@@ -84,6 +85,8 @@ class ModelRunner:
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self.instances: list[Instance] = []
+        #: Never called: in-process instances are never reloaded from the file.
+        self.on_stale: Callable[[str], None] | None = None
         self._free: dict[Any, asyncio.Queue] = {}
         self._streams: dict[Any, Any] = {}
         self._busy: dict[Any, int] = {}

@@ -97,7 +97,7 @@ def process_roles(server: "FramewireServer") -> list[ProcessRole]:
             if slot.served is None:
                 continue
             roles += [ProcessRole(w.pid, "worker", slot.name, slot.version, w.instance)
-                      for w in slot.served.runner.workers() if w.state == "running"]
+                      for w in slot.served.runner.workers() if w.state in ("running", "starting")]
     return roles
 
 
