@@ -200,6 +200,8 @@ class CameraStream:
         else:
             self._channel = grpc.secure_channel(server, credentials, options=options)
         self._stub = inference_pb2_grpc.ModelInferenceStub(self._channel)
+        self._tls = credentials is not None
+        self._transport_checked = False
         self._cond = threading.Condition()
         self._ledger: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._waiting: collections.deque[int] = collections.deque()  # submitted, not yet sent
@@ -432,11 +434,22 @@ class CameraStream:
                         return
                     self.stats.reconnects += 1
                 log.warning("stream to %s broke (%s: %s); reconnecting in %.1f s",
-                            self.server, code.name if code else "OK", details, delay)
+                            self.server, code.name if code else "OK", details + self._transport_hint(details), delay)
                 self._sleep(delay * (0.5 + random.random()))
                 delay = min(self.max_backoff, delay * 2)
         finally:
             self._finish()
+
+    def _transport_hint(self, details: str) -> str:
+        """Once per stream: "; <what to pass>" when the server speaks TLS and
+        this stream does not, or the other way round."""
+        if self._transport_checked:
+            return ""
+        from framewire.connection import transport_hint
+
+        hint = transport_hint(self.server, tls=self._tls, details=details)
+        self._transport_checked = bool(hint)
+        return f"; {hint}" if hint else ""
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
