@@ -64,8 +64,10 @@ class FramewireServer:
 
     def __init__(self, config: ServeConfig, *, nvml=None):
         """`nvml` replaces the NVML module (tests without a GPU); by default
-        NVML is loaded if it can be."""
+        NVML is loaded if it can be. Raises ConfigError, before anything
+        starts, when the repository lacks what the config names."""
         self.config = config
+        ModelRepository(config, build=None).check_contents()
         import torch
 
         if config.runner == "process":
@@ -132,9 +134,7 @@ class FramewireServer:
         return pids
 
     async def start(self) -> int:
-        """Check the repository, bind, serve health at once, load the models,
-        then report SERVING."""
-        self.repo.check_contents()
+        """Bind, serve health at once, load the models, then report SERVING."""
         for note in self.config.shadowed_overrides:
             log.info("config: %s (flags and the environment beat the file)", note)
         if self.config.reflection:
