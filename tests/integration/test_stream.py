@@ -165,6 +165,13 @@ def test_the_cli_streams_a_folder_of_frames_without_opencv(fast_server, frame_fo
     assert needs_opencv.returncode == 2 and "pip install 'framewire[camera]'" in needs_opencv.stderr
 
 
+def test_fps_0_sends_every_frame_as_fast_as_the_server_answers(fast_server, frame_folder):
+    done = framewire("stream", str(frame_folder), "--model", "tiny", "--server", fast_server.address,
+                     "--fps", "0", "--frames", "60", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "captured 60, sent 60, answered 60, skipped 0 by the server and 0 by the client" in done.stdout
+
+
 def test_the_cli_streams_a_video_file_and_writes_an_annotated_copy(fast_server, frames, tmp_path):
     cv2 = pytest.importorskip("cv2")
     import numpy as np
