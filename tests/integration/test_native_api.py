@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -249,3 +251,17 @@ def test_status_into_a_closed_pipe_exits_quietly(server):
     finally:
         os.close(write_end)
     assert done.returncode == 141 and done.stderr == ""
+
+
+def test_the_readme_client_example_runs(server, chelsea_jpeg, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                   if "from framewire.client import Client" in block)
+    for name in ("cat.jpg", "a.jpg", "b.png", "f0.jpg", "f1.jpg", "f2.jpg"):
+        (tmp_path / name).write_bytes(chelsea_jpeg)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace("localhost:8500", server.address), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] in ("Egyptian", "tabby", "tiger")
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1", "2"]  # every frame answered, in order
+    assert all(line.split(None, 1)[1] in ("Egyptian cat", "tabby", "tiger cat") for line in lines[1:])
