@@ -426,6 +426,9 @@ class CameraStream:
                             self._resolve(self._ledger[self._in_flight.popleft()], "failed",
                                           grpc.StatusCode.UNAVAILABLE, lost)
                         self._cond.notify_all()
+                hint = self._transport_hint(details) if code == grpc.StatusCode.UNAVAILABLE else ""
+                if hint:
+                    log.warning("stream to %s cannot connect: %s", self.server, hint)
                 with self._cond:
                     if self._abandon or (self._closing and not self._waiting):
                         return
@@ -434,22 +437,22 @@ class CameraStream:
                         return
                     self.stats.reconnects += 1
                 log.warning("stream to %s broke (%s: %s); reconnecting in %.1f s",
-                            self.server, code.name if code else "OK", details + self._transport_hint(details), delay)
+                            self.server, code.name if code else "OK", details, delay)
                 self._sleep(delay * (0.5 + random.random()))
                 delay = min(self.max_backoff, delay * 2)
         finally:
             self._finish()
 
     def _transport_hint(self, details: str) -> str:
-        """Once per stream: "; <what to pass>" when the server speaks TLS and
-        this stream does not, or the other way round."""
+        """Once per stream: what to pass when the server speaks TLS and this
+        stream does not, or the other way round; else ""."""
         if self._transport_checked:
             return ""
         from framewire.connection import transport_hint
 
         hint = transport_hint(self.server, tls=self._tls, details=details)
         self._transport_checked = bool(hint)
-        return f"; {hint}" if hint else ""
+        return hint
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

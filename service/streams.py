@@ -62,6 +62,7 @@ class StreamLimiter:
         elsewhere instead of holding the drain open until --drain-seconds."""
         draining = asyncio.ensure_future(self._event().wait())
         iterator = requests.__aiter__()
+        reading: asyncio.Future | None = None
         try:
             while True:
                 if self.draining:
@@ -69,8 +70,6 @@ class StreamLimiter:
                 reading = asyncio.ensure_future(iterator.__anext__())
                 await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
-                    reading.cancel()
-                    await asyncio.gather(reading, return_exceptions=True)
                     raise ShuttingDownError(DRAINING_MESSAGE)
                 try:
                     request = reading.result()
@@ -78,4 +77,8 @@ class StreamLimiter:
                     return
                 yield request
         finally:
+            # Also when the call is cancelled while waiting: no read is left behind.
             draining.cancel()
+            if reading is not None and not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)

@@ -59,6 +59,14 @@ def test_a_tls_client_against_a_plaintext_server_is_told_so(tiny_repo, pki, tmp_
                                str(pki["ca"]), "--model", "tiny", str(image)], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 1 and "the server speaks plaintext (no TLS)" in done.stderr
+        scored = subprocess.run([shutil.which("framewire"), "score", str(image), "--server", server.address,
+                                 "--tls-ca", str(pki["ca"]), "--model", "tiny", "--out", str(tmp_path / "r.jsonl"),
+                                 "--wait-ready", "0"], capture_output=True, text=True, timeout=120)
+        assert scored.returncode == 1 and "the server speaks plaintext (no TLS)" in scored.stderr
+        streamed = subprocess.run([shutil.which("framewire"), "stream", str(tmp_path), "--server", server.address,
+                                   "--tls-ca", str(pki["ca"]), "--model", "tiny", "--frames", "3",
+                                   "--drain-seconds", "3", "--quiet"], capture_output=True, text=True, timeout=120)
+        assert streamed.returncode == 1 and "the server speaks plaintext (no TLS)" in streamed.stderr
     with socket.socket() as nobody:  # nothing listens: no guess about what it speaks
         nobody.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{nobody.getsockname()[1]}"
