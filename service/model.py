@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from concurrent.futures import Executor
 
 from framewire.exporter import format as fmt
-from framewire.exporter import load_model, read_artifact
+from framewire.exporter import ArtifactError, load_model, parse_artifact
+from framewire.exporter.child_load import load_in_child
+from framewire.exporter.errors import ArtifactLoadTimeoutError
+from framewire.exporter.loader import read_artifact_bytes
 from framewire.v1 import artifact_pb2 as pb
 
 from . import postprocess
@@ -18,6 +22,7 @@ from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
 from .errors import InvalidInputError
+from .load_budget import LoadBudget
 from .metrics import ServerMetrics
 from .preprocess import Geometry, PreprocessSpec, check_pixels, decode_image, prepare
 from .runner import ModelRunner
@@ -208,20 +213,28 @@ class ServedModel:
 
 
 def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor,
-                       metrics: ServerMetrics | None = None, trust=None) -> ServedModel:
+                       metrics: ServerMetrics | None = None, trust=None,
+                       budget: LoadBudget | None = None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
     process`) or instances in this process (`--runner thread`). `trust`
-    (a TrustPolicy) checks its signature, in the worker too."""
+    (a TrustPolicy) checks its signature, in the worker too. `budget`
+    bounds the load (by default --load-timeout-seconds from now)."""
     instances, threads = instance_plan(config, plan.on_cuda)
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
+    budget = budget or LoadBudget(config.load_timeout_seconds)
     if config.runner == "thread":
-        loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
+        data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
+        _load_in_child_first(data, str(path), config, budget)
+        loaded = load_model(path, data=data, max_bytes=config.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
                              instances_per_device=config.instances_per_device, channels_last=config.channels_last,
                              cuda_graphs=config.cuda_graphs)
         artifact = loaded.artifact
     else:
-        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
+        data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
+        artifact = parse_artifact(data, str(path), trust=trust)
+        file_sha256 = hashlib.sha256(data).hexdigest()
+        del data
         artifact.ClearField("weights")
         if artifact.WhichOneof("architecture") == "graph":
             artifact.graph.ClearField("program_json")
@@ -231,6 +244,21 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             channels_last=config.channels_last, cpu_threads=config.cpu_threads,
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
             log_format=config.log_format, trusted_keys=config.trusted_keys, require_signed=config.require_signed,
-            cuda_graphs=config.cuda_graphs,
+            cuda_graphs=config.cuda_graphs, load_timeout=config.load_timeout_seconds, load_budget=budget,
+            file_sha256=file_sha256,
         )
     return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)
+
+
+def _load_in_child_first(data: bytes, path: str, config: ServeConfig, budget: LoadBudget) -> None:
+    """With `--runner thread` the network is rebuilt in this process, where a
+    load that hangs could not be stopped: rebuild it once in a child process
+    under the budget first, from the same bytes."""
+    try:
+        load_in_child(data, path, timeout=budget.remaining(), max_bytes=config.max_artifact_bytes,
+                      trusted_keys=config.trusted_keys, require_signed=config.require_signed, watch=budget.watch)
+    except ArtifactError:
+        why = budget.failure()
+        if why is not None:
+            raise ArtifactLoadTimeoutError(why, path) from None
+        raise

@@ -66,6 +66,8 @@ class ModelRunner:
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self.instances: list[Instance] = []
+        #: Never called: in-process instances are never reloaded from the file.
+        self.on_stale: Callable[[str], None] | None = None
         self._free: dict[Any, asyncio.Queue] = {}
         self._streams: dict[Any, Any] = {}
         self._busy: dict[Any, int] = {}

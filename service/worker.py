@@ -14,6 +14,7 @@ stops (a `stop` message, or its pipe closing when the front-end exits).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import signal
@@ -39,7 +40,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-format", default="text")
     p.add_argument("--trusted-keys", default="")
     p.add_argument("--require-signed", action="store_true")
+    p.add_argument("--expect-sha256", default="",
+                   help="sha256 of the file the version was loaded from; any other bytes are refused")
     return p.parse_args(argv)
+
+
+def changed_message(expected: str, found: str) -> str:
+    """Why a worker refuses a file whose bytes are not the version's."""
+    return (
+        f"its file changed on disk after the version was loaded (sha256 {expected[:16]}... then, "
+        f"{found[:16]}... now); a restarted worker serves only the bytes its version was loaded from: "
+        "reload the model (RepositoryModelLoad, or the next --poll-seconds rescan)"
+    )
 
 
 def main(argv=None) -> int:
@@ -54,9 +66,22 @@ def main(argv=None) -> int:
 
     configure_logging(args.log_level, args.log_format)
 
-    import torch
-
     from framewire.exporter import ArtifactError, load_model
+    from framewire.exporter.loader import read_artifact_bytes
+
+    # The bytes are read and compared before torch is imported: a file that
+    # changed is refused in milliseconds.
+    try:
+        data = read_artifact_bytes(args.artifact, max_bytes=args.max_artifact_bytes)
+    except ArtifactError as exc:
+        write_message(out, {"op": "failed", "kind": "artifact", "message": exc.reason})
+        return 1
+    found = hashlib.sha256(data).hexdigest()
+    if args.expect_sha256 and found != args.expect_sha256:
+        write_message(out, {"op": "failed", "kind": "changed", "message": changed_message(args.expect_sha256, found)})
+        return 1
+
+    import torch
 
     from .runner import ModelRunner
 
@@ -66,7 +91,8 @@ def main(argv=None) -> int:
         from framewire.exporter.signing import TrustPolicy
 
         trust = TrustPolicy.from_directory(args.trusted_keys, args.require_signed) if args.trusted_keys else None
-        loaded = load_model(args.artifact, max_bytes=args.max_artifact_bytes, trust=trust)
+        loaded = load_model(args.artifact, data=data, max_bytes=args.max_artifact_bytes, trust=trust)
+        del data
         runner = ModelRunner(loaded, devices=(args.device,), dtype=args.dtype, channels_last=args.channels_last,
                              cuda_graphs=args.cuda_graphs)
         if args.warmup_sizes:

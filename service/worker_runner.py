@@ -3,8 +3,8 @@
 `ProcessRunner` has the interface of the in-process `ModelRunner` as the
 model path uses it (`instances`, `warm_up`, `start`, `run`, `close`): each
 instance is a worker process; a batch is written into the instance's shared
-buffer and run there. A worker that dies fails its batch with UNAVAILABLE and
-is started again for the next one.
+buffer and run there. A worker that dies fails its batch with UNAVAILABLE;
+`WorkerPool` restarts it in the background while the others serve.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import InferenceError, LimitExceededError, ServiceError
 from .ipc import SharedBuffer, WorkerGone, read_message, write_message
+from .load_budget import LoadBudget
 from .runner import Finish, _unbind
+from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
 
@@ -34,7 +36,9 @@ class WorkerCrashedError(ServiceError):
 
 
 class WorkerStartError(Exception):
-    """A worker could not load the model; `kind` is "artifact" or "internal"."""
+    """A worker could not load the model; `kind` is "artifact", "changed"
+    (the file is not the bytes the version was loaded from), "timeout" or
+    "internal"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -45,10 +49,13 @@ class WorkerStartError(Exception):
 class ModelWorker:
     """One worker process and the thread that talks to it."""
 
-    def __init__(self, name: str, command: list[str], index: int):
+    def __init__(self, name: str, command: list[str], index: int, load_timeout: float = 120.0):
         self.name = name
         self.command = command
         self.index = index
+        self.load_timeout = load_timeout
+        self.budget: LoadBudget | None = None
+        self._stopping = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
         self.proc: subprocess.Popen | None = None
         self.buffer: SharedBuffer | None = None
@@ -57,14 +64,22 @@ class ModelWorker:
 
     # Everything below runs in this worker's thread (or at start-up).
 
-    def spawn(self) -> None:
-        """Start the process and wait until it has loaded and warmed up."""
+    def spawn(self, budget: LoadBudget | None = None) -> None:
+        """Start the process and wait until it has loaded and warmed up; the
+        budget (by default `load_timeout` seconds) kills it if it takes longer."""
+        self.budget = budget = budget or LoadBudget(self.load_timeout)
+        if self._stopping:
+            budget.cancel()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         try:
-            header, _ = read_message(self.proc.stdout)
+            with budget.watch(self.proc):
+                header, _ = read_message(self.proc.stdout)
         except WorkerGone:
             code = self.proc.wait()
+            why = budget.failure()
+            if why is not None:
+                raise WorkerStartError("timeout", why) from None
             raise WorkerStartError("internal", f"the model worker exited with code {code} while loading") from None
         if header.get("op") != "ready":
             self.proc.wait()
@@ -73,16 +88,16 @@ class ModelWorker:
         self._drop_buffer()
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
 
+    def cancel_loading(self) -> None:
+        """Kill the process if it is still loading, now and in any later spawn (the runner is closing)."""
+        self._stopping = True
+        if self.budget is not None:
+            self.budget.cancel()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def run_batch(self, items: list, finish: Finish | None) -> list:
-        if not self.alive():
-            log.warning("%s: worker %d is not running; starting it again", self.name, self.index)
-            try:
-                self.spawn()
-            except WorkerStartError as exc:
-                raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
         try:
             header, payload = self._roundtrip(items)
         except (WorkerGone, BrokenPipeError, OSError):
@@ -90,7 +105,7 @@ class ModelWorker:
             self._drop_buffer()
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
-                "it restarts for the next request, retry"
+                "it is restarting, retry"
             ) from None
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
@@ -167,8 +182,17 @@ class ProcessRunner:
     def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
                  max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
-                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False):
+                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False,
+                 load_timeout: float = 120.0, load_budget: LoadBudget | None = None, file_sha256: str = ""):
+        """`load_budget` bounds the first start of every worker (together);
+        a restart gets `load_timeout` seconds of its own. `file_sha256` is the
+        digest of the bytes the version was loaded from: a worker (a restarted
+        one too) refuses any other bytes, and `on_stale(reason)` is called."""
         self.name = name
+        #: Called (from a worker thread) when a restarted worker finds that the
+        #: version's file no longer holds the bytes it was loaded from.
+        self.on_stale: Callable[[str], None] | None = None
+        self._budget = load_budget or LoadBudget(load_timeout)
         self.task = task
         self.dtype_name = dtype
         self.devices = devices
@@ -180,12 +204,14 @@ class ProcessRunner:
             *(["--trusted-keys", trusted_keys] if trusted_keys else []),
             *(["--require-signed"] if require_signed else []),
             *(["--cuda-graphs"] if cuda_graphs else []),
+            *(["--expect-sha256", file_sha256] if file_sha256 else []),
         ]
         self.instances = [
-            ModelWorker(name, [], i) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
+            ModelWorker(name, [], i, load_timeout)
+            for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
         ]
         self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
-        self._free: asyncio.Queue | None = None
+        self._pool: WorkerPool | None = None
 
     @property
     def device_label(self) -> str:
@@ -199,7 +225,7 @@ class ProcessRunner:
         started = []
         try:
             for worker in self.instances:
-                worker.spawn()
+                worker.spawn(self._budget)
                 started.append(worker)
         except BaseException:
             for worker in started:
@@ -207,23 +233,30 @@ class ProcessRunner:
             raise
 
     def start(self) -> None:
-        self._free = asyncio.Queue()
-        for worker in self.instances:
-            self._free.put_nowait(worker)
+        """Put the warm workers into rotation (call from the event loop)."""
+        self._pool = WorkerPool(self.name, self.instances, on_stale=self._stale)
 
     async def run(self, items: list, finish: Finish | None = None) -> list:
-        loop = asyncio.get_running_loop()
-        worker = await self._free.get()
+        """Run a batch on a free live worker (see WorkerPool)."""
+        worker = await self._pool.take()
         try:
-            return await loop.run_in_executor(worker.executor, worker.run_batch, items, finish)
+            return await asyncio.get_running_loop().run_in_executor(worker.executor, worker.run_batch, items, finish)
         finally:
-            self._free.put_nowait(worker)
+            self._pool.give_back(worker)
+
+    def _stale(self, why: str) -> None:
+        if self.on_stale is not None:
+            self.on_stale(why)
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
         return {w.proc.pid for w in self.instances if w.alive()}
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        for worker in self.instances:  # a worker still loading is killed, not waited for
+            worker.cancel_loading()
         stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
         for worker, stopped in zip(self.instances, stopping):
             stopped.result()
