@@ -185,8 +185,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from .child_load import load_in_child
     from .loader import read_artifact_bytes
+
+    if importlib.util.find_spec("torch") is None:  # the CLI names the extra to install
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
     try:
         data = read_artifact_bytes(args.file)

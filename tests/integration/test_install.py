@@ -51,10 +51,11 @@ def test_the_client_installs_without_torch_and_predicts(client_venv, tiny_repo, 
 @pytest.mark.parametrize("verb", [
     ["serve", "--repo", "models"],
     ["export", "torchvision/resnet18", "--repo", "models", "--random-init"],
-    ["verify", "model.fwa"],
+    ["verify", "{artifact}"],
 ])
-def test_server_verbs_name_the_extra_in_one_line(client_venv, tmp_path, verb):
-    done = run(client_venv, *verb, cwd=tmp_path)
+def test_server_verbs_name_the_extra_in_one_line(client_venv, tiny_repo, tmp_path, verb):
+    artifact = str(tiny_repo / "tiny" / "1" / "model.fwa")
+    done = run(client_venv, *(word.replace("{artifact}", artifact) for word in verb), cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
