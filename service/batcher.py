@@ -17,6 +17,15 @@ item, in order.
 * Items whose request was cancelled or whose deadline passed are dropped
   before their batch runs; when the batch function fails, every item in the
   batch gets the error.
+
+With a `latency_budget` (a `LatencyBudget`, see service/latency_budget.py)
+batches close by that policy instead of `max_delay`: the batcher feeds it
+each admitted request and each batch's compute time, asks it before queueing
+a request (one that cannot finish within its budget is refused at once with
+OverBudgetError, nothing of it queued) and while a batch forms (close now, at
+what size, or wait). Queued items that can no longer finish within their
+budget get OverBudgetError and are not run. `budget_status()` shows what it
+learned and did. Without a budget nothing of this runs.
 """
 
 from __future__ import annotations
@@ -28,7 +37,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import DeadlineExceededError, InferenceError, QueueFullError, ServiceError, ShuttingDownError
+from .errors import (
+    DeadlineExceededError,
+    InferenceError,
+    OverBudgetError,
+    QueueFullError,
+    ServiceError,
+    ShuttingDownError,
+)
+from .latency_budget import BudgetStatus, LatencyBudget
 
 BatchFn = Callable[[list[Any]], Awaitable[Sequence[Any]]]
 
@@ -54,13 +71,14 @@ class BatchRecord:
 
 
 class _Work:
-    __slots__ = ("item", "future", "enqueued", "deadline", "priority", "seq", "taken", "dropped")
+    __slots__ = ("item", "future", "enqueued", "deadline", "budget_deadline", "priority", "seq", "taken", "dropped")
 
-    def __init__(self, item, future, enqueued, deadline, priority, seq):
+    def __init__(self, item, future, enqueued, deadline, priority, seq, budget_deadline=None):
         self.item = item
         self.future = future
         self.enqueued = enqueued
         self.deadline = deadline
+        self.budget_deadline = budget_deadline
         self.priority = priority
         self.seq = seq
         self.taken = False
@@ -72,6 +90,20 @@ class _Work:
 
     def __lt__(self, other: "_Work") -> bool:
         return (-self.priority, self.seq) < (-other.priority, other.seq)
+
+
+class _Launch:
+    """A budgeted batch handed to the device: when it started, and whether it
+    still waits behind `ahead` earlier batches for a lane."""
+
+    __slots__ = ("start", "size", "ahead", "predicted_end", "oldest_enqueued")
+
+    def __init__(self, start, size, ahead, predicted_end, oldest_enqueued):
+        self.start = start
+        self.size = size
+        self.ahead = ahead
+        self.predicted_end = predicted_end
+        self.oldest_enqueued = oldest_enqueued
 
 
 class DynamicBatcher:
@@ -88,6 +120,7 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int] = (),
         name: str = "model",
         on_batch: Callable[[BatchRecord], None] | None = None,
+        latency_budget: LatencyBudget | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -116,6 +149,17 @@ class DynamicBatcher:
         self._inflight: set[asyncio.Task] = set()
         self._worker: asyncio.Task | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._budget = latency_budget
+        self._launches: list[_Launch] = []
+        self._refused = 0
+        self._dropped_over_budget = 0
+        self._missed = 0
+        self._budget_batches = 0
+        self._predicted_sum = 0.0
+        self._actual_sum = 0.0
+        self._last_latency: tuple[float, float] | None = None
+        self._last_size = 0
 
     @property
     def queue_depth(self) -> int:
@@ -129,7 +173,8 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start forming batches (call from the event loop)."""
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+            self._loop = asyncio.get_running_loop()
+            self._worker = self._loop.create_task(self._run(), name=f"batcher-{self.name}")
 
     async def close(self, *, drain: bool = True) -> None:
         """Refuse new items; run (drain=True) or fail the queued ones; wait for batches."""
@@ -151,8 +196,9 @@ class DynamicBatcher:
 
         `deadline` is in the event loop's clock (`loop.time()`). Raises
         QueueFullError when the items do not fit, DeadlineExceededError when
-        the deadline passes first, ShuttingDownError while closing, or what
-        the batch function raised.
+        the deadline passes first, ShuttingDownError while closing,
+        OverBudgetError (with a budget) when they cannot be answered within
+        it, or what the batch function raised.
         """
         if self._closing:
             raise ShuttingDownError(f"model {self.name} is unloading; retry, another version will answer")
@@ -169,9 +215,12 @@ class DynamicBatcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceededError(f"deadline passed before model {self.name} could queue the request")
+        budget_deadline = None
+        if self._budget is not None:
+            budget_deadline = self._admit(now, len(items), deadline)
         works = []
         for item in items:
-            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq))
+            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq), budget_deadline)
             heapq.heappush(self._heap, work)
             self._fifo.append(work)
             works.append(work)
@@ -238,27 +287,38 @@ class DynamicBatcher:
                 self._slots.release()
                 await asyncio.sleep(0)
                 continue
-            task = loop.create_task(self._execute(batch, loop))
+            launch = self._launch(batch, loop.time()) if self._budget is not None else None
+            task = loop.create_task(self._execute(batch, loop, launch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
     async def _form_batch(self, loop) -> list[_Work]:
+        budget_size = None
         while True:
             self._expire(loop.time())
+            if self._budget is not None:
+                self._drop_over_budget(loop.time())
             oldest = self._oldest_live()
             if oldest is None:
                 return []
-            if self._live >= self.max_batch_size or self._closing:
-                break
-            remaining = oldest.enqueued + self.max_delay - loop.time()
-            if remaining <= 0:
-                break
+            if self._budget is not None:
+                decision = self._decide(loop.time())
+                budget_size = decision.size
+                if decision.close or self._closing:
+                    break
+                remaining = decision.wait_until - loop.time()
+            else:
+                if self._live >= self.max_batch_size or self._closing:
+                    break
+                remaining = oldest.enqueued + self.max_delay - loop.time()
+                if remaining <= 0:
+                    break
             self._arrival.clear()
             try:
                 await asyncio.wait_for(self._arrival.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
-        size = min(self._live, self.max_batch_size)
+        size = min(self._live, self.max_batch_size) if budget_size is None else budget_size
         if self._preferred and size < self.max_batch_size:
             fitting = [p for p in self._preferred if p <= size]
             size = fitting[-1] if fitting else size
@@ -273,10 +333,12 @@ class DynamicBatcher:
             batch.append(work)
         return batch
 
-    async def _execute(self, batch: list[_Work], loop) -> None:
+    async def _execute(self, batch: list[_Work], loop, launch: _Launch | None = None) -> None:
         start = loop.time()
         queue_seconds = tuple(start - w.enqueued for w in batch)
         failed = False
+        if launch is not None:
+            launch.start = max(launch.start, start)
         try:
             results = await self._batch_fn([w.item for w in batch])
             if len(results) != len(batch):
@@ -303,5 +365,106 @@ class DynamicBatcher:
         finally:
             if failed:
                 self._slots.release()
+            if launch is not None:
+                self._finish_launch(launch, batch, loop.time(), failed)
             if self._on_batch is not None:
                 self._on_batch(BatchRecord(len(batch), queue_seconds, loop.time() - start, failed))
+
+    # ------------------------------------------------------- latency budget
+
+    def budget_status(self, now: float | None = None) -> BudgetStatus | None:
+        """The budget, learned curve, chosen sizes and what happened; None without a budget.
+
+        `now` defaults to the event loop's clock (readable from any thread).
+        """
+        budget = self._budget
+        if budget is None:
+            return None
+        if now is None:
+            now = self._loop.time() if self._loop is not None else 0.0
+        last = self._last_latency
+        return BudgetStatus(
+            budget_seconds=budget.seconds,
+            curve=budget.curve.points(),
+            arrival_rate=budget.arrivals.rate(now),
+            target_batch_size=budget.target_size(now, self.max_batch_size),
+            batch_size_limit=budget.size_limit(self.max_batch_size),
+            last_batch_size=self._last_size,
+            refused=self._refused,
+            dropped_over_budget=self._dropped_over_budget,
+            batches=self._budget_batches,
+            predicted_seconds_sum=self._predicted_sum,
+            actual_seconds_sum=self._actual_sum,
+            missed=self._missed,
+            last_predicted_seconds=last[0] if last else None,
+            last_actual_seconds=last[1] if last else None,
+        )
+
+    def _lanes(self, now: float) -> list[float]:
+        running = [(launch.start, launch.size) for launch in self._launches]
+        return self._budget.lanes_free_at(now, running)
+
+    def _admit(self, now: float, count: int, deadline: float | None) -> float:
+        """The budget deadline of a request admitted now; raises OverBudgetError when refused."""
+        budget = self._budget
+        own = budget.item_deadline(now, deadline)
+        verdict = budget.admission(now, count=count, deadline=own, waiting=self._live,
+                                   lanes_free_at=self._lanes(now), max_batch_size=self.max_batch_size)
+        if not verdict.admitted:
+            self._refused += 1
+            wait = "" if verdict.predicted_finish is None else \
+                f": it would be answered in {(verdict.predicted_finish - now) * 1000:.0f} ms"
+            tightened = "" if own - now >= budget.seconds else " (tightened by the request's deadline)"
+            raise OverBudgetError(
+                f"model {self.name} cannot answer within the latency budget of {(own - now) * 1000:.0f} ms"
+                f"{tightened}{wait}; retry in {verdict.retry_after * 1000:.0f} ms",
+                verdict.retry_after,
+            )
+        budget.record_arrivals(now, count)
+        return own
+
+    def _drop_over_budget(self, now: float) -> None:
+        start_at = self._lanes(now)[0]
+        for work in self._fifo:
+            if work.waiting and self._budget.is_lost(now, work.budget_deadline, start_at):
+                self._dropped_over_budget += 1
+                work.future.set_exception(OverBudgetError(
+                    f"model {self.name} could no longer answer within the latency budget of "
+                    f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
+                    max(0.0, start_at - now),
+                ))
+                self._drop(work)
+
+    def _decide(self, now: float):
+        count = min(self._live, self.max_batch_size)
+        candidates = heapq.nsmallest(count, [w for w in self._heap if w.waiting])
+        return self._budget.decide(now, waiting=self._live, deadlines=[w.budget_deadline for w in candidates],
+                                   start_at=self._lanes(now)[0], max_batch_size=self.max_batch_size)
+
+    def _launch(self, batch: list[_Work], now: float) -> _Launch:
+        budget = self._budget
+        start_at = self._lanes(now)[0]
+        launch = _Launch(now, len(batch), max(0, len(self._launches) - budget.parallel + 1),
+                         start_at + budget.compute(len(batch)), min(w.enqueued for w in batch))
+        self._launches.append(launch)
+        return launch
+
+    def _finish_launch(self, launch: _Launch, batch: list[_Work], end: float, failed: bool) -> None:
+        """Learn from a finished batch and free the lane it held."""
+        self._launches.remove(launch)
+        for waiting in self._launches:
+            # A batch launched behind others starts on the device when one of them ends.
+            if waiting.ahead > 0:
+                waiting.ahead -= 1
+                if waiting.ahead == 0:
+                    waiting.start = max(waiting.start, end)
+        if failed:
+            return
+        self._budget.observe_batch(len(batch), end - launch.start)
+        predicted, actual = launch.predicted_end - launch.oldest_enqueued, end - launch.oldest_enqueued
+        self._budget_batches += 1
+        self._predicted_sum += predicted
+        self._actual_sum += actual
+        self._last_latency = (predicted, actual)
+        self._last_size = len(batch)
+        self._missed += sum(1 for w in batch if end > w.budget_deadline)

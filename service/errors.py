@@ -82,3 +82,16 @@ class InferenceError(ServiceError):
     """The model failed while running a batch."""
 
     code = "INTERNAL"
+
+
+class OverBudgetError(ServiceError):
+    """The request cannot be answered within its latency budget: refused at
+    admission, or dropped from the queue once it could no longer finish in
+    time. `retry_after` is the estimate, in seconds, of when a retry would
+    be admitted: what the response's retry hint should say."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
