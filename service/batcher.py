@@ -331,6 +331,8 @@ class DynamicBatcher:
             work.taken = True
             self._live -= 1
             batch.append(work)
+        if self._budget is not None:
+            batch = self._without_misses(batch, loop.time())
         return batch
 
     async def _execute(self, batch: list[_Work], loop, launch: _Launch | None = None) -> None:
@@ -434,6 +436,22 @@ class DynamicBatcher:
                     max(0.0, start_at - now),
                 ))
                 self._drop(work)
+
+    def _without_misses(self, batch: list[_Work], now: float) -> list[_Work]:
+        """The batch less the items that would finish past their budget in it (answered, not run)."""
+        start_at = self._lanes(now)[0]
+        kept = []
+        for work in batch:
+            if self._budget.misses(work.budget_deadline, start_at, len(batch)):
+                self._dropped_over_budget += 1
+                work.future.set_exception(OverBudgetError(
+                    f"model {self.name} could no longer answer within the latency budget of "
+                    f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
+                    max(0.0, start_at - now),
+                ))
+            else:
+                kept.append(work)
+        return kept
 
     def _decide(self, now: float):
         count = min(self._live, self.max_batch_size)

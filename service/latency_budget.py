@@ -15,45 +15,56 @@ The compute-time model (`ComputeTimeCurve`)
     noisy neighbour) moves it by one rank at most. Warm-up measurements
     enter as a prior: `prior_weight` copies each, which real measurements
     push out of the window over time. Between buckets the curve is
-    interpolated linearly; below the smallest it is flat, above the largest
-    it grows in proportion to the batch size (per-image cost falling with
-    batch size, both overestimate: the safe side for a deadline). Times are
-    made non-decreasing in batch size. One curve describes one model
+    interpolated linearly; below the smallest it is flat and above the
+    largest it grows in proportion to the batch size: as the cost per image
+    falls with batch size, both overestimate, the safe side for a deadline.
+    Times are made non-decreasing in batch size. One curve describes one model
     version on one device: a batcher whose batches run on two different
     devices needs one curve per device, so it belongs next to the device.
 
 The arrival rate (`ArrivalRate`)
-    Items per second, an exponentially weighted count with a time constant
-    of `time_constant` seconds: it follows a change of load within a few
-    time constants and decays to zero when arrivals stop.
+    Items per second (admitted ones), an exponentially weighted count with
+    a time constant of `time_constant` seconds (0.25 by default): it follows
+    a change of load within a few time constants and decays to zero when
+    arrivals stop. A shorter one reacts faster to a burst and is noisier.
+
+The largest batch (`LatencyBudget.size_limit`)
+    Under sustained load the oldest item of a batch arrived while the batch
+    before it ran: with `parallel` lanes taking turns, for 1/parallel of a
+    batch's compute. So the largest batch the budget allows is the largest
+    whose compute, plus that wait, fits the budget: with one lane a batch
+    may take half the budget.
 
 The batch size it aims for (`LatencyBudget.target_size`)
     The smallest batch whose throughput (`parallel` batches at once, used to
     `utilisation`) keeps up with the arrival rate; under overload, when none
-    does, the size with the most images per second among those that fit the
-    budget. A lone request at low load goes at once; a batch grows only as
-    far as the load needs.
+    does, the size with the most images per second up to `size_limit`. A
+    lone request at low load goes at once; a batch grows only as far as the
+    load needs.
 
 Closing a batch (`LatencyBudget.decide`)
     Each item's budget deadline is its arrival plus the budget, tightened
     by the request's own deadline. The batch closes now when it holds the
-    maximum batch size, or the largest batch whose predicted compute fits
-    the budget, or the target size; or when waiting for one more item no
-    longer pays: no item is expected soon enough for a batch one larger to
-    still finish by the tightest deadline of the items in it (with no
-    arrivals, at once). Otherwise it waits, at most until the last moment a
-    batch one larger could still start in time, and decides again on the
-    next arrival. A closing batch takes as many items as still finish by
-    the tightest deadline among them, predicted compute included.
+    maximum batch size, or the largest batch the budget allows under
+    sustained load (`size_limit`), or the target size; or when waiting for
+    one more item no longer pays: no item is expected soon enough for a
+    batch one larger to still finish by the tightest deadline of the items
+    in it (with no arrivals, at once). Otherwise it waits, at most until the
+    last moment a batch one larger could still start in time, and decides
+    again on the next arrival. A closing batch takes up to `size_limit`
+    items; those of them that would finish past their deadline in it
+    (`misses`) are not run. Shrinking the batch to save its oldest item
+    instead would hand the next batch an even older one: under overload
+    that spirals down to batches of one.
 
 Admission (`LatencyBudget.admission`)
     Before a request is queued, its finish is predicted: the device lanes
     free when their running batches end, the items ahead of it run in
-    batches of the largest size the budget allows, then its own. When that
-    finish is past its budget deadline it is refused at once, with a retry
-    hint of the overshoot, instead of queueing only to miss. Items already
-    queued that cannot finish by their deadline even alone (`is_lost`) are
-    not run either.
+    batches of `size_limit`, then the batch it lands in, counting the items
+    expected to join it before its lane frees. When that finish is past its
+    budget deadline it is refused at once, with a retry hint of the
+    overshoot, instead of queueing only to miss. Queued items that cannot
+    finish by their deadline even alone (`is_lost`) are not run either.
 
 Every predicted compute time used against a deadline is the curve's value
 times `1 + margin`, which absorbs the spread around the median. Before the
@@ -157,7 +168,7 @@ class ComputeTimeCurve:
 class ArrivalRate:
     """Items per second, exponentially weighted (see the module doc)."""
 
-    def __init__(self, time_constant: float = 0.5):
+    def __init__(self, time_constant: float = 0.25):
         if time_constant <= 0:
             raise ValueError(f"time_constant must be positive seconds, got {time_constant}")
         self.time_constant = time_constant
@@ -273,10 +284,16 @@ class LatencyBudget:
         return 0.0 if seconds is None else seconds * (1 + self.margin)
 
     def size_limit(self, max_batch_size: int) -> int:
-        """The largest batch whose predicted compute fits the budget (at least 1)."""
-        limit = 1
+        """The largest batch the budget allows under sustained load (at least 1).
+
+        Under load the oldest item of a batch arrived while the batch
+        before it ran on its lane: with `parallel` lanes taking turns that
+        is 1/parallel of a batch's compute, so the batch's compute plus
+        that wait must fit the budget.
+        """
+        limit, factor = 1, 1 + 1 / self.parallel
         for size in range(2, max_batch_size + 1):
-            if self.compute(size) > self.seconds:
+            if self.compute(size) * factor > self.seconds:
                 break
             limit = size
         return limit
@@ -330,50 +347,56 @@ class LatencyBudget:
         count = min(waiting, max_batch_size)
         if not self.known:
             return Decision(True, count, "no compute time measured yet")
-        start = max(now, start_at)
-        size = self._fitting(count, deadlines, start, max_batch_size)
+        limit = self.size_limit(max_batch_size)
+        size = min(count, limit)
         if count >= max_batch_size:
             return Decision(True, size, "maximum batch size")
-        if count >= self.size_limit(max_batch_size):
+        if count >= limit:
             return Decision(True, size, "largest batch the budget allows")
         if count >= self.target_size(now, max_batch_size):
             return Decision(True, size, "target batch size for the arrival rate")
         rate = self.arrivals.rate(now)
         tightest = min(deadlines[:count])
         next_arrival = now + 1 / rate if rate > 0 else math.inf
-        if max(next_arrival, start) + self.compute(count + 1) > tightest:
+        if max(next_arrival, start_at) + self.compute(count + 1) > tightest:
             return Decision(True, size, "no larger batch can fill within the budget")
         return Decision(False, size, "waiting for the batch to fill", wait_until=tightest - self.compute(count + 1))
 
-    def _fitting(self, count: int, deadlines: Sequence[float], start: float, max_batch_size: int) -> int:
-        """The most of the first `count` items that still finish by the tightest deadline among them."""
-        size, tightest = 1, math.inf
-        for n in range(1, min(count, self.size_limit(max_batch_size)) + 1):
-            tightest = min(tightest, deadlines[n - 1])
-            if n > 1 and start + self.compute(n) > tightest:
-                break
-            size = n
-        return size
+    def misses(self, deadline: float, start: float, size: int) -> bool:
+        """Whether an item would finish past `deadline` in a batch of `size` started at `start`."""
+        return start + self.compute(size) > deadline
 
     def admission(self, now: float, *, count: int, deadline: float, waiting: int, lanes_free_at: Sequence[float],
                   max_batch_size: int) -> Admission:
         """Admit a request of `count` items with budget deadline `deadline`, or refuse it.
 
         `waiting` items are queued ahead of it; `lanes_free_at` comes from
-        `lanes_free_at`. Refused: `retry_after` is the predicted overshoot.
+        `lanes_free_at`. The backlog is played forward as it will be
+        served: whenever a lane frees, the next `size_limit` items run. The
+        batch the request lands in counts the items expected to join it
+        before its lane frees. Refused when the request would finish past
+        its deadline; `retry_after` is by how much.
         """
         if not self.known:
             return Admission(True, None)
         if now >= deadline:
             return Admission(False, None, 0.0)
         size = self.size_limit(max_batch_size)
+        rate = self.arrivals.rate(now)
         lanes = sorted(max(now, lane) for lane in lanes_free_at) or [now]
-        items, finish = waiting + count, now
-        while items > 0:
-            batch = min(size, items)
-            finish = heapq.heappop(lanes) + self.compute(batch)
-            heapq.heappush(lanes, finish)
-            items -= batch
+        full, ahead = divmod(waiting, size)
+        for _ in range(full):
+            heapq.heapreplace(lanes, lanes[0] + self.compute(size))
+        remaining, finish = count, now
+        while remaining > 0:
+            start = lanes[0]
+            taken = min(size - ahead, remaining)
+            remaining -= taken
+            joining = rate * (start - now) if remaining == 0 else 0.0
+            expected = min(size, ahead + taken + math.ceil(joining))
+            finish = start + self.compute(expected)
+            heapq.heapreplace(lanes, finish)
+            ahead = 0
         if finish <= deadline:
             return Admission(True, finish)
         return Admission(False, finish, finish - deadline)

@@ -115,9 +115,16 @@ def test_the_target_grows_with_the_arrival_rate_and_shrinks_back():
 
 
 def test_under_overload_the_target_is_the_most_throughput_that_fits_the_budget():
-    p = policy(budget_ms=61, rate=10_000)  # far beyond what any size keeps up with
-    # 20 ms + 2 ms per image: 20 images are the most that fit 61 ms.
+    p = policy(budget_ms=121, rate=10_000)  # far beyond what any size keeps up with
+    # 20 ms + 2 ms per image: a batch of 20 takes 60 ms, and the oldest item
+    # of the next one waited as long, 120 ms in all.
     assert p.size_limit(32) == 20 and p.target_size(0.0, 32) == 20
+
+
+def test_more_lanes_allow_larger_batches():
+    # With two lanes taking turns the next batch's oldest waited half a batch: 1.5 x 60 ms fits 91 ms.
+    assert policy(budget_ms=91, parallel=2).size_limit(32) == 20
+    assert policy(budget_ms=91).size_limit(32) < 20
 
 
 def test_parallel_lanes_need_smaller_batches_for_the_same_rate():
@@ -125,7 +132,7 @@ def test_parallel_lanes_need_smaller_batches_for_the_same_rate():
 
 
 def test_the_margin_shrinks_what_fits_the_budget():
-    assert policy(budget_ms=60, margin=0.5).size_limit(32) < policy(budget_ms=60).size_limit(32)
+    assert policy(budget_ms=100, margin=0.5).size_limit(32) < policy(budget_ms=100).size_limit(32)
 
 
 # ---------------------------------------------------------------- the closing rule
@@ -137,7 +144,7 @@ def test_before_any_measurement_a_batch_closes_at_once():
 
 
 def test_it_waits_for_the_batch_to_fill_only_until_the_oldest_would_miss():
-    p = policy(rate=1000)  # a busy stream: the target is large
+    p = policy(rate=1000)  # a busy stream: the target is the largest batch, 15
     decision = p.decide(0.0, waiting=3, deadlines=[0.100, 0.101, 0.102], start_at=0.0, max_batch_size=32)
     assert not decision.close
     # The last moment a batch of 4 (28 ms) still finishes by the oldest's deadline.
@@ -160,8 +167,8 @@ def test_no_pointless_wait_when_the_next_item_cannot_come_in_time():
     (20, "largest batch the budget allows"),
 ])
 def test_a_batch_closes_at_the_maximum_or_at_the_largest_that_fits(waiting, reason):
-    p = policy(budget_ms=61, rate=10_000)
-    decision = p.decide(0.0, waiting=waiting, deadlines=[0.061] * min(waiting, 32), start_at=0.0,
+    p = policy(budget_ms=121, rate=10_000)
+    decision = p.decide(0.0, waiting=waiting, deadlines=[0.121] * min(waiting, 32), start_at=0.0,
                         max_batch_size=32)
     assert decision.close and decision.reason == reason and decision.size == 20
 
@@ -173,26 +180,41 @@ def test_a_batch_closes_at_the_target_size():
     assert decision.close and decision.size == target and decision.reason.startswith("target")
 
 
-def test_a_tight_deadline_shrinks_the_batch_to_what_still_finishes_in_time():
-    p = policy(rate=10_000)
-    # The fourth item's own deadline is 30 ms away; a batch of 4 takes 28 ms
-    # but one of 5 takes 30 ms after the device frees at 1 ms.
-    deadlines = [0.1, 0.1, 0.1, 0.1, 0.030] + [0.1] * 27
-    decision = p.decide(0.0, waiting=32, deadlines=deadlines, start_at=0.001, max_batch_size=32)
-    assert decision.close and decision.size == 4
+def test_an_item_misses_when_its_batch_would_end_past_its_deadline():
+    p = policy()
+    # A batch of 5 (30 ms) started at 1 ms ends at 31 ms.
+    assert p.misses(0.030, start=0.001, size=5) and not p.misses(0.032, start=0.001, size=5)
 
 
 # ------------------------------------------------------------------ admission
 
 def test_admission_counts_the_queue_ahead_and_the_busy_lanes():
-    p = policy()
+    p = policy()  # batches of at most 15 (50 ms) under load
     # An idle device: a lone request finishes in 22 ms.
     assert p.admission(0.0, count=1, deadline=0.1, waiting=0, lanes_free_at=[0.0], max_batch_size=32).admitted
-    # 40 ahead: a batch of 32 (84 ms), then 9 (38 ms): 122 ms, 22 past the budget.
+    # 40 ahead: two batches of 15 (100 ms), then 11 with it (42 ms): 142 ms, 42 past the budget.
     refused = p.admission(0.0, count=1, deadline=0.1, waiting=40, lanes_free_at=[0.0], max_batch_size=32)
-    assert not refused.admitted and refused.retry_after == pytest.approx(0.022)
+    assert not refused.admitted and refused.retry_after == pytest.approx(0.042)
+    assert refused.predicted_finish == pytest.approx(0.142)
     # Two lanes run both batches at once.
     assert p.admission(0.0, count=1, deadline=0.1, waiting=40, lanes_free_at=[0.0, 0.0], max_batch_size=32).admitted
+
+
+def test_admission_counts_the_items_expected_to_join_its_batch():
+    quiet, busy = policy(), policy(rate=500)
+    # The lane frees in 60 ms. Alone, the request ends at 82 ms; at 500 items/s
+    # its batch fills to 15 (50 ms) meanwhile and ends at 110 ms.
+    assert quiet.admission(0.0, count=1, deadline=0.1, waiting=0, lanes_free_at=[0.06], max_batch_size=32).admitted
+    refused = busy.admission(0.0, count=1, deadline=0.1, waiting=0, lanes_free_at=[0.06], max_batch_size=32)
+    assert not refused.admitted and refused.retry_after == pytest.approx(0.010)
+    assert busy.admission(0.0, count=1, deadline=0.1, waiting=0, lanes_free_at=[0.04], max_batch_size=32).admitted
+
+
+def test_a_request_larger_than_a_batch_spans_batches():
+    p = policy()
+    # 20 images: a batch of 15 (50 ms) and then one of 5 (30 ms).
+    verdict = p.admission(0.0, count=20, deadline=0.1, waiting=0, lanes_free_at=[0.0], max_batch_size=32)
+    assert verdict.admitted and verdict.predicted_finish == pytest.approx(0.080)
 
 
 def test_lanes_are_free_when_their_running_batches_are_predicted_to_end():
