@@ -1,4 +1,4 @@
-"""framewire's load toolkit: `python -m load_tests {sweep,rate,camera} ...`.
+"""framewire's load toolkit: `python -m load_tests {sweep,rate,camera,budget-compare} ...`.
 
     # concurrency sweep of single-image Predict calls, with the in-process baseline
     python -m load_tests sweep --model mobilenet_v3_small --device cpu --input uint8:224 \
@@ -7,8 +7,13 @@
     # BatchPredict of 32 images, the Open Inference Protocol, or streams
     python -m load_tests sweep --mode batch --batch 32 ...    --mode oip ...    --mode stream ...
 
-    # a fixed request rate (open loop)
-    python -m load_tests rate --rate 200 --model resnet50 --device cuda --input jpeg:500x375
+    # a request rate (open loop, Poisson arrivals, 2 s deadlines), goodput within 100 ms
+    python -m load_tests rate --rate 200,400 --budget-ms 100 --model resnet50 --device cuda --input jpeg:500x375
+
+    # the same rates (fractions of the measured capacity) against static queue
+    # delays and against a latency budget, in one table
+    python -m load_tests budget-compare --rates 0.5,0.8,1.5x --delays-us 0,1000,2000,4000,8000 \
+        --latency-budget-ms 100
 
     # camera mode: S streams at F frames per second with a latency budget
     python -m load_tests camera --streams 100 --fps 30 --budget-ms 50 --model resnet50 --device cuda
@@ -32,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import baseline, loadgen, report
+from . import baseline, compare, report
 from .inputs import describe
-from .serverproc import BenchServer, model_counters, server_view
+from .serverproc import BenchServer, measured_point
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,16 +69,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="images per request (batch and oip modes)")
     p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated client counts")
 
-    p = sub.add_parser("rate", parents=[common], help="requests at a fixed rate (open loop)")
+    open_loop = argparse.ArgumentParser(add_help=False)
+    open_loop.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
+                           help="gaps between requests: exponential (a Poisson process) or equal")
+    open_loop.add_argument("--deadline-ms", type=float, default=2000.0,
+                           help="each request's deadline (DEADLINE_EXCEEDED past it counts as a timeout)")
+
+    p = sub.add_parser("rate", parents=[common, open_loop], help="requests at a given rate (open loop)")
     p.add_argument("--mode", choices=["predict", "batch", "oip"], default="predict")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rate", default="50", help="comma-separated requests per second")
+    p.add_argument("--budget-ms", type=float, help="answers within this many ms count as goodput")
 
     p = sub.add_parser("camera", parents=[common], help="S streams at F frames per second")
     p.add_argument("--streams", default="8", help="comma-separated stream counts")
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--budget-ms", type=int, default=100, help="latency budget; later frames are late (and skipped)")
-    return parser.parse_args(argv)
+
+    p = sub.add_parser("budget-compare", parents=[common, open_loop],
+                       help="the same open-loop rates against static queue delays and a latency budget")
+    p.add_argument("--latency-budget-ms", type=float, required=True,
+                   help="the budget: passed to the budgeted server, and what counts as goodput for every setting")
+    p.add_argument("--rates", default="0.5,0.8,1.5x", help="arrival rates as fractions of the measured capacity")
+    p.add_argument("--delays-us", default="0,1000,2000,4000,8000",
+                   help="the static settings: comma-separated --max-queue-delay-us values")
+    p.add_argument("--capacity", type=float, help="requests per second taken as capacity (skips measuring it)")
+    p.add_argument("--capacity-clients", type=int, default=16,
+                   help="closed-loop clients that measure capacity (with --max-queue-delay-us)")
+    p.add_argument("--static-only", action="store_true",
+                   help="leave out the budgeted server (for a server without --latency-budget-ms)")
+    args = parser.parse_args(argv)
+    if args.workload == "budget-compare" and args.server:
+        parser.error("budget-compare starts its own servers (one per setting): drop --server")
+    return args
 
 
 def points(args) -> list[dict]:
@@ -81,7 +109,8 @@ def points(args) -> list[dict]:
         return [{"workload": "closed", "mode": args.mode, "batch": args.batch, "clients": int(c)}
                 for c in args.concurrency.split(",")]
     if args.workload == "rate":
-        return [{"workload": "rate", "mode": args.mode, "batch": args.batch, "rate": float(r)}
+        return [{"workload": "rate", "mode": args.mode, "batch": args.batch, "rate": float(r),
+                 "arrivals": args.arrivals, "deadline_ms": args.deadline_ms, "budget_ms": args.budget_ms}
                 for r in args.rate.split(",")]
     return [{"workload": "camera", "mode": "stream", "streams": int(s), "fps": args.fps, "budget_ms": args.budget_ms}
             for s in args.streams.split(",")]
@@ -103,10 +132,38 @@ def prepare_repo(args, repo: Path) -> tuple[str, Path | None]:
     return args.model, result.path
 
 
+def header(args, argv, model: str, dtype: str, processes: int) -> dict:
+    """What every report starts with: the command, when, where and what was loaded."""
+    return {
+        "command": "python -m load_tests " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
+        "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
+        "load_processes": processes,
+    }
+
+
+def main_compare(args, argv, dtype: str, processes: int) -> int:
+    """`budget-compare`: its own servers, one table (see load_tests/compare.py)."""
+    repo = Path(tempfile.mkdtemp(prefix="fw-compare-"))
+    try:
+        model, _ = prepare_repo(args, repo)
+        summary = {**header(args, argv, model, dtype, processes), **compare.run(args, repo, model, dtype, processes)}
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    print()
+    print(compare.table(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     dtype = args.dtype if args.dtype != "auto" else ("float16" if args.device.startswith("cuda") else "float32")
     processes = args.processes or max(1, min(8, (os.cpu_count() or 2) // 4))
+    if args.workload == "budget-compare":
+        return main_compare(args, argv, dtype, processes)
     repo = Path(tempfile.mkdtemp(prefix="fw-load-"))
     server = None
     try:
@@ -132,10 +189,7 @@ def main(argv=None) -> int:
         for point in points(args):
             spec = {**point, "server": address, "model": model, "input": args.input, "duration": args.duration,
                     "warmup": args.warmup, "token": args.token}
-            before = model_counters(address, model, args.token)
-            load = loadgen.spawn(spec, processes)
-            view = server_view(before, model_counters(address, model, args.token))
-            results.append({"point": point, **load.summary(), "server": view})
+            results.append({"point": point, **measured_point(address, model, spec, processes, args.token)})
             print(report.line(results[-1]), flush=True)
         baseline_rate = None
         if best is not None:
@@ -152,11 +206,7 @@ def main(argv=None) -> int:
         shutil.rmtree(repo, ignore_errors=True)
 
     summary = {
-        "command": "python -m load_tests " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
-        "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
-        "load_processes": processes,
+        **header(args, argv, model, dtype, processes),
         "baseline": [p.__dict__ for p in curve],
         "baseline_images_per_second": baseline_rate,
         "results": results,

@@ -79,3 +79,12 @@ def server_view(before: dict, after: dict) -> dict:
         "inferences": delta["inferences"],
         "executions": delta["executions"],
     }
+
+
+def measured_point(address: str, model: str, spec: dict, processes: int, token: str | None = None) -> dict:
+    """Run one load point against a server: the load's summary and the server's view of it."""
+    from . import loadgen
+
+    before = model_counters(address, model, token)
+    load = loadgen.spawn(spec, processes)
+    return {**load.summary(), "server": server_view(before, model_counters(address, model, token))}
