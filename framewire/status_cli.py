@@ -14,7 +14,7 @@ import time
 
 from google.protobuf import json_format
 
-from .connection import add_connection_arguments, client_from_args
+from .connection import add_connection_arguments, connection_from_args
 
 STATE_NAMES = {1: "LOADING", 2: "READY", 3: "UNAVAILABLE", 4: "DRAINING"}
 
@@ -39,7 +39,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _fetch(args: argparse.Namespace):
-    with client_from_args(args, timeout=args.timeout, retries=0) as client:
+    from .client import Client
+
+    with Client(connection_from_args(args), timeout=args.timeout, retries=0) as client:
         return client.server_status()
 
 

@@ -46,15 +46,14 @@ class BenchServer:
 
 def model_counters(address: str, model: str, token: str | None = None) -> dict:
     """Cumulative counters of a model (all its versions), from ModelStatistics."""
-    import grpc
-
+    from framewire.connection import Connection
     from framewire.oip import grpc_service_pb2 as pb
     from framewire.oip import grpc_service_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    with grpc.insecure_channel(address) as channel:
+    connection = Connection(address, token=token)
+    with connection.channel() as channel:
         reply = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            pb.ModelStatisticsRequest(name=model), timeout=30, metadata=metadata)
+            pb.ModelStatisticsRequest(name=model), timeout=30, metadata=connection.call_metadata)
     totals = dict.fromkeys(("inferences", "executions", "requests", "queue_ns", "compute_ns", "preprocess_ns"), 0)
     for entry in reply.model_stats:
         s = entry.inference_stats

@@ -254,3 +254,35 @@ def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames
     after = results[outage[-1] + 1:]
     assert sum(r.ok for r in after) >= 20  # the new server answers the frames that follow
     assert all(r.prediction.model == "tiny" for r in after if r.ok)
+
+
+def test_client_stream_keeps_given_frame_numbers_and_one_result_type(fast_server, frames):
+    from framewire.stream import FrameResult
+
+    with Client(fast_server.address) as client:
+        results = list(client.stream([(10, frames[0]), (11, frames[1]), (40, frames[2])], model="tiny", top_k=2))
+        assert [r.frame_number for r in results] == [10, 11, 40]
+        assert all(isinstance(r, FrameResult) and r.ok and not r.skipped for r in results)
+        assert all(len(r.prediction.classes) == 2 for r in results)
+        with pytest.raises(ValueError, match="frame_number=3 does not follow frame 4"):
+            list(client.stream([(4, frames[0]), (3, frames[1])], model="tiny"))
+
+
+def test_client_stream_to_no_server_reports_every_frame_then_raises_after_its_retries(frames):
+    import socket
+
+    from framewire.client import FramewireError
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{probe.getsockname()[1]}"
+    results = []
+    start = time.monotonic()
+    with Client(nobody, retries=1, timeout=5) as client, pytest.raises(FramewireError) as info:
+        for result in client.stream(frames[:20], model="tiny"):
+            results.append(result)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message.startswith(f"stream to {nobody} ended: ")
+    assert time.monotonic() - start < 30  # one reconnect, not a retry without end
+    assert [r.frame_number for r in results] == list(range(len(results))) and results
+    assert all(r.status in ("failed", "dropped") and r.prediction is None for r in results)
