@@ -34,14 +34,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
 from framewire.client import Prediction, image_message, predict_options, prediction_from
 from framewire.connection import Connection, FramewireError, RetryPolicy, Retrying, as_connection, transport_hint
-from framewire.stream_stats import StreamStats, percentiles
+from framewire.stream_results import FrameResult, StreamStats, percentiles
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
@@ -72,45 +71,6 @@ class _StreamEnded(grpc.RpcError):
 
     def details(self) -> str:
         return "the server ended the stream"
-
-
-@dataclass
-class FrameResult:
-    """What became of one frame.
-
-    `status` is "ok" (answered: see `prediction`), "skipped" (the server
-    found it older than max_age_ms), "dropped" (never sent: a newer frame
-    replaced it, it grew stale, or the stream closed) or "failed" (a
-    per-frame error, or lost when the stream broke; `code` and `message`
-    say which). `latency_ms` runs from `submit` to the answer. `tag` is what
-    was passed to `submit`.
-    """
-
-    stream_id: str
-    frame_number: int
-    status: str
-    code: grpc.StatusCode
-    message: str
-    prediction: Prediction | None
-    latency_ms: float | None
-    tag: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def skipped(self) -> bool:
-        """The server found the frame older than max_age_ms and skipped it."""
-        return self.status == "skipped"
-
-    @property
-    def top_label(self) -> str | None:
-        """The best class's label (or index) of a classification, else None."""
-        if self.prediction is None or not self.prediction.classes:
-            return None
-        top = self.prediction.classes[0]
-        return top.label or str(top.index)
 
 
 class _Entry:
@@ -431,19 +391,19 @@ class CameraStream:
             error: grpc.RpcError = _StreamEnded()
         except grpc.RpcError as exc:
             error = exc
-        finally:
-            with self._cond:
-                connection["broken"] = True
-                self._call = None
         code, details = error.code(), error.details() or ""
         with self._cond:
+            connection["broken"] = True
+            self._call = None
             lost = f"lost: the stream broke ({code.name}: {details}) before an answer"
             while self._in_flight:
                 self._resolve(self._ledger[self._in_flight.popleft()], "failed", grpc.StatusCode.UNAVAILABLE, lost)
             self._cond.notify_all()
-        hint = self._transport_hint(details) if code == grpc.StatusCode.UNAVAILABLE else ""
-        if hint:
-            log.warning("stream to %s cannot connect: %s", self.server, hint)
+        if code == grpc.StatusCode.UNAVAILABLE and not self._transport_checked:  # say it once per stream
+            hint = transport_hint(self.server, tls=self.connection.tls, details=details)
+            if hint:
+                self._transport_checked = True
+                log.warning("stream to %s cannot connect: %s", self.server, hint)
         with self._cond:
             if self._over():
                 return
@@ -459,15 +419,6 @@ class CameraStream:
         log.warning("stream to %s broke (%s: %s); reconnecting in %.1f s",
                     self.server, error.code().name, error.details() or "", delay)
         return True
-
-    def _transport_hint(self, details: str) -> str:
-        """Once per stream: what to pass when the server speaks TLS and this
-        stream does not, or the other way round; else ""."""
-        if self._transport_checked:
-            return ""
-        hint = transport_hint(self.server, tls=self.connection.tls, details=details)
-        self._transport_checked = bool(hint)
-        return hint
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -1,12 +1,57 @@
-"""Counts and latency percentiles of a stream, for `CameraStream.stats` and
-the per-second lines of `framewire stream`."""
+"""What a stream reports: each frame's `FrameResult`, and the counts and
+latency percentiles behind `CameraStream.stats` and the per-second lines of
+`framewire stream`."""
 
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import grpc
+
+from framewire.client import Prediction
+
+
+@dataclass
+class FrameResult:
+    """What became of one frame.
+
+    `status` is "ok" (answered: see `prediction`), "skipped" (the server
+    found it older than max_age_ms), "dropped" (never sent: a newer frame
+    replaced it, it grew stale, or the stream closed) or "failed" (a
+    per-frame error, or lost when the stream broke; `code` and `message`
+    say which). `latency_ms` runs from `submit` to the answer. `tag` is what
+    was passed to `submit`.
+    """
+
+    stream_id: str
+    frame_number: int
+    status: str
+    code: grpc.StatusCode
+    message: str
+    prediction: Prediction | None
+    latency_ms: float | None
+    tag: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def skipped(self) -> bool:
+        """The server found the frame older than max_age_ms and skipped it."""
+        return self.status == "skipped"
+
+    @property
+    def top_label(self) -> str | None:
+        """The best class's label (or index) of a classification, else None."""
+        if self.prediction is None or not self.prediction.classes:
+            return None
+        top = self.prediction.classes[0]
+        return top.label or str(top.index)
 
 
 class StreamStats:
