@@ -49,6 +49,25 @@ class FramewireError(Exception):
         super().__init__(f"{code.name}: {message}")
 
 
+class LocalRpcError(grpc.RpcError):
+    """A failure the client itself finds (the server ended a stream early, no
+    server is ready yet), with a status code like a server's, so that
+    RetryPolicy treats it like any other."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
 @dataclass(frozen=True)
 class Connection:
     """Where a server is and how to talk to it.
@@ -166,7 +185,7 @@ class Connection:
             details = f"{details}; {hint}" if hint else details
         elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             details = refused_size_message(details) or details
-        trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+        trailing = dict(exc.trailing_metadata() or ())
         return FramewireError(code, details, trailing.get("x-request-id", ""))
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import grpc
 
 from framewire.client import predict_options, prediction_from
-from framewire.connection import Connection, FramewireError, RetryPolicy
+from framewire.connection import Connection, FramewireError, LocalRpcError, RetryPolicy
 from framewire.results_file import ResultsFile, error_row, scored_row
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
@@ -287,15 +287,18 @@ class BatchScorer:
         and leave out the servers that do not."""
         request = pb.GetModelRequest(model=self.model, version=self.version)
         deadline = time.monotonic() + self.wait_ready
-        while True:
-            failures: dict[str, tuple[Connection, grpc.RpcError]] = {}
-            serving = 0
+        failures: dict[str, tuple[Connection, grpc.RpcError]] = {}
+        serving: list[str] = []
+
+        def ask_every_server() -> None:
+            failures.clear()
+            serving.clear()
             for replica in list(replicas.replicas):
                 try:
                     replica.stub.GetModel(request, timeout=min(self.timeout, 10.0),
                                           metadata=replica.connection.call_metadata)
                     replicas.succeeded(replica)
-                    serving += 1
+                    serving.append(replica.address)
                     continue
                 except grpc.RpcError as exc:
                     code, details = exc.code(), exc.details() or ""
@@ -306,13 +309,19 @@ class BatchScorer:
                 elif code != grpc.StatusCode.NOT_FOUND:
                     replicas.failed(replica, f"{code.name}: {details}")
             unknown = all(exc.code() == grpc.StatusCode.NOT_FOUND for _, exc in failures.values())
-            if serving or unknown or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        if not serving:
-            listed = "; ".join(f"{address}: {connection.error(exc)}"
-                               for address, (connection, exc) in failures.items())
-            raise ScoreError(f"no server can score with model {self.model!r}: {listed}")
+            if not serving and not unknown:  # servers may be starting: ask again until `wait_ready` is up
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, "no server serves the model yet")
+
+        try:
+            RetryPolicy(attempts=None, backoff=0.25, max_backoff=1.0).run(
+                ask_every_server, on_retry=lambda error, delay: time.monotonic() < deadline,
+                sleep=lambda delay: time.sleep(min(delay, max(0.0, deadline - time.monotonic()))))
+        except LocalRpcError:
+            pass
+        if serving:
+            return
+        listed = "; ".join(f"{address}: {connection.error(exc)}" for address, (connection, exc) in failures.items())
+        raise ScoreError(f"no server can score with model {self.model!r}: {listed}")
 
     # --- worker threads -------------------------------------------------------------------
 

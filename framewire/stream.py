@@ -39,7 +39,15 @@ from typing import Any, Callable, Iterable, Iterator
 import grpc
 
 from framewire.client import Prediction, image_message, predict_options, prediction_from
-from framewire.connection import Connection, FramewireError, RetryPolicy, Retrying, as_connection, transport_hint
+from framewire.connection import (
+    Connection,
+    FramewireError,
+    LocalRpcError,
+    RetryPolicy,
+    Retrying,
+    as_connection,
+    transport_hint,
+)
 from framewire.stream_results import FrameResult, StreamStats, percentiles
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
@@ -61,16 +69,6 @@ _STALLED = object()
 class StreamClosedError(FramewireError):
     """`submit` after `close`, or the stream ended for good (`code` and the
     message say why)."""
-
-
-class _StreamEnded(grpc.RpcError):
-    """The server ended a stream the client had not finished: open another."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "the server ended the stream"
 
 
 class _Entry:
@@ -388,7 +386,8 @@ class CameraStream:
             for answer in call:
                 self._retrying.reset()
                 self._answered(answer)
-            error: grpc.RpcError = _StreamEnded()
+            # The server ended a stream this client had not finished: open another.
+            error: grpc.RpcError = LocalRpcError(grpc.StatusCode.UNAVAILABLE, "the server ended the stream")
         except grpc.RpcError as exc:
             error = exc
         code, details = error.code(), error.details() or ""
