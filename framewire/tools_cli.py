@@ -218,8 +218,8 @@ def _run_stream(args: argparse.Namespace) -> int:
         if annotator is not None:
             annotator.write(result.tag, result)
 
-    stream = CameraStream(connection_from_args(args), model=args.model, version=args.version, stream_id=args.stream_id,
-                          top_k=args.top_k, score_threshold=args.score_threshold,
+    stream = CameraStream(connection_from_args(args), model=args.model, version=args.version,
+                          stream_id=args.stream_id, top_k=args.top_k, score_threshold=args.score_threshold,
                           max_in_flight=args.max_in_flight, drop=drop, max_age_ms=args.max_age_ms,
                           on_result=on_result)
     stop = threading.Event()

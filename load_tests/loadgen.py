@@ -120,7 +120,7 @@ async def run_worker(spec: dict) -> dict:
     from framewire.connection import Connection
 
     result = LoadResult()
-    # Each worker gets its own subchannel, so worker processes spread like separate clients.
+    # Its own connection, shared with no other channel of this process.
     connection = Connection(spec["server"], token=spec.get("token"), max_message_bytes=256 << 20,
                             channel_options=(("grpc.use_local_subchannel_pool", 1),))
     metadata = connection.call_metadata or None
