@@ -21,6 +21,7 @@ from .gpu import GpuSampler
 from .grpc_errors import rpc, status_code
 from .metrics import ServerMetrics
 from .repository import ModelRepository
+from .status_document import visible_json
 from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
@@ -35,8 +36,10 @@ def deadline_of(context) -> float | None:
 
 class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
-                 metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter):
+                 metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter, status=None):
+        """`status` (a StatusSampler) supplies GetServerStatus's status_json."""
         self.repo = repo
+        self.status = status
         self.streams = streams
         self.config = config
         self.plan = plan
@@ -171,6 +174,8 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                     runtime.max_batch_size_seen = stats.max_batch_size_seen
                     for key, value in stats.recent().items():
                         setattr(runtime, key, value)
+        if self.status is not None:
+            response.status_json = visible_json(self.status.document_json, model_allowed)
         return response
 
     def _describe_device(self, device: pb.DeviceStatus, name: str) -> None:

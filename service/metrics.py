@@ -1,5 +1,8 @@
 """Prometheus metrics: what operators scrape from `--metrics-port` at /metrics.
 
+The same listener serves the operator's live page and its JSON
+(operator_http.py) when `serve` is given them.
+
 Names carry their unit. Per model and version (labels `model`, `version`):
 
 | metric | type | what |
@@ -13,6 +16,7 @@ Names carry their unit. Per model and version (labels `model`, `version`):
 | `framewire_executions_total` | counter | device batches run (inferences / executions = average batch) |
 | `framewire_batch_size` | histogram | images per device batch (its sum equals the inferences) |
 | `framewire_queue_depth` | gauge | images waiting now |
+| `framewire_queue_capacity` | gauge | images the queue holds at most (`--max-queue-size`) |
 | `framewire_model_state` | gauge | 1 for the version's current `state` |
 
 Per GPU (labels `gpu`, `name`, `uuid`), from NVML: `framewire_gpu_utilization_ratio`,
@@ -34,7 +38,7 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app, start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -80,9 +84,14 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple]] = {}
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, pages=None) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port. `pages`
+        (an operator_http.OperatorPages) adds the operator's page and its
+        JSON on the same listener."""
+        if pages is None:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        else:
+            server = pages.serve(host, port, make_wsgi_app(self.registry))
         self._http = server
         return server.server_port
 
@@ -160,6 +169,8 @@ class _LiveCollector:
                                   labels=list(MODEL_LABELS))
         state = GaugeMetricFamily("framewire_model_state", "1 for the version's current state.",
                                   labels=[*MODEL_LABELS, "state"])
+        capacity = GaugeMetricFamily("framewire_queue_capacity", "Images the batcher queue holds at most "
+                                     "(--max-queue-size); more are refused.", labels=list(MODEL_LABELS))
         for name, slots in self.models().items():
             for slot in slots:
                 labels = [name, str(slot.version)]
@@ -167,7 +178,9 @@ class _LiveCollector:
                     state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
                 if slot.served is not None:
                     depth.add_metric(labels, slot.served.batcher.queue_depth)
+                    capacity.add_metric(labels, slot.served.batcher.max_queue_size)
         yield depth
+        yield capacity
         yield state
         if self.gpu is None or not self.gpu.available:
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,6 +27,24 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 #: Turns a batch's output (on the CPU) into one result per image.
 Finish = Callable[[Any], list]
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One instance of a model as operators see it.
+
+    `state` is "running", "in process" (an instance inside the server
+    process: `--runner thread`), "starting" (loading and warming up),
+    "restarting" (a worker process that died, to be started again while the
+    others serve) or "stopped"; `restarts`
+    counts how often its process was started again after dying.
+    """
+
+    instance: int
+    device: str
+    state: str
+    pid: int = 0
+    restarts: int = 0
 
 
 @dataclass
@@ -225,6 +244,11 @@ class ModelRunner:
     def pids(self) -> set[int]:
         """Worker processes (none: instances run in this process)."""
         return set()
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every instance: all run inside this process."""
+        return [WorkerStatus(instance=n, device=str(i.device), state="in process", pid=os.getpid())
+                for n, i in enumerate(self.instances)]
 
     def close(self) -> None:
         for instance in self.instances:

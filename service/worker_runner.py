@@ -21,7 +21,7 @@ import numpy as np
 from .errors import InferenceError, LimitExceededError, ServiceError
 from .ipc import SharedBuffer, WorkerGone, read_message, write_message
 from .load_budget import LoadBudget
-from .runner import Finish, _unbind
+from .runner import Finish, WorkerStatus, _unbind
 from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
@@ -61,6 +61,9 @@ class ModelWorker:
         self.buffer: SharedBuffer | None = None
         self.view: Any = None
         self.info: dict = {}
+        self.restarts = 0
+        self.warm = False
+        self.stopped = False
 
     # Everything below runs in this worker's thread (or at start-up).
 
@@ -70,6 +73,9 @@ class ModelWorker:
         self.budget = budget = budget or LoadBudget(self.load_timeout)
         if self._stopping:
             budget.cancel()
+        if self.proc is not None:  # a process ran before: this is a restart
+            self.restarts += 1
+        self.warm = False
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         try:
@@ -86,6 +92,7 @@ class ModelWorker:
             raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
         self.info = header
         self._drop_buffer()
+        self.warm = True
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
 
     def cancel_loading(self) -> None:
@@ -146,7 +153,20 @@ class ModelWorker:
             self.buffer.close()
             self.buffer = None
 
+    def status(self, device: str) -> WorkerStatus:
+        """What operators see of this worker (read from any thread)."""
+        proc = self.proc
+        if self.stopped:
+            state = "stopped"
+        elif proc is not None and proc.poll() is None:
+            state = "running" if self.warm else "starting"
+        else:
+            state = "restarting"  # WorkerPool starts a dead worker again in the background
+        return WorkerStatus(instance=self.index, device=device, state=state,
+                            pid=proc.pid if proc is not None else 0, restarts=self.restarts)
+
     def stop(self, timeout: float = 30) -> None:
+        self.stopped = True
         if self.alive():
             try:
                 write_message(self.proc.stdin, {"op": "stop"})
@@ -251,6 +271,10 @@ class ProcessRunner:
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
         return {w.proc.pid for w in self.instances if w.alive()}
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every worker process: its pid, state and restarts."""
+        return [w.status(d) for w, d in zip(self.instances, self._instance_devices)]
 
     def close(self) -> None:
         if self._pool is not None:

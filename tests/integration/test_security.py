@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -182,7 +183,11 @@ def test_a_model_limited_token_cannot_use_another_model(guarded):
             c.predict(IMAGE, model="other")
         assert info.value.code == grpc.StatusCode.PERMISSION_DENIED and "limited to tiny" in info.value.message
         assert [m.name for m in c.list_models().models] == ["tiny"]
-        assert [m.model for m in c.server_status().models] == ["tiny"]
+        status = c.server_status()
+        assert [m.model for m in status.models] == ["tiny"]
+        document = json.loads(status.status_json)  # what `framewire status` and `top` print
+        assert {m["model"] for m in document["models"]} == {"tiny"} and "other" not in document["requests_by_code"]
+        assert {key.partition(":")[0] for key in document["sample"]["models"]} == {"tiny"}
         results = list(c.stream([IMAGE], model="other"))
         assert results[0].code == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(InferenceServerException) as info:
