@@ -58,7 +58,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 served = await model.predict([image], params, deadline=deadline_of(context))
         return pb.PredictResponse(
             served_by=messages.served_by(served),
-            prediction=messages.prediction(served.predictions[0]),
+            prediction=messages.prediction(served.predictions[0], model.handler),
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
@@ -82,7 +82,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 served = await model.predict(images, params, deadline=deadline_of(context))
         return pb.BatchPredictResponse(
             served_by=messages.served_by(served),
-            predictions=[messages.prediction(p) for p in served.predictions],
+            predictions=[messages.prediction(p, model.handler) for p in served.predictions],
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
@@ -284,7 +284,7 @@ class _StreamSession:
             stream_id=frame.stream_id,
             frame_number=frame.frame_number,
             served_by=messages.served_by(served),
-            prediction=messages.prediction(served.predictions[0]),
+            prediction=messages.prediction(served.predictions[0], model.handler),
             timing=messages.timing(served, time.perf_counter() - start),
             status=pb.FrameStatus(code=0),
             capture_time_us=frame.capture_time_us,

@@ -139,26 +139,21 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         batching.max_queue_delay_microseconds = model.config.max_queue_delay_us
         batching.preserve_ordering = True
         for key, value in (("task", model.task), ("labels", str(len(model.labels))),
-                           ("serving_dtype", model.runner.dtype_name), ("device", model.device)):
+                           ("serving_dtype", model.dtype_name), ("device", model.device)):
             config.parameters[key].string_value = value
         return pb.ModelConfigResponse(config=config)
 
     @staticmethod
     def _input_shape(model, name: str) -> list[int]:
-        spec = model.spec
         if name == "images":
             return [-1, -1, -1, 3]
         if name == "encoded_images":
             return [-1]
-        if model.task == "detection":
-            return [-1, spec.channels, -1, -1]
-        return [-1, spec.channels, spec.height, spec.width]
+        return model.handler.oip_preprocessed_shape()
 
     @staticmethod
     def _outputs(model) -> list[tuple[str, str, list[int]]]:
-        declared = {o.name: list(o.shape) for o in model.artifact.output.outputs}
-        width = declared.get("logits", declared.get("embedding", [-1, -1]))[-1]
-        return oip_tensors.output_specs(model.task, num_classes=width, embedding_size=width)
+        return model.handler.oip_outputs()
 
     # ------------------------------------------------------------ inference
 
@@ -182,7 +177,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         )
         predict = PredictParams(
             top_k=int(params.get("top_k") or 5),
-            return_raw=any(name in ("logits", "probabilities") for name, _ in wanted),
+            return_raw=model.handler.oip_needs_raw([name for name, _ in wanted]),
             score_threshold=float(params["score_threshold"]) if "score_threshold" in params else 0.5,
             max_detections=int(params.get("max_detections") or 100),
         )
@@ -203,7 +198,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         response.parameters["compute_us"].int64_param = int(served.compute_seconds * 1e6)
         response.parameters["batch_size"].int64_param = served.batch_size
         response.parameters["total_us"].int64_param = int((time.perf_counter() - started) * 1e6)
-        for tensor in oip_tensors.build_outputs(served_model.task, served.predictions, wanted, served_model.labels):
+        for tensor in oip_tensors.build_outputs(served_model.handler, served.predictions, wanted):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.data)
         return response
@@ -220,7 +215,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                     f"outputs are {', '.join(known)}"
                 )
             k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
-            if k and output.name not in ("logits", "probabilities"):
+            if k and not model.handler.oip_class_count_ok(output.name):
                 raise InvalidInputError(f"output {output.name!r} does not support the classification parameter")
             wanted.append((output.name, int(k or 0)))
         return wanted

@@ -55,24 +55,10 @@ def predict_params(options: pb.PredictOptions) -> PredictParams:
     )
 
 
-def prediction(pred: ImagePrediction) -> pb.Prediction:
+def prediction(pred: ImagePrediction, handler) -> pb.Prediction:
+    """A prediction as the native message; the model's task handler sets its result."""
     out = pb.Prediction(image_width=pred.width, image_height=pred.height)
-    if pred.classes is not None:
-        out.classification.classes.extend(
-            pb.ClassScore(index=c.index, label=c.label, score=c.score, logit=c.logit) for c in pred.classes
-        )
-    elif pred.embedding is not None:
-        out.embedding.values.extend(pred.embedding)
-    elif pred.detections is not None:
-        out.detections.SetInParent()
-        for d in pred.detections:
-            x1, y1, x2, y2 = d.box
-            out.detections.detections.add(
-                box=pb.Box(x_min=x1, y_min=y1, x_max=x2, y_max=y2),
-                label_index=d.label_index,
-                label=d.label,
-                score=d.score,
-            )
+    handler.fill_prediction(pred, out)
     for name, array in pred.raw.items():
         array = np.ascontiguousarray(array)
         out.raw_outputs.add(

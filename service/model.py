@@ -12,7 +12,6 @@ from framewire.exporter import format as fmt
 from framewire.exporter import load_model, read_artifact
 from framewire.v1 import artifact_pb2 as pb
 
-from . import postprocess
 from .batcher import DynamicBatcher
 from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
@@ -22,13 +21,10 @@ from .metrics import ServerMetrics
 from .preprocess import Geometry, PreprocessSpec, check_pixels, decode_image, prepare
 from .runner import ModelRunner
 from .stats import ModelStats
+from .tasks import task_handler
 from .worker_runner import ProcessRunner
 
 log = logging.getLogger("framewire.model")
-
-#: Image size used to warm up detection models (they take any size).
-DETECTION_WARMUP_SHAPE = (3, 320, 320)
-
 
 class ServedModel:
     """One model version, from image bytes to predictions."""
@@ -40,6 +36,7 @@ class ServedModel:
         self.path = path
         self.artifact = artifact
         self.task = fmt.TASK_NAMES[artifact.task]
+        self.handler = task_handler(artifact)
         self.labels = list(artifact.output.labels)
         self.spec = PreprocessSpec.from_artifact(artifact)
         self.config = config
@@ -70,20 +67,16 @@ class ServedModel:
     def device(self) -> str:
         return self.runner.device_label
 
+    @property
+    def dtype_name(self) -> str:
+        """The dtype the network runs in."""
+        return self.runner.dtype_name
+
     def warm_up(self) -> None:
         """Start the runner and run the batch sizes this model will see, once
         each (blocking; with --no-warmup the runner only starts)."""
-        sizes, size = [], 1
-        while size < self.max_batch_size:
-            sizes.append(size)
-            size *= 2
-        sizes.append(self.max_batch_size)
-        if self.task == "detection":
-            sizes, shape = [1, min(2, self.max_batch_size)], DETECTION_WARMUP_SHAPE
-        else:
-            shape = (self.spec.channels, self.spec.height, self.spec.width)
-        if not self.on_cuda:
-            sizes = sorted({1, self.max_batch_size})
+        sizes = self.handler.warmup_sizes(self.max_batch_size, self.on_cuda)
+        shape = self.handler.warmup_shape()
         self.runner.warm_up(sizes if self.config.warmup else [], shape)
         if self.config.warmup:
             self._warm_preprocessing()
@@ -157,13 +150,7 @@ class ServedModel:
         return await self.runner.run([tensor for tensor, _, _ in items], finish=lambda out: self._answer(out, items))
 
     def _answer(self, output, items: list) -> list[ImagePrediction]:
-        geometries = [geometry for _, geometry, _ in items]
-        params = [p for _, _, p in items]
-        if self.task == "classification":
-            return postprocess.classification(output, self.labels, params, geometries)
-        if self.task == "embedding":
-            return [postprocess.embedding(row, p, g) for row, p, g in zip(output, params, geometries)]
-        return [postprocess.detection(d, self.labels, p, g) for d, p, g in zip(output, params, geometries)]
+        return self.handler.answer(output, [g for _, g, _ in items], [p for _, _, p in items])
 
     def prepare_input(self, image: ImageInput):
         """One image to a float32 CHW tensor and its Geometry (runs in the decode pool)."""
@@ -177,20 +164,8 @@ class ServedModel:
         if image.kind == "uint8":
             check_pixels(array.shape[0], array.shape[1], limits.max_image_pixels)
             return prepare(array, self.spec)
-        channels, height, width = array.shape
-        expected = (self.spec.channels, self.spec.height, self.spec.width)
-        if self.task == "detection":
-            if channels != self.spec.channels:
-                raise InvalidInputError(
-                    f"float tensor has {channels} channels; model {self.name} takes {self.spec.channels}"
-                )
-            check_pixels(height, width, limits.max_image_pixels)
-        elif (channels, height, width) != expected:
-            raise InvalidInputError(
-                f"float tensor is {list(array.shape)}; model {self.name} takes {list(expected)} "
-                "already preprocessed (send UINT8 [H, W, 3] or encoded bytes to have the server "
-                "resize and normalise)"
-            )
+        height, width = array.shape[1:]
+        self.handler.check_preprocessed(tuple(array.shape), limits.max_image_pixels)
         tensor = torch.from_numpy(array.copy())
         return tensor, Geometry(height, width, 1.0, 1.0, 0, 0)
 
@@ -203,7 +178,7 @@ class ServedModel:
             "architecture": fmt.architecture_summary(self.artifact),
             "parameter_count": self.artifact.parameter_count,
             "max_batch_size": self.max_batch_size,
-            "serving_dtype": self.runner.dtype_name,
+            "serving_dtype": self.dtype_name,
         }
 
 
@@ -216,7 +191,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
     if config.runner == "thread":
         loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
-        runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
+        runner = ModelRunner(loaded, handler=task_handler(loaded.artifact), devices=plan.devices, dtype=plan.dtype,
                              instances_per_device=config.instances_per_device, channels_last=config.channels_last,
                              cuda_graphs=config.cuda_graphs)
         artifact = loaded.artifact
@@ -226,7 +201,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
         if artifact.WhichOneof("architecture") == "graph":
             artifact.graph.ClearField("program_json")
         runner = ProcessRunner(
-            f"{artifact.name}:{artifact.version}", str(path), task=fmt.TASK_NAMES[artifact.task],
+            f"{artifact.name}:{artifact.version}", str(path), handler=task_handler(artifact),
             devices=plan.devices, dtype=plan.dtype, instances_per_device=config.instances_per_device,
             channels_last=config.channels_last, cpu_threads=config.cpu_threads,
             max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import InferenceError, LimitExceededError
+from .errors import LimitExceededError
 
 log = logging.getLogger("framewire.runner")
 
@@ -52,14 +52,17 @@ class Instance:
 class ModelRunner:
     """Builds instances of a loaded model and runs staged batches on them."""
 
-    def __init__(self, loaded, *, devices: tuple[str, ...], dtype: str, instances_per_device: int = 1,
+    def __init__(self, loaded, *, devices: tuple[str, ...], dtype: str, handler=None, instances_per_device: int = 1,
                  channels_last: bool = True, cuda_graphs: bool = False):
         import torch
+
+        from .tasks import task_handler
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
         self.name = f"{loaded.name}:{loaded.version}"
         self.task = loaded.task
+        self.handler = handler or task_handler(loaded.artifact)
         self.devices = [torch.device(d) for d in devices]
         self.dtype = getattr(torch, dtype)
         self.dtype_name = dtype
@@ -85,7 +88,7 @@ class ModelRunner:
         import torch
 
         module = module.to(device=device, dtype=self.dtype)
-        if self.channels_last and self.task != "detection":
+        if self.channels_last and self.handler.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module
 
@@ -99,13 +102,13 @@ class ModelRunner:
             return
         for instance in self.instances:
             for size in sizes:
-                if self.task == "detection":
-                    items = [torch.rand(example_shape) for _ in range(size)]
-                else:
+                if self.handler.stacked:
                     items = [torch.zeros(example_shape) for _ in range(size)]
+                else:
+                    items = [torch.rand(example_shape) for _ in range(size)]
                 staged = self.stage(items, instance.device)
                 self.forward(instance, staged)
-            if self.cuda_graphs and instance.device.type == "cuda" and self.task != "detection":
+            if self.cuda_graphs and instance.device.type == "cuda" and self.handler.stacked:
                 from .cuda_graphs import graph_module
 
                 instance.module = graph_module(
@@ -119,7 +122,7 @@ class ModelRunner:
         per image on the CPU; on CUDA from pinned memory on a side stream)."""
         import torch
 
-        if self.task == "detection":
+        if not self.handler.stacked:
             tensors = [t.to(device, non_blocking=True).to(self.dtype) for t in items]
             return Staged(device, tensors, size=len(items))
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -175,12 +178,8 @@ class ModelRunner:
             log.warning("%s: out of memory at batch %d; splitting into %d + %d", self.name, size, half, size - half)
             first = self._forward_split(instance, inputs[:half])
             second = self._forward_split(instance, inputs[half:])
-            return first + second if isinstance(first, list) else torch.cat([first, second])
-        if self.task == "detection":
-            return [{k: v.to("cpu") for k, v in d.items()} for d in out]
-        if not isinstance(out, torch.Tensor) or out.shape[0] != len(inputs):
-            raise InferenceError(f"model {self.name} returned {type(out).__name__} for a batch of {len(inputs)}")
-        return out.float().to("cpu")
+            return self.handler.concat([first, second])
+        return self.handler.model_output(out, len(inputs))
 
     # ------------------------------------------------------------------ async
 

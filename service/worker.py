@@ -115,7 +115,8 @@ def serve_batches(runner, inp, out) -> int:
             staged = runner.stage(items, instance.device)
             del items
             output = runner.forward(instance, staged, finish=lambda o: o)
-            reply, payload = encode_output(output)
+            header, payload = runner.handler.encode_output(output)
+            reply = {"op": "done", **header}
         except LimitExceededError as exc:
             write_message(out, {"op": "error", "kind": "limit", "message": exc.message})
             continue
@@ -124,23 +125,6 @@ def serve_batches(runner, inp, out) -> int:
             write_message(out, {"op": "error", "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
             continue
         write_message(out, reply, payload)
-
-
-def encode_output(output) -> tuple[dict, bytes]:
-    """A batch's output as a header and the raw bytes it describes."""
-    import torch
-
-    if isinstance(output, list):  # detection: per image boxes, labels, scores
-        parts, items = [], []
-        for d in output:
-            boxes = d["boxes"].float().contiguous().numpy()
-            labels = d["labels"].to(dtype=torch.int64).contiguous().numpy()
-            scores = d["scores"].float().contiguous().numpy()
-            items.append(len(scores))
-            parts += [boxes.tobytes(), labels.tobytes(), scores.tobytes()]
-        return {"op": "done", "kind": "detections", "counts": items}, b"".join(parts)
-    array = output.float().contiguous().numpy()
-    return {"op": "done", "kind": "tensor", "shape": list(array.shape)}, array.tobytes()
 
 
 def exit_now(code: int) -> None:

@@ -45,8 +45,9 @@ class WorkerStartError(Exception):
 class ModelWorker:
     """One worker process and the thread that talks to it."""
 
-    def __init__(self, name: str, command: list[str], index: int):
+    def __init__(self, name: str, command: list[str], index: int, handler):
         self.name = name
+        self.handler = handler
         self.command = command
         self.index = index
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
@@ -95,7 +96,7 @@ class ModelWorker:
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
             raise error(header.get("message", "the model failed"))
-        output = decode_output(header, payload)
+        output = self.handler.decode_output(header, payload)
         return (finish or _unbind)(output)
 
     def _roundtrip(self, items: list) -> tuple[dict, bytes]:
@@ -143,33 +144,15 @@ class ModelWorker:
         self._drop_buffer()
 
 
-def decode_output(header: dict, payload: bytes):
-    """A worker's reply as a float32 tensor [B, ...] or a list of detection dicts."""
-    import torch
-
-    if header.get("kind") == "tensor":
-        return torch.frombuffer(bytearray(payload), dtype=torch.float32).reshape(header["shape"])
-    out, offset = [], 0
-    for n in header["counts"]:
-        boxes = np.frombuffer(payload, np.float32, n * 4, offset).reshape(n, 4)
-        offset += n * 16
-        labels = np.frombuffer(payload, np.int64, n, offset)
-        offset += n * 8
-        scores = np.frombuffer(payload, np.float32, n, offset)
-        offset += n * 4
-        out.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels), "scores": torch.tensor(scores)})
-    return out
-
-
 class ProcessRunner:
     """Instances of a model as worker processes (see the module doc)."""
 
-    def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
+    def __init__(self, name: str, artifact_path: str, *, handler, devices: tuple[str, ...], dtype: str,
                  instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
                  max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
                  trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False):
         self.name = name
-        self.task = task
+        self.handler = handler
         self.dtype_name = dtype
         self.devices = devices
         self._base = [
@@ -182,7 +165,7 @@ class ProcessRunner:
             *(["--cuda-graphs"] if cuda_graphs else []),
         ]
         self.instances = [
-            ModelWorker(name, [], i) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
+            ModelWorker(name, [], i, handler) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
         ]
         self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
         self._free: asyncio.Queue | None = None
