@@ -157,7 +157,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 )
                 if slot.served is not None:
                     stats = slot.served.stats
-                    runtime.queue_depth = slot.served.batcher.queue_depth
+                    runtime.queue_depth = slot.served.queue_depth
                     runtime.inference_count = stats.inference_count
                     runtime.execution_count = stats.execution_count
                     runtime.request_success_count = stats.request_success

@@ -16,7 +16,9 @@ item, in order.
   and in order.
 * Items whose request was cancelled or whose deadline passed are dropped
   before their batch runs; when the batch function fails, every item in the
-  batch gets the error.
+  batch gets the error. A batch function may also return an exception in
+  place of one item's result: that item alone fails (an image that does not
+  decode fails its own request, not its batch).
 """
 
 from __future__ import annotations
@@ -298,7 +300,11 @@ class DynamicBatcher:
             # the waiting requests wake up to answer their clients.
             self._slots.release()
             for work, value, waited in zip(batch, results, queue_seconds):
-                if not work.future.done():
+                if work.future.done():
+                    continue
+                if isinstance(value, BaseException):
+                    work.future.set_exception(value)
+                else:
                     work.future.set_result(ItemResult(value, waited, compute, len(batch)))
         finally:
             if failed:

@@ -29,6 +29,7 @@ PER_MODEL_FIELDS = (
     "max_queue_size",
     "preferred_batch_sizes",
     "instances_per_device",
+    "jpeg_draft",
 )
 
 
@@ -67,7 +68,11 @@ class ServeConfig:
     cpu_threads: int = setting(0, "torch intra-op threads per model instance on the CPU (0: auto, the usable "
                                "CPUs (affinity, capped by a container's CPU limit) divided among the instances of "
                                "--runner process; torch's default with --runner thread)")
-    decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
+    decode_threads: int = setting(0, "threads decoding and preprocessing images next to each model instance (0: "
+                                  "auto, the instance's --cpu-threads on the CPU, min(8, CPUs) beside a GPU)")
+    jpeg_draft: bool = setting(False, "decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it is at least "
+                               "twice the size the model resizes to (much less CPU per large image; pixels change "
+                               "slightly, see docs/request-path.md); per model in the TOML file too")
     max_batch_size: int = setting(32, "largest device batch")
     max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
     preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"help": "batch sizes to prefer when the queue holds fewer than the maximum (comma-separated)"})

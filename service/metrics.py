@@ -166,7 +166,7 @@ class _LiveCollector:
                 for candidate in ("LOADING", "READY", "UNAVAILABLE", "DRAINING"):
                     state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
                 if slot.served is not None:
-                    depth.add_metric(labels, slot.served.batcher.queue_depth)
+                    depth.add_metric(labels, slot.served.queue_depth)
         yield depth
         yield state
         if self.gpu is None or not self.gpu.available:

@@ -1,4 +1,10 @@
-"""A served model version: preprocessing, its batcher, its runner, its stats."""
+"""A served model version: admission of images, its runner, its stats.
+
+The front end's part of a request: each image's header is checked by the
+model's task handler (`admit`: format, size and pixel limits, EXIF
+orientation; no pixel is decoded) and becomes a compact payload; the
+runner batches, decodes and runs them next to the device and answers.
+"""
 
 from __future__ import annotations
 
@@ -9,56 +15,49 @@ import time
 from concurrent.futures import Executor
 
 from framewire.exporter import format as fmt
-from framewire.exporter import load_model, read_artifact
+from framewire.exporter import read_artifact
 from framewire.v1 import artifact_pb2 as pb
 
-from .batcher import DynamicBatcher
+from .batcher import BatchRecord
 from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
-from .domain import ImageInput, ImagePrediction, PredictParams, Served
-from .errors import InvalidInputError
+from .domain import ImageInput, PredictParams, Served
 from .metrics import ServerMetrics
-from .preprocess import Geometry, PreprocessSpec, check_pixels, decode_image, prepare
-from .runner import ModelRunner
+from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner
 from .stats import ModelStats
 from .tasks import task_handler
 from .worker_runner import ProcessRunner
+from .worker_settings import WorkerSettings
 
 log = logging.getLogger("framewire.model")
+
+#: Requests with more images than this have their headers checked off the event loop.
+INLINE_ADMISSION = 4
+
 
 class ServedModel:
     """One model version, from image bytes to predictions."""
 
-    def __init__(self, artifact: pb.ModelArtifact, path: str, runner, config: ServeConfig, plan: DevicePlan,
-                 decode_pool: Executor, metrics: ServerMetrics | None = None):
+    def __init__(self, artifact: pb.ModelArtifact, path: str, runner: Runner, config: ServeConfig, *,
+                 on_cuda: bool = False, metrics: ServerMetrics | None = None, admission_pool: Executor | None = None):
         self.name = artifact.name
         self.version = artifact.version
         self.path = path
         self.artifact = artifact
         self.task = fmt.TASK_NAMES[artifact.task]
-        self.handler = task_handler(artifact)
+        self.handler = runner.handler
         self.labels = list(artifact.output.labels)
-        self.spec = PreprocessSpec.from_artifact(artifact)
+        self.spec = self.handler.spec
         self.config = config
-        self._decode_pool = decode_pool
         self.max_batch_size = min(config.max_batch_size, artifact.input.max_batch)
         self.stats = ModelStats()
         self.metrics = metrics
         self.runner = runner
-        self.on_cuda = plan.on_cuda
-        depth = config.pipeline_depth if config.pipeline_depth >= 0 else (1 if plan.on_cuda else 0)
-        self.batcher = DynamicBatcher(
-            self._run_batch,
-            max_batch_size=self.max_batch_size,
-            max_delay=config.max_queue_delay,
-            max_queue_size=config.max_queue_size,
-            max_concurrent_batches=len(self.runner.instances) + depth,
-            preferred_batch_sizes=[s for s in config.preferred_batch_sizes if s <= self.max_batch_size],
-            name=f"{self.name}:{self.version}",
-            on_batch=self._record_batch,
-        )
+        self.on_cuda = on_cuda
+        self._admission_pool = admission_pool
+        runner.on_batch = self._record_batch
 
-    def _record_batch(self, record) -> None:
+    def _record_batch(self, record: BatchRecord) -> None:
         self.stats.record_batch(record)
         if self.metrics is not None and not record.failed:
             self.metrics.batch(self.name, self.version, record.size, record.compute_seconds)
@@ -72,34 +71,32 @@ class ServedModel:
         """The dtype the network runs in."""
         return self.runner.dtype_name
 
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a batch."""
+        return self.runner.queue_depth
+
+    def load(self) -> None:
+        """Load the network on every instance (blocking; starts worker processes)."""
+        self.runner.load()
+
     def warm_up(self) -> None:
-        """Start the runner and run the batch sizes this model will see, once
-        each (blocking; with --no-warmup the runner only starts)."""
-        sizes = self.handler.warmup_sizes(self.max_batch_size, self.on_cuda)
-        shape = self.handler.warmup_shape()
-        self.runner.warm_up(sizes if self.config.warmup else [], shape)
+        """Run the batch sizes this model will see once each, through decode,
+        preprocessing and the network (blocking; nothing with --no-warmup)."""
         if self.config.warmup:
-            self._warm_preprocessing()
+            self.runner.warm_up(self.handler.warmup_sizes(self.max_batch_size, self.on_cuda))
 
-    def _warm_preprocessing(self) -> None:
-        """Decode and preprocess one image, so the first request does not pay
-        for the imports and kernel set-up of the decode path."""
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buf, format="JPEG")
-        self.prepare_input(ImageInput.encoded(buf.getvalue()))
+    def unload(self) -> None:
+        """Release what `load` placed, without draining (blocking; for a
+        version that failed before taking traffic)."""
+        self.runner.release()
 
     def start(self) -> None:
+        """Take traffic (from the event loop, after load and warm-up)."""
         self.runner.start()
-        self.batcher.start()
 
     async def close(self, *, drain: bool = True) -> None:
-        await self.batcher.close(drain=drain)
-        await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
+        await self.runner.close(drain=drain)
         if self.metrics is not None:
             self.metrics.forget(self.name, self.version)
 
@@ -111,63 +108,46 @@ class ServedModel:
         deadline: float | None = None,
         priority: int = 0,
     ) -> Served:
-        """Preprocess, batch, run and postprocess `images`, answers in order."""
-        loop = asyncio.get_running_loop()
+        """Check, batch, decode, run and answer `images`, answers in order."""
         started = time.perf_counter()
         try:
-            prepared = await asyncio.gather(*(self._prepare_async(loop, image) for image in images))
-            preprocess_seconds = time.perf_counter() - started
-            items = [(tensor, geometry, params) for tensor, geometry in prepared]
-            results = await self.batcher.submit(items, deadline=deadline, priority=priority)
+            if len(images) > INLINE_ADMISSION and self._admission_pool is not None:
+                items = await asyncio.get_running_loop().run_in_executor(
+                    self._admission_pool, self._admit_all, images, params)
+            else:
+                items = self._admit_all(images, params)
+            admitted = time.perf_counter() - started
+            results = await self.runner.submit(items, deadline=deadline, priority=priority)
         except BaseException:
             self.stats.record_request(False, time.perf_counter() - started)
             raise
+        answers = [r.value for r in results]
+        device_preprocess = max(a.preprocess_seconds for a in answers)
         served = Served(
             model=self.name,
             version=self.version,
             device=self.device,
-            predictions=[r.value for r in results],
-            preprocess_seconds=preprocess_seconds,
+            predictions=[a.prediction for a in answers],
+            preprocess_seconds=admitted + device_preprocess,
             queue_seconds=max(r.queue_seconds for r in results),
-            compute_seconds=max(r.compute_seconds for r in results),
+            compute_seconds=max(max(r.compute_seconds for r in results) - device_preprocess, 0.0),
             batch_size=max(r.batch_size for r in results),
         )
-        self.stats.record_request(True, time.perf_counter() - started, preprocess=preprocess_seconds,
+        self.stats.record_request(True, time.perf_counter() - started, preprocess=served.preprocess_seconds,
                                   queue=served.queue_seconds, compute=served.compute_seconds)
         if self.metrics is not None:
-            self.metrics.served(self.name, self.version, preprocess=preprocess_seconds, queue=served.queue_seconds)
+            self.metrics.served(self.name, self.version, preprocess=served.preprocess_seconds,
+                                queue=served.queue_seconds)
         return served
 
-    async def _prepare_async(self, loop, image: ImageInput):
-        # A preprocessed tensor is only checked and copied: cheaper than a
-        # trip through the thread pool.
-        if image.kind == "float32":
-            return self.prepare_input(image)
-        return await loop.run_in_executor(self._decode_pool, self.prepare_input, image)
-
-    async def _run_batch(self, items: list) -> list[ImagePrediction]:
-        """The batch function: run the tensors, answer each image in the instance's thread."""
-        return await self.runner.run([tensor for tensor, _, _ in items], finish=lambda out: self._answer(out, items))
-
-    def _answer(self, output, items: list) -> list[ImagePrediction]:
-        return self.handler.answer(output, [g for _, g, _ in items], [p for _, _, p in items])
-
-    def prepare_input(self, image: ImageInput):
-        """One image to a float32 CHW tensor and its Geometry (runs in the decode pool)."""
-        import torch
-
+    def _admit_all(self, images: list[ImageInput], params: PredictParams) -> list[BatchItem]:
         limits = self.config
-        if image.kind == "encoded":
-            rgb = decode_image(image.data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_image_bytes)
-            return prepare(rgb, self.spec)
-        array = image.array
-        if image.kind == "uint8":
-            check_pixels(array.shape[0], array.shape[1], limits.max_image_pixels)
-            return prepare(array, self.spec)
-        height, width = array.shape[1:]
-        self.handler.check_preprocessed(tuple(array.shape), limits.max_image_pixels)
-        tensor = torch.from_numpy(array.copy())
-        return tensor, Geometry(height, width, 1.0, 1.0, 0, 0)
+        items = []
+        for image in images:
+            payload, geometry = self.handler.admit(image, max_pixels=limits.max_image_pixels,
+                                                   max_bytes=limits.max_image_bytes)
+            items.append(BatchItem(payload, geometry, params))
+        return items
 
     def describe(self) -> dict:
         """Metadata for GetModel."""
@@ -182,30 +162,29 @@ class ServedModel:
         }
 
 
-def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool: Executor,
-                       metrics: ServerMetrics | None = None, trust=None) -> ServedModel:
+def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: ServerMetrics | None = None,
+                       trust=None, admission_pool: Executor | None = None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
-    process`) or instances in this process (`--runner thread`). `trust`
-    (a TrustPolicy) checks its signature, in the worker too."""
+    process`) or instances in this process (`--runner thread`). Nothing is
+    loaded onto a device yet (`ServedModel.load`). `trust` (a TrustPolicy)
+    checks its signature, in the worker too."""
     instances, threads = instance_plan(config, plan.on_cuda)
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
+    artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
+    # The front end keeps the artifact's description; the weights live next to the device.
+    artifact.ClearField("weights")
+    if artifact.WhichOneof("architecture") == "graph":
+        artifact.graph.ClearField("program_json")
+    handler = task_handler(artifact)
+    name = f"{artifact.name}:{artifact.version}"
+    settings = [WorkerSettings.from_config(config, model_id=name, artifact=str(path), device=device, dtype=plan.dtype)
+                for device in plan.devices]
+    batching = BatchingSettings.from_config(config, max_batch_size=min(config.max_batch_size, artifact.input.max_batch),
+                                            on_cuda=plan.on_cuda)
     if config.runner == "thread":
-        loaded = load_model(path, max_bytes=config.max_artifact_bytes, trust=trust)
-        runner = ModelRunner(loaded, handler=task_handler(loaded.artifact), devices=plan.devices, dtype=plan.dtype,
-                             instances_per_device=config.instances_per_device, channels_last=config.channels_last,
-                             cuda_graphs=config.cuda_graphs)
-        artifact = loaded.artifact
+        runner = ThreadRunner(handler, settings, instances_per_device=instances, batching=batching, trust=trust,
+                              name=name)
     else:
-        artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
-        artifact.ClearField("weights")
-        if artifact.WhichOneof("architecture") == "graph":
-            artifact.graph.ClearField("program_json")
-        runner = ProcessRunner(
-            f"{artifact.name}:{artifact.version}", str(path), handler=task_handler(artifact),
-            devices=plan.devices, dtype=plan.dtype, instances_per_device=config.instances_per_device,
-            channels_last=config.channels_last, cpu_threads=config.cpu_threads,
-            max_artifact_bytes=config.max_artifact_bytes, log_level=config.log_level,
-            log_format=config.log_format, trusted_keys=config.trusted_keys, require_signed=config.require_signed,
-            cuda_graphs=config.cuda_graphs,
-        )
-    return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)
+        runner = ProcessRunner(handler, settings, instances_per_device=instances, batching=batching, name=name)
+    return ServedModel(artifact, str(path), runner, config, on_cuda=plan.on_cuda, metrics=metrics,
+                       admission_pool=admission_pool)

@@ -340,7 +340,12 @@ class ModelRepository:
 
     def _build_warm(self, path: Path) -> ServedModel:
         served = self._build(path)
-        served.warm_up()
+        served.load()
+        try:
+            served.warm_up()
+        except BaseException:
+            served.unload()
+            raise
         return served
 
     def _fail(self, slot: VersionSlot, reason: str) -> None:

@@ -69,9 +69,9 @@ class FramewireServer:
         import torch
 
         if config.runner == "process":
-            # Networks run in worker processes; here torch only preprocesses,
-            # one image per decode thread. One intra-op thread each keeps
-            # OpenMP teams from spinning on cores the workers need.
+            # Networks, decoding and preprocessing run in worker processes;
+            # here torch only turns outputs into answers. One intra-op thread
+            # keeps OpenMP teams from spinning on cores the workers need.
             torch.set_num_threads(1)
         elif config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
@@ -82,8 +82,8 @@ class FramewireServer:
                      "; unsigned artifacts are refused" if config.require_signed else "")
         log.info("devices: %s (%s)%s", self.plan.label, self.plan.dtype,
                  f"; CPU fallback: {self.plan.fallback_reason}" if self.plan.fallback_reason else "")
-        workers = config.decode_threads or min(8, os.cpu_count() or 1)
-        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        # Checks the image headers of large requests off the event loop.
+        self.admission_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="admit")
         self.state = ServerState()
         self.repo = ModelRepository(config, self._build_model, on_change=self._health_changed)
         self.gpu = GpuSampler(nvml if nvml is not None else load_nvml(), interval=config.gpu_sample_seconds,
@@ -123,7 +123,7 @@ class FramewireServer:
 
     def _build_model(self, path: Path) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
-        return build_served_model(path, model_config, self.plan, self.decode_pool, self.metrics, self.trust)
+        return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool)
 
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}
@@ -187,7 +187,7 @@ class FramewireServer:
             await asyncio.gather(self._health_task, return_exceptions=True)
         self.gpu.stop()
         self.metrics.close()
-        self.decode_pool.shutdown(wait=True)
+        self.admission_pool.shutdown(wait=True)
         log.info("stopped")
 
     def _health_changed(self) -> None:

@@ -1,10 +1,17 @@
-"""The front-end side of model worker processes (see `worker`).
+"""The front end's side of model worker processes (see `worker`).
 
-`ProcessRunner` has the interface of the in-process `ModelRunner` as the
-model path uses it (`instances`, `warm_up`, `start`, `run`, `close`): each
-instance is a worker process; a batch is written into the instance's shared
-buffer and run there. A worker that dies fails its batch with UNAVAILABLE and
-is started again for the next one.
+`ProcessRunner` implements the declared runner interface (`runner.Runner`)
+with one worker process per instance. It forms batches here and ships each
+to a worker with a free slot: the batch's compact payloads are written into
+the slot's shared memory (`payloads.pack`), the `run` message carries the
+offsets, and the reply carries the outputs, per-row decode errors and the
+worker's timings. A worker has `1 + pipeline depth` slots, so on CUDA it
+decodes the next batch while the current one computes.
+
+Loading is explicit: `load` starts every worker and sends each its
+`load` message (a `WorkerSettings`), `warm_up` its `warm` message. A
+worker that dies fails its batches in flight with UNAVAILABLE and is
+started again (loaded and warmed) for the next one.
 """
 
 from __future__ import annotations
@@ -13,18 +20,18 @@ import asyncio
 import logging
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import numpy as np
-
-from .errors import InferenceError, LimitExceededError, ServiceError
-from .ipc import SharedBuffer, WorkerGone, read_message, write_message
-from .runner import Finish, _unbind
+from .errors import InferenceError, LimitExceededError, ServiceError, error_from_code
+from .ipc import Connection, SharedBuffer, WorkerGone
+from .payloads import pack, packed_size
+from .device_model import BatchOutcome
+from .runner import BatchedRunner, BatchingSettings, answers
 
 log = logging.getLogger("framewire.worker")
 
-FLOAT_BYTES = 4
+WORKER_COMMAND = [sys.executable, "-m", "framewire.service.worker"]
 
 
 class WorkerCrashedError(ServiceError):
@@ -42,53 +49,80 @@ class WorkerStartError(Exception):
         self.message = message
 
 
-class ModelWorker:
-    """One worker process and the thread that talks to it."""
+class WorkerProcess:
+    """One worker process, its connection and its shared-memory slots."""
 
-    def __init__(self, name: str, command: list[str], index: int, handler):
+    def __init__(self, name: str, index: int, settings, slots: int, handler):
         self.name = name
         self.handler = handler
-        self.command = command
         self.index = index
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
+        self.settings = settings
+        self.slots = slots
+        self.warm_sizes: list[int] = []
         self.proc: subprocess.Popen | None = None
-        self.buffer: SharedBuffer | None = None
-        self.view: Any = None
+        self.connection: Connection | None = None
+        self.buffers: dict[int, SharedBuffer] = {}
         self.info: dict = {}
-
-    # Everything below runs in this worker's thread (or at start-up).
-
-    def spawn(self) -> None:
-        """Start the process and wait until it has loaded and warmed up."""
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     start_new_session=True)
-        try:
-            header, _ = read_message(self.proc.stdout)
-        except WorkerGone:
-            code = self.proc.wait()
-            raise WorkerStartError("internal", f"the model worker exited with code {code} while loading") from None
-        if header.get("op") != "ready":
-            self.proc.wait()
-            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
-        self.info = header
-        self._drop_buffer()
-        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
+        self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
+        self._restart = threading.Lock()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None and self.connection.alive
 
-    def run_batch(self, items: list, finish: Finish | None) -> list:
-        if not self.alive():
+    def start(self) -> None:
+        """Start the process and load the model (blocking)."""
+        self.proc = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     start_new_session=True)
+        self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
+        self._drop_buffers()
+        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading")
+        if header.get("op") != "loaded":
+            self._stop_process()
+            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
+        self.info = header
+        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
+
+    def warm_up(self, sizes: list[int]) -> None:
+        """Run each batch size once in the worker (blocking)."""
+        self.warm_sizes = list(sizes)
+        if not sizes:
+            return
+        header = self._control({"op": "warm", "model": self.settings.model_id, "sizes": sizes}, "warming up")
+        if header.get("op") != "warmed":
+            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+
+    def _control(self, header: dict, doing: str) -> dict:
+        try:
+            reply, _ = self.connection.request(header).result()
+        except WorkerGone:
+            code = self.proc.wait()
+            raise WorkerStartError("internal", f"the model worker exited with code {code} while {doing}") from None
+        return reply
+
+    def ensure_running(self) -> None:
+        """Start a dead worker again (loaded and warmed) before it takes a batch."""
+        with self._restart:
+            if self.alive():
+                return
             log.warning("%s: worker %d is not running; starting it again", self.name, self.index)
+            self._stop_process()
             try:
-                self.spawn()
+                self.start()
+                self.warm_up(self.warm_sizes)
             except WorkerStartError as exc:
                 raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
+
+    def run(self, slot: int, payloads: list) -> BatchOutcome:
+        """Run one batch in `slot` (blocking; from the runner's I/O threads)."""
+        self.ensure_running()
         try:
-            header, payload = self._roundtrip(items)
-        except (WorkerGone, BrokenPipeError, OSError):
+            buffer = self._buffer(slot, packed_size(payloads))
+            layout = pack(payloads, buffer.map)
+            self.shared_bytes += layout["bytes"]
+            header, payload = self.connection.request(
+                {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout}).result()
+        except (WorkerGone, OSError):
             code = self.proc.wait() if self.proc else None
-            self._drop_buffer()
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
                 "it restarts for the next request, retry"
@@ -96,118 +130,122 @@ class ModelWorker:
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
             raise error(header.get("message", "the model failed"))
-        output = self.handler.decode_output(header, payload)
-        return (finish or _unbind)(output)
+        rows = [int(r) for r in header["rows"]]
+        errors = {int(r): error_from_code(code, message) for r, (code, message) in header["errors"].items()}
+        output = self.handler.decode_output(header["output"], payload) if rows else None
+        return BatchOutcome(output, rows, errors, header["preprocess_us"] / 1e6, header["compute_us"] / 1e6)
 
-    def _roundtrip(self, items: list) -> tuple[dict, bytes]:
-        shapes = [tuple(t.shape) for t in items]
-        sizes = [int(np.prod(s)) for s in shapes]
-        total = sum(sizes) * FLOAT_BYTES
-        if self.buffer is None or self.buffer.size < total:
-            self._new_buffer(max(total, int(total * 1.5)))
-        tensors, offset = [], 0
-        for item, shape, size in zip(items, shapes, sizes):
-            start = offset // FLOAT_BYTES
-            np.copyto(self.view[start : start + size].reshape(shape), item.numpy())
-            tensors.append({"offset": offset, "shape": list(shape)})
-            offset += size * FLOAT_BYTES
-        write_message(self.proc.stdin, {"op": "run", "tensors": tensors})
-        return read_message(self.proc.stdout)
-
-    def _new_buffer(self, size: int) -> None:
-        self._drop_buffer()
-        self.buffer = SharedBuffer(size)
+    def _buffer(self, slot: int, size: int) -> SharedBuffer:
+        buffer = self.buffers.get(slot)
+        if buffer is not None and buffer.size >= size:
+            return buffer
+        if buffer is not None:
+            buffer.close()
+        buffer = self.buffers[slot] = SharedBuffer(max(size, int(size * 1.5)))
         try:
-            write_message(self.proc.stdin, {"op": "buffer", "path": self.buffer.path, "size": self.buffer.size})
-            header, _ = read_message(self.proc.stdout)
-            if header.get("op") != "buffer_ok":
-                raise WorkerGone(f"worker refused the buffer: {header}")
+            reply, _ = self.connection.request(
+                {"op": "buffer", "slot": slot, "path": buffer.path, "size": buffer.size}).result()
+            if reply.get("op") != "buffer_ok":
+                raise WorkerGone(f"worker refused the buffer: {reply}")
         finally:
-            self.buffer.unlink()
-        self.view = np.frombuffer(self.buffer.map, dtype=np.float32)
+            buffer.unlink()
+        return buffer
 
-    def _drop_buffer(self) -> None:
-        self.view = None
-        if self.buffer is not None:
-            self.buffer.close()
-            self.buffer = None
+    def _drop_buffers(self) -> None:
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.buffers.clear()
 
     def stop(self, timeout: float = 30) -> None:
         if self.alive():
             try:
-                write_message(self.proc.stdin, {"op": "stop"})
+                self.connection.send({"op": "stop"})
                 self.proc.stdin.close()
                 self.proc.wait(timeout)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self._drop_buffer()
+                pass
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None:
+            for stream in (self.proc.stdin, self.proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._drop_buffers()
 
 
-class ProcessRunner:
-    """Instances of a model as worker processes (see the module doc)."""
+class ProcessRunner(BatchedRunner):
+    """Instances of a model as worker processes (see the module doc).
 
-    def __init__(self, name: str, artifact_path: str, *, handler, devices: tuple[str, ...], dtype: str,
-                 instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
-                 max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
-                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False):
-        self.name = name
-        self.handler = handler
-        self.dtype_name = dtype
-        self.devices = devices
-        self._base = [
-            sys.executable, "-m", "framewire.service.worker", "--artifact", str(artifact_path),
-            "--dtype", dtype, "--channels-last" if channels_last else "--no-channels-last",
-            "--threads", str(cpu_threads), "--max-artifact-bytes", str(max_artifact_bytes),
-            "--log-level", log_level, "--log-format", log_format,
-            *(["--trusted-keys", trusted_keys] if trusted_keys else []),
-            *(["--require-signed"] if require_signed else []),
-            *(["--cuda-graphs"] if cuda_graphs else []),
-        ]
-        self.instances = [
-            ModelWorker(name, [], i, handler) for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
-        ]
-        self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
+    `settings` holds one WorkerSettings per device; `instances_per_device`
+    workers are started for each.
+    """
+
+    def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
+                 on_batch=None, name: str = "model"):
+        slots = 1 + batching.pipeline_depth
+        count = len(settings) * instances_per_device
+        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots)
+        self.instance_count = count
+        self.device_label = ",".join(s.device for s in settings)
+        self.dtype_name = settings[0].dtype
+        self.workers = [WorkerProcess(name, i, s, slots, handler)
+                        for i, s in enumerate(s for s in settings for _ in range(instances_per_device))]
+        self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
         self._free: asyncio.Queue | None = None
 
     @property
-    def device_label(self) -> str:
-        return ",".join(self.devices)
+    def shared_bytes(self) -> int:
+        """Payload bytes written to shared memory since load."""
+        return sum(w.shared_bytes for w in self.workers)
 
-    def warm_up(self, sizes: list[int], example_shape: tuple[int, ...]) -> None:
-        """Start every worker; each loads the model and runs `sizes` before it is ready."""
-        warm = ["--warmup-sizes", ",".join(map(str, sizes)), "--warmup-shape", ",".join(map(str, example_shape))]
-        for worker, device in zip(self.instances, self._instance_devices):
-            worker.command = [*self._base, "--device", device, *(warm if sizes else [])]
+    def load(self) -> None:
+        """Start every worker and load the model in each (blocking)."""
         started = []
         try:
-            for worker in self.instances:
-                worker.spawn()
+            for worker in self.workers:
+                worker.start()
                 started.append(worker)
         except BaseException:
             for worker in started:
                 worker.stop()
             raise
 
+    def warm_up(self, sizes: list[int]) -> None:
+        """Warm every worker up, all at once (blocking)."""
+        futures = [self._io.submit(worker.warm_up, sizes) for worker in self.workers]
+        for future in futures:
+            future.result()
+
     def start(self) -> None:
         self._free = asyncio.Queue()
-        for worker in self.instances:
-            self._free.put_nowait(worker)
+        for slot in range(self.workers[0].slots if self.workers else 0):
+            for worker in self.workers:
+                self._free.put_nowait((worker, slot))
+        super().start()
 
-    async def run(self, items: list, finish: Finish | None = None) -> list:
+    async def _run_batch(self, items: list) -> list:
         loop = asyncio.get_running_loop()
-        worker = await self._free.get()
+        worker, slot = await self._free.get()
         try:
-            return await loop.run_in_executor(worker.executor, worker.run_batch, items, finish)
+            return await loop.run_in_executor(self._io, self._run_on, worker, slot, items)
         finally:
-            self._free.put_nowait(worker)
+            self._free.put_nowait((worker, slot))
+
+    def _run_on(self, worker: WorkerProcess, slot: int, items: list) -> list:
+        return answers(self.handler, worker.run(slot, [item.payload for item in items]), items)
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
-        return {w.proc.pid for w in self.instances if w.alive()}
+        return {w.proc.pid for w in self.workers if w.alive()}
 
-    def close(self) -> None:
-        stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
-        for worker, stopped in zip(self.instances, stopping):
+    def release(self) -> None:
+        stopping = [self._io.submit(worker.stop) for worker in self.workers]  # all at once
+        for stopped in stopping:
             stopped.result()
-            worker.executor.shutdown(wait=True)
+        self._io.shutdown(wait=True)

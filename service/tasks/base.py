@@ -33,10 +33,11 @@ import numpy as np
 
 from framewire.exporter import format as fmt
 
-from ..domain import ImagePrediction, PredictParams
+from ..domain import ImageInput, ImagePrediction, PredictParams
 from ..errors import InferenceError, InvalidInputError
 from ..oip_tensors import OutputTensor
-from ..preprocess import Geometry, PreprocessSpec
+from ..payloads import Payload
+from ..preprocess import Geometry, PreprocessSpec, check_pixels, read_header
 
 _REGISTRY: dict[str, type["TaskHandler"]] = {}
 
@@ -66,6 +67,32 @@ class TaskHandler:
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) the network takes (H and W are 0 for models of any size)."""
         return self.spec.channels, self.spec.height, self.spec.width
+
+    def admit(self, image: ImageInput, *, max_pixels: int, max_bytes: int) -> tuple[Payload, Geometry]:
+        """The front end's check of one image, from its header or shape
+        alone, and the compact payload that carries it to the device."""
+        if image.kind == "encoded":
+            header = read_header(image.data, max_pixels=max_pixels, max_bytes=max_bytes)
+            self._check_size(header.height, header.width)
+            payload = Payload("encoded", image.data, header.height, header.width, header.format, header.orientation)
+            return payload, self.spec.geometry(header.height, header.width)
+        array = image.array
+        if image.kind == "uint8":
+            height, width = array.shape[:2]
+            check_pixels(height, width, max_pixels)
+            self._check_size(height, width)
+            return Payload("uint8", array, height, width), self.spec.geometry(height, width)
+        self.check_preprocessed(tuple(array.shape), max_pixels)
+        _, height, width = array.shape
+        return Payload("float32", array, height, width), Geometry(height, width, 1.0, 1.0, 0, 0)
+
+    def _check_size(self, height: int, width: int) -> None:
+        """A stacked model whose preprocessing does not resize takes only its own size."""
+        if self.stacked and not self.spec.fixed_size and (height, width) != (self.spec.height, self.spec.width):
+            raise InvalidInputError(
+                f"image is {width}x{height} pixels; model {self.model_name} takes {self.spec.width}x"
+                f"{self.spec.height} images and its preprocessing does not resize them; send that size"
+            )
 
     def check_preprocessed(self, shape: tuple[int, ...], max_pixels: int) -> None:
         """Refuse a client's float32 [C, H, W] tensor the network cannot take."""

@@ -14,9 +14,11 @@ from framewire.v1 import artifact_pb2 as pb
 from framewire.v1 import inference_pb2 as ipb
 
 
-def artifact(task: int, *, height: int = 8, width: int = 8, outputs=()) -> pb.ModelArtifact:
+def artifact(task: int, *, height: int = 8, width: int = 8, outputs=(),
+             resize: int = pb.RESIZE_MODE_NONE) -> pb.ModelArtifact:
     a = pb.ModelArtifact(name="m", version=1, task=task)
     a.input.channels, a.input.height, a.input.width = 3, height, width
+    a.preprocessing.resize_mode = resize
     a.output.labels.extend(["a", "b", "c"])
     for name, shape in outputs:
         a.output.outputs.add(name=name, shape=shape)
@@ -95,3 +97,29 @@ def test_float_inputs_are_checked_per_task():
         detection.check_preprocessed((1, 50, 70), 10**6)
     with pytest.raises(InvalidInputError, match="--max-image-pixels"):
         detection.check_preprocessed((3, 5000, 5000), 10**6)
+
+
+def test_admission_reads_headers_only_and_reports_displayed_sizes():
+    from framewire.service.domain import ImageInput
+    from support.images import encode, png_claiming, random_image
+
+    handler = task_handler(artifact(pb.TASK_CLASSIFICATION, resize=pb.RESIZE_MODE_EXACT))
+    data = encode(random_image(0, 30, 50), "JPEG")
+    payload, geometry = handler.admit(ImageInput.encoded(data), max_pixels=10**6, max_bytes=10**6)
+    assert (payload.kind, payload.data, payload.height, payload.width, payload.format) == ("encoded", data, 30, 50, "JPEG")
+    assert (geometry.original_height, geometry.original_width) == (30, 50)
+    with pytest.raises(InvalidInputError, match="--max-image-pixels"):
+        handler.admit(ImageInput.encoded(png_claiming(5000, 5000)), max_pixels=10**6, max_bytes=10**6)
+    array = random_image(1, 20, 10)
+    payload, _ = handler.admit(ImageInput("uint8", array=array), max_pixels=10**6, max_bytes=10**6)
+    assert payload.data is array and payload.nbytes == 20 * 10 * 3
+
+
+def test_a_fixed_size_model_that_does_not_resize_refuses_other_sizes():
+    from framewire.service.domain import ImageInput
+    from support.images import random_image
+
+    handler = task_handler(artifact(pb.TASK_CLASSIFICATION))  # RESIZE_MODE_NONE, 8x8
+    handler.admit(ImageInput("uint8", array=random_image(0, 8, 8)), max_pixels=10**6, max_bytes=10**6)
+    with pytest.raises(InvalidInputError, match="image is 10x12 pixels; model m takes 8x8 images"):
+        handler.admit(ImageInput("uint8", array=random_image(0, 12, 10)), max_pixels=10**6, max_bytes=10**6)
