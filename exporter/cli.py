@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .child_load import DEFAULT_LOAD_TIMEOUT_SECONDS
 from .errors import ArtifactError
 
 
@@ -62,10 +63,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
         help="load an artifact and run it on seeded inputs",
-        description="Run every load-time check, rebuild the network and run it on seeded inputs.",
+        description="Run every load-time check, rebuild the network and run it on seeded inputs, in a "
+        "child process that is stopped if it overruns --load-timeout-seconds.",
     )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--load-timeout-seconds", type=float, default=DEFAULT_LOAD_TIMEOUT_SECONDS,
+                   help=f"stop a load that takes longer (default {DEFAULT_LOAD_TIMEOUT_SECONDS:g})")
     p.set_defaults(handler=_verify)
 
 
@@ -198,17 +202,20 @@ def _preprocessing_line(pre: dict) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .export import verify_artifact
+    from .child_load import load_in_child
+    from .loader import read_artifact_bytes
 
     try:
-        loaded, report = verify_artifact(args.file)
+        data = read_artifact_bytes(args.file)
+        answer = load_in_child(data, args.file, timeout=args.load_timeout_seconds, verify=True)
     except ArtifactError as exc:
         print(f"framewire verify: {exc}", file=sys.stderr)
         return 1
+    report = answer["report"]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{loaded.name} version {loaded.version}: all load-time checks passed")
+    print(f"{answer['name']} version {answer['version']}: all load-time checks passed")
     for run in report["runs"]:
         print(f"  batch {run['batch']}: outputs {run['shapes']}, finite, {run['seconds'] * 1000:.1f} ms")
     return 0

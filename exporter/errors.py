@@ -51,6 +51,10 @@ class GraphProgramError(ArtifactError):
     """A torch.export graph calls something outside aten/prims or is malformed."""
 
 
+class ArtifactLoadTimeoutError(ArtifactError):
+    """Checking and rebuilding the network overran its time budget and was stopped."""
+
+
 class ArtifactSignatureError(ArtifactError):
     """A signature does not verify, its key is not trusted, or one is required."""
 

@@ -274,16 +274,19 @@ def _check_identity(name: str, version: int) -> None:
         raise InvalidArtifactFieldError(f"version must be a positive integer, got {version!r}")
 
 
-def verify_artifact(path: str | Path, *, batch_sizes: Sequence[int] = (1, 2)) -> tuple[LoadedModel, dict]:
+def verify_artifact(path: str | Path, *, batch_sizes: Sequence[int] = (1, 2),
+                    data: bytes | None = None) -> tuple[LoadedModel, dict]:
     """Load an artifact and run it on seeded inputs; check outputs against its spec.
 
     Returns the loaded model and a report (output shapes, finiteness, time).
+    `data` is the file's bytes when already read. `framewire verify` runs
+    this in a child process under a time budget (see `child_load`).
     """
     import time
 
     import torch
 
-    loaded = load_model(path)
+    loaded = load_model(path, data=data)
     art = loaded.artifact
     task = fmt.TASK_NAMES[art.task]
     inp = art.input

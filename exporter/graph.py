@@ -9,8 +9,9 @@ At load time the JSON is checked before torch sees it:
   Python operators on sizes, such as `getitem`), and never one that touches
   files;
 * every symbolic expression (torch parses them with sympy, which evaluates
-  its input) is made only of sympy names on an allowlist, numbers and
-  arithmetic;
+  its input) parses into the bounded arithmetic torch.export writes (see
+  `sym_expr`): no constant raised to a power, no name off an allowlist;
+* range constraints are integers of at most 64 bits;
 * the program carries no guard code (torch would compile it to Python), no
   custom objects and no example inputs;
 * node metadata is dropped.
@@ -29,6 +30,7 @@ import threading
 from typing import Any
 
 from .errors import ArtifactVersionError, GraphProgramError, WeightsMismatchError
+from .sym_expr import MAX_INT_LITERAL, SYMBOL_NAME_RE, check_sym_expr
 
 #: Targets outside torch.ops.aten / torch.ops.prims that a graph may call:
 #: Python's own operators on sizes and tuple outputs.
@@ -44,29 +46,6 @@ PYTHON_OPERATOR_TARGETS = frozenset(
 DENIED_ATEN_OPS = frozenset({"from_file", "_print", "save"})
 
 _TARGET_RE = re.compile(r"^torch\.ops\.(aten|prims)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
-
-#: Names a symbolic expression may use (sympy constructors torch writes and
-#: torch's own sympy functions).
-SYMPY_NAMES = frozenset(
-    {
-        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min",
-        "Abs", "Mod", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
-        "true", "false", "True", "False", "oo", "zoo", "nan", "S",
-        "integer", "positive", "negative", "nonnegative", "nonpositive", "real",
-        "finite", "infinite", "zero", "nonzero", "even", "odd", "commutative",
-        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
-        "IntTrueDiv", "FloatTrueDiv", "LShift", "RShift", "IsNonOverlappingAndDenseIndicator",
-        "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "FloatPow",
-        "PowByNatural", "Identity", "OpaqueUnaryFn_sqrt", "FloorToInt", "CeilDiv",
-        "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor",
-    }
-)
-_SYMBOL_NAME_RE = re.compile(r"^[a-z]{1,8}\d+$")
-_EXPR_TOKEN_RE = re.compile(
-    r"\s+|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<string>'[^'\\]{0,64}')"
-    r"|(?P<number>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<op>\*\*|//|[-+*/%(),=<>!])"
-)
-_MAX_EXPR_CHARS = 4096
 
 # torch's graph deserializer keeps its state in a module global: two threads
 # deserializing at once (two models loading) would trip over each other.
@@ -136,7 +115,7 @@ def check_program(program_json: bytes, path: str | None = None) -> dict:
     """Parse and check program JSON; return the sanitized JSON object."""
     try:
         program = json.loads(program_json.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSON errors and oversized integers
         raise GraphProgramError(f"graph program is not valid JSON ({exc}); re-export the model", path) from None
     if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
         raise GraphProgramError("graph program has no graph_module; re-export the model", path)
@@ -164,6 +143,7 @@ def check_program(program_json: bytes, path: str | None = None) -> dict:
 
     for node in _iter_nodes(program):
         _check_target(node.get("target"), path)
+    _check_range_constraints(program.get("range_constraints"), path)
     _walk_values(program, path)
     _strip_metadata(program)
     return program
@@ -353,6 +333,24 @@ def _check_target(target, path: str | None) -> None:
     )
 
 
+def _check_range_constraints(constraints, path: str | None) -> None:
+    """Each symbol's range: integer bounds of at most 64 bits (or none)."""
+    if constraints is None:
+        return
+    if not isinstance(constraints, dict):
+        raise GraphProgramError("graph range constraints are malformed; re-export the model", path)
+    for name, bounds in constraints.items():
+        values = [bounds.get("min_val"), bounds.get("max_val")] if isinstance(bounds, dict) else [bounds]
+        if not SYMBOL_NAME_RE.match(str(name)) or not all(
+            v is None or (type(v) is int and abs(v) <= MAX_INT_LITERAL) for v in values
+        ):
+            raise GraphProgramError(
+                f"graph range constraint {str(name)[:40]!r} is not a symbol with integer bounds of at "
+                "most 64 bits; re-export the model",
+                path,
+            )
+
+
 def _walk_values(obj, path: str | None) -> None:
     """Check every symbolic expression and operator reference in the JSON."""
     stack = [obj]
@@ -372,31 +370,3 @@ def _walk_values(obj, path: str | None) -> None:
                     stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
-
-
-def check_sym_expr(expr, path: str | None = None) -> None:
-    """Refuse a symbolic expression that is anything but sympy arithmetic."""
-    if not isinstance(expr, str) or len(expr) > _MAX_EXPR_CHARS:
-        raise GraphProgramError("graph holds a malformed symbolic expression", path)
-    pos = 0
-    while pos < len(expr):
-        match = _EXPR_TOKEN_RE.match(expr, pos)
-        if not match:
-            raise GraphProgramError(
-                f"graph holds a symbolic expression with a forbidden character at {pos}: "
-                f"{expr[:80]!r}",
-                path,
-            )
-        name = match.group("name")
-        string = match.group("string")
-        if name is not None and name not in SYMPY_NAMES and not _SYMBOL_NAME_RE.match(name):
-            raise GraphProgramError(
-                f"graph holds a symbolic expression naming {name!r}, which is not allowed", path
-            )
-        if string is not None and not _SYMBOL_NAME_RE.match(string[1:-1]):
-            raise GraphProgramError(
-                f"graph holds a symbolic expression with the string {string}, which is not a "
-                "symbol name",
-                path,
-            )
-        pos = match.end()

@@ -68,6 +68,11 @@ def read_artifact(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT
 
     `trust` (a signing.TrustPolicy) checks the signature after the digests.
     """
+    return parse_artifact(read_artifact_bytes(path, max_bytes=max_bytes), str(path), trust=trust)
+
+
+def read_artifact_bytes(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT_BYTES) -> bytes:
+    """An artifact file's bytes, the size limit checked before reading."""
     path = str(path)
     try:
         size = os.stat(path).st_size
@@ -79,11 +84,14 @@ def read_artifact(path: str | Path, *, max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT
             "(--max-artifact-bytes) if the model really is this large",
             path,
         )
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ArtifactCorruptError(f"cannot read the artifact: {exc.strerror}", path) from None
     if len(data) > max_bytes:
         raise ArtifactTooLargeError(f"file grew past the {max_bytes}-byte limit while being read", path)
-    return parse_artifact(data, path, trust=trust)
+    return data
 
 
 def parse_artifact(data: bytes, path: str | None = None, *, trust=None) -> pb.ModelArtifact:
@@ -112,16 +120,23 @@ def load_model(
     max_bytes: int = fmt.DEFAULT_MAX_ARTIFACT_BYTES,
     registry=None,
     trust=None,
+    data: bytes | None = None,
 ) -> LoadedModel:
-    """Read, check and rebuild an artifact's network on the CPU, in eval mode."""
+    """Read, check and rebuild an artifact's network on the CPU, in eval mode.
+
+    `data` is the file's bytes when the caller has read them already (so
+    what is checked is exactly what is built); `path` then only names it.
+    """
     path = str(path)
-    artifact = read_artifact(path, max_bytes=max_bytes, trust=trust)
+    if data is None:
+        data = read_artifact_bytes(path, max_bytes=max_bytes)
+    artifact = parse_artifact(data, path, trust=trust)
     entries = parse_header(artifact.weights, path)
     module = build_module(artifact, path, registry=registry)
     artifact.ClearField("weights")
     if artifact.WhichOneof("architecture") == "graph":
         artifact.graph.ClearField("program_json")
-    return LoadedModel(path, artifact, module, os.stat(path).st_size, entries)
+    return LoadedModel(path, artifact, module, len(data), entries)
 
 
 def build_module(artifact: pb.ModelArtifact, path: str | None = None, *, registry=None):

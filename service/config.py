@@ -30,6 +30,7 @@ PER_MODEL_FIELDS = (
     "preferred_batch_sizes",
     "instances_per_device",
     "jpeg_draft",
+    "load_timeout_seconds",
 )
 
 
@@ -90,6 +91,9 @@ class ServeConfig:
     poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
     version_policy: str = setting("latest:1", "versions to serve: latest:N | all | specific:V1,V2")
     warmup: bool = setting(True, "run every batch size once before a version takes traffic")
+    load_timeout_seconds: float = setting(
+        120.0, "budget for loading one version (checks, rebuilding the network, warm-up); a load that "
+        "overruns is stopped and that version alone is UNAVAILABLE")
     trusted_keys: str = setting("", "directory of Ed25519 public keys (*.pub, from `framewire keygen`); a signed "
                                 "artifact must verify with one of them")
     require_signed: bool = setting(False, "refuse artifacts that are not signed by a trusted key (needs --trusted-keys)")
@@ -139,6 +143,7 @@ class ServeConfig:
         need(self.max_tensor_elements >= 1, "max_tensor_elements", "must be positive")
         need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
         need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")
+        need(self.load_timeout_seconds > 0, "load_timeout_seconds", "must be positive")
         need(self.drain_seconds >= 0, "drain_seconds", "must not be negative")
         need(self.max_connection_age_seconds >= 0, "max_connection_age_seconds", "must be 0 (never) or more")
         need(self.log_level in ("debug", "info", "warning", "error"), "log_level", "use debug, info, warning or error")

@@ -175,11 +175,12 @@ def warmup_image(shape: tuple[int, int, int]) -> _Sample:
     return _Sample(buf.getvalue(), height, width)
 
 
-def load_network(settings, *, trust=None):
-    """Load the artifact `settings` names (the framewire loader, with its checks)."""
+def load_network(settings, *, trust=None, data: bytes | None = None):
+    """Load the artifact `settings` names (the framewire loader, with its
+    checks); `data` is its bytes when they were read already."""
     from framewire.exporter import load_model
 
-    return load_model(settings.artifact, max_bytes=settings.max_artifact_bytes, trust=trust)
+    return load_model(settings.artifact, max_bytes=settings.max_artifact_bytes, trust=trust, data=data)
 
 
 def trust_policy(settings):

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from concurrent.futures import Executor
 
 from framewire.exporter import format as fmt
-from framewire.exporter import read_artifact
+from framewire.exporter import parse_artifact
+from framewire.exporter.loader import read_artifact_bytes
 from framewire.v1 import artifact_pb2 as pb
 
 from .batcher import BatchRecord
 from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
 from .domain import ImageInput, PredictParams, Served
+from .load_budget import LoadBudget
 from .metrics import ServerMetrics
 from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner
 from .stats import ModelStats
@@ -163,28 +166,36 @@ class ServedModel:
 
 
 def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: ServerMetrics | None = None,
-                       trust=None, admission_pool: Executor | None = None) -> ServedModel:
+                       trust=None, admission_pool: Executor | None = None,
+                       budget: LoadBudget | None = None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
     process`) or instances in this process (`--runner thread`). Nothing is
     loaded onto a device yet (`ServedModel.load`). `trust` (a TrustPolicy)
-    checks its signature, in the worker too."""
+    checks its signature, in the worker too. `budget` bounds the load (by
+    default --load-timeout-seconds from now); the version is the bytes read
+    here: a worker, a restarted one too, refuses any other."""
     instances, threads = instance_plan(config, plan.on_cuda)
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
-    artifact = read_artifact(path, max_bytes=config.max_artifact_bytes, trust=trust)
+    budget = budget or LoadBudget(config.load_timeout_seconds)
+    data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
+    artifact = parse_artifact(data, str(path), trust=trust)
+    file_sha256 = hashlib.sha256(data).hexdigest()
     # The front end keeps the artifact's description; the weights live next to the device.
     artifact.ClearField("weights")
     if artifact.WhichOneof("architecture") == "graph":
         artifact.graph.ClearField("program_json")
     handler = task_handler(artifact)
     name = f"{artifact.name}:{artifact.version}"
-    settings = [WorkerSettings.from_config(config, model_id=name, artifact=str(path), device=device, dtype=plan.dtype)
-                for device in plan.devices]
+    settings = [WorkerSettings.from_config(config, model_id=name, artifact=str(path), device=device, dtype=plan.dtype,
+                                           expect_sha256=file_sha256) for device in plan.devices]
     batching = BatchingSettings.from_config(config, max_batch_size=min(config.max_batch_size, artifact.input.max_batch),
                                             on_cuda=plan.on_cuda)
     if config.runner == "thread":
-        runner = ThreadRunner(handler, settings, instances_per_device=instances, batching=batching, trust=trust,
-                              name=name)
+        runner = ThreadRunner(handler, settings, instances_per_device=instances, batching=batching, data=data,
+                              budget=budget, trust=trust, name=name)
     else:
-        runner = ProcessRunner(handler, settings, instances_per_device=instances, batching=batching, name=name)
+        del data
+        runner = ProcessRunner(handler, settings, instances_per_device=instances, batching=batching, name=name,
+                               load_timeout=config.load_timeout_seconds, load_budget=budget)
     return ServedModel(artifact, str(path), runner, config, on_cuda=plan.on_cuda, metrics=metrics,
                        admission_pool=admission_pool)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from framewire.exporter.format import MODEL_NAME_RE
 from .access import check_model_access
 from .config import ServeConfig, parse_version_policy
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
+from .load_budget import LoadBudget
 from .model import ServedModel
 from .worker_runner import WorkerStartError
 
@@ -67,8 +69,10 @@ class VersionSlot:
 class ModelRepository:
     """Loads, serves, reloads and unloads the versions of a model repository."""
 
-    def __init__(self, config: ServeConfig, build: Callable[[Path], ServedModel],
+    def __init__(self, config: ServeConfig, build: Callable[[Path, LoadBudget], ServedModel],
                  on_change: Callable[[], None] | None = None):
+        """`build(path, budget)` makes a version's ServedModel; the budget
+        (--load-timeout-seconds) bounds its load and is cancelled on close."""
         self.config = config
         self.root = Path(config.repo)
         self._build = build
@@ -78,6 +82,7 @@ class ModelRepository:
         self._poller: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._unloaded: set[str] = set()
+        self._loading: set[LoadBudget] = set()
         self._closing = False
 
     # ------------------------------------------------------------ lifecycle
@@ -91,8 +96,10 @@ class ModelRepository:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="repository-poll")
 
     async def close(self) -> None:
-        """Stop polling, drain and unload every version."""
+        """Stop polling and loading, drain and unload every version."""
         self._closing = True
+        for budget in list(self._loading):  # never wait for a load to finish
+            budget.cancel()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -313,8 +320,10 @@ class ModelRepository:
 
     async def _load(self, slot: VersionSlot) -> None:
         log.info("loading %s version %d from %s", slot.name, slot.version, slot.path)
+        budget = LoadBudget(self.config.for_model(slot.name).load_timeout_seconds)
+        self._loading.add(budget)
         try:
-            served = await asyncio.get_running_loop().run_in_executor(None, self._build_warm, slot.path)
+            served = await asyncio.get_running_loop().run_in_executor(None, self._build_warm, slot.path, budget)
             if (served.name, served.version) != (slot.name, slot.version):
                 log.warning(
                     "%s says it is %s version %d; serving it as %s version %d (its directory)",
@@ -334,19 +343,48 @@ class ModelRepository:
             return
         slot.served, slot.task = served, served.task
         slot.state, slot.reason = ModelState.READY, ""
+        loop = asyncio.get_running_loop()
+        served.runner.on_stale = lambda why: loop.call_soon_threadsafe(self._mark_stale, slot, why)
         threads = served.config.cpu_threads
         log.info("%s version %d is READY on %s (%d instance(s) per device%s)", slot.name, slot.version, served.device,
                  served.config.instances_per_device, f", {threads} thread(s) each" if threads else "")
 
-    def _build_warm(self, path: Path) -> ServedModel:
-        served = self._build(path)
-        served.load()
+    def _build_warm(self, path: Path, budget: LoadBudget) -> ServedModel:
+        """Build and warm up a version (in an executor thread). The budget is
+        cancellable until this thread is done, even when the coroutine
+        awaiting it was cancelled (a server stopping while it starts)."""
         try:
-            served.warm_up()
+            served = self._build(path, budget)
+            served.load()
+            try:
+                served.warm_up()
+            except BaseException:
+                served.unload()
+                raise
+            return served
         except BaseException:
-            served.unload()
+            if budget.cancelled:
+                log.info("%s: %s", path, budget.failure())
             raise
-        return served
+        finally:
+            self._loading.discard(budget)
+
+    def _mark_stale(self, slot: VersionSlot, why: str) -> None:
+        """A worker of a READY version found its file changed: the version is
+        UNAVAILABLE (its requests would otherwise get other answers) until it
+        is reloaded from the new file; its running instances drain and stop."""
+        if slot.state is not ModelState.READY or self._slots.get(slot.name, {}).get(slot.version) is not slot:
+            return
+        self._fail(slot, why)
+        served, slot.served = slot.served, None
+        self._spawn(self._close_when_idle(slot, served))
+        self._on_change()
+
+    async def _close_when_idle(self, slot: VersionSlot, served: ServedModel) -> None:
+        if slot.leases:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(slot.idle.wait(), timeout=self.config.drain_seconds)
+        await served.close(drain=True)
 
     def _fail(self, slot: VersionSlot, reason: str) -> None:
         slot.state, slot.reason = ModelState.UNAVAILABLE, reason

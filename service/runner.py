@@ -66,6 +66,9 @@ class Runner(Protocol):
     instance_count: int
     #: Called with a BatchRecord after every batch (statistics, metrics).
     on_batch: Callable[[BatchRecord], None] | None
+    #: Called with a reason when the version can no longer be served from the
+    #: bytes it was loaded from (a restarted worker found its file changed).
+    on_stale: Callable[[str], None] | None
 
     @property
     def queue_depth(self) -> int: ...
@@ -172,13 +175,16 @@ class _Instance:
 class ThreadRunner(BatchedRunner):
     """Instances of the network in this process (`--runner thread`).
 
-    `settings` holds one WorkerSettings per device. On CUDA a batch is
-    decoded and staged on a side stream before an instance is free, so it
-    overlaps the previous batch's compute (pipeline depth 1).
+    `settings` holds one WorkerSettings per device; `data` is the artifact's
+    bytes as the front end read them. A load that hangs could not be stopped
+    in this process, so `load` first rebuilds the network once in a child
+    process under the budget, from the same bytes. On CUDA a batch is decoded
+    and staged on a side stream before an instance is free, so it overlaps
+    the previous batch's compute (pipeline depth 1).
     """
 
     def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
-                 on_batch=None, trust=None, name: str = "model"):
+                 data: bytes, budget, on_batch=None, trust=None, name: str = "model"):
         super().__init__(name, handler, batching, on_batch=on_batch,
                          concurrent_batches=len(settings) * instances_per_device + batching.pipeline_depth)
         first = settings[0]
@@ -188,6 +194,10 @@ class ThreadRunner(BatchedRunner):
         self.device_label = ",".join(s.device for s in settings)
         self.dtype_name = first.dtype
         self.trust = trust
+        #: Never called: in-process instances are never reloaded from the file.
+        self.on_stale: Callable[[str], None] | None = None
+        self._data = data
+        self._budget = budget
         self.instances: list[_Instance] = []
         self._decode_pool = ThreadPoolExecutor(max_workers=first.decode_threads or min(8, os.cpu_count() or 1),
                                                thread_name_prefix="decode")
@@ -197,7 +207,21 @@ class ThreadRunner(BatchedRunner):
 
     def load(self) -> None:
         """Load the artifact and place an instance per device and per `instances_per_device`."""
-        loaded = load_network(self.settings[0], trust=self.trust)
+        from framewire.exporter import ArtifactError
+        from framewire.exporter.child_load import load_in_child
+        from framewire.exporter.errors import ArtifactLoadTimeoutError
+
+        first, budget = self.settings[0], self._budget
+        try:
+            load_in_child(self._data, first.artifact, timeout=budget.remaining(), max_bytes=first.max_artifact_bytes,
+                          trusted_keys=first.trusted_keys, require_signed=first.require_signed, watch=budget.watch)
+        except ArtifactError:
+            why = budget.failure()
+            if why is not None:
+                raise ArtifactLoadTimeoutError(why, first.artifact) from None
+            raise
+        loaded = load_network(first, trust=self.trust, data=self._data)
+        self._data = None
         for device_settings in self.settings:
             for i in range(self.instances_per_device):
                 module = loaded.module if not self.instances else copy.deepcopy(loaded.module)

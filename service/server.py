@@ -37,6 +37,7 @@ from .config import ServeConfig
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
+from .load_budget import LoadBudget
 from .metrics import ServerMetrics
 from .model import ServedModel, build_served_model
 from .repository import ModelRepository
@@ -121,9 +122,10 @@ class FramewireServer:
         """Register a further service's full name (for reflection and health)."""
         self.service_names.append(name)
 
-    def _build_model(self, path: Path) -> ServedModel:
+    def _build_model(self, path: Path, budget: LoadBudget) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
-        return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool)
+        return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool,
+                                  budget)
 
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}

@@ -32,6 +32,7 @@ pipe closing when the front end exits).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -105,16 +106,27 @@ class WorkerHost:
 
     def _load(self, header: dict) -> None:
         from framewire.exporter import ArtifactError
+        from framewire.exporter.loader import read_artifact_bytes
 
-        from .device_model import DeviceModel, load_network, trust_policy
-        from .tasks import task_handler
         from .worker_settings import SettingsError, WorkerSettings
 
         request_id = header.get("id")
         try:
             settings = WorkerSettings.from_json(header.get("settings"))
+            # The bytes are read and compared before torch is imported: a file
+            # that changed is refused in milliseconds.
+            data = read_artifact_bytes(settings.artifact, max_bytes=settings.max_artifact_bytes)
+            found = hashlib.sha256(data).hexdigest()
+            if settings.expect_sha256 and found != settings.expect_sha256:
+                self.reply({"op": "failed", "id": request_id, "kind": "changed",
+                            "message": changed_message(settings.expect_sha256, found)})
+                return
+            from .device_model import DeviceModel, load_network, trust_policy
+            from .tasks import task_handler
+
             self._configure(settings)
-            loaded = load_network(settings, trust=trust_policy(settings))
+            loaded = load_network(settings, trust=trust_policy(settings), data=data)
+            del data
             handler = task_handler(loaded.artifact)
             model = DeviceModel(loaded.module, handler, settings, self.decode_pool, name=settings.model_id)
         except ArtifactError as exc:
@@ -203,6 +215,15 @@ class WorkerHost:
             return
         log.exception("batch failed", exc_info=exc)  # the batch fails; the worker goes on
         self.reply({"op": "error", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def changed_message(expected: str, found: str) -> str:
+    """Why a worker refuses a file whose bytes are not the version's."""
+    return (
+        f"its file changed on disk after the version was loaded (sha256 {expected[:16]}... then, "
+        f"{found[:16]}... now); a restarted worker serves only the bytes its version was loaded from: "
+        "reload the model (RepositoryModelLoad, or the next --poll-seconds rescan)"
+    )
 
 
 def main(argv=None) -> int:

@@ -9,9 +9,13 @@ worker's timings. A worker has `1 + pipeline depth` slots, so on CUDA it
 decodes the next batch while the current one computes.
 
 Loading is explicit: `load` starts every worker and sends each its
-`load` message (a `WorkerSettings`), `warm_up` its `warm` message. A
-worker that dies fails its batches in flight with UNAVAILABLE and is
-started again (loaded and warmed) for the next one.
+`load` message (a `WorkerSettings`), `warm_up` its `warm` message, both
+under the version's load budget (--load-timeout-seconds): a worker that
+overruns it is killed and the version alone fails. A worker refuses a file
+whose bytes are not the ones the version was loaded from. A worker that
+dies fails its batches in flight with UNAVAILABLE; `WorkerPool` restarts it
+in the background (loaded and warmed, under a budget of its own) while the
+other workers serve.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ import asyncio
 import logging
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from .errors import InferenceError, LimitExceededError, ServiceError, error_from_code
-from .ipc import Connection, SharedBuffer, WorkerGone
-from .payloads import pack, packed_size
 from .device_model import BatchOutcome
+from .ipc import Connection, SharedBuffer, WorkerGone
+from .load_budget import LoadBudget
+from .payloads import pack, packed_size
 from .runner import BatchedRunner, BatchingSettings, answers
+from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
 
@@ -41,7 +47,9 @@ class WorkerCrashedError(ServiceError):
 
 
 class WorkerStartError(Exception):
-    """A worker could not load the model; `kind` is "artifact" or "internal"."""
+    """A worker could not load the model; `kind` is "artifact", "changed"
+    (the file is not the bytes the version was loaded from), "timeout" or
+    "internal"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -52,69 +60,79 @@ class WorkerStartError(Exception):
 class WorkerProcess:
     """One worker process, its connection and its shared-memory slots."""
 
-    def __init__(self, name: str, index: int, settings, slots: int, handler):
+    def __init__(self, name: str, index: int, settings, slots: int, handler, load_timeout: float = 120.0):
         self.name = name
         self.handler = handler
         self.index = index
         self.settings = settings
         self.slots = slots
+        self.load_timeout = load_timeout
         self.warm_sizes: list[int] = []
         self.proc: subprocess.Popen | None = None
         self.connection: Connection | None = None
         self.buffers: dict[int, SharedBuffer] = {}
         self.info: dict = {}
         self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
-        self._restart = threading.Lock()
+        self.budget: LoadBudget | None = None
+        self._stopping = False
+        #: Restarts run here (WorkerPool), never on the event loop.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self.connection.alive
 
-    def start(self) -> None:
-        """Start the process and load the model (blocking)."""
+    def start(self, budget: LoadBudget) -> None:
+        """Start the process and load the model (blocking); past the budget the process is killed."""
+        self.budget = budget
+        if self._stopping:
+            budget.cancel()
         self.proc = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
         self._drop_buffers()
-        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading")
+        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading", budget)
         if header.get("op") != "loaded":
             self._stop_process()
             raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
         self.info = header
-        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
 
-    def warm_up(self, sizes: list[int]) -> None:
-        """Run each batch size once in the worker (blocking)."""
+    def warm_up(self, sizes: list[int], budget: LoadBudget) -> None:
+        """Run each batch size once in the worker (blocking); then it is ready."""
         self.warm_sizes = list(sizes)
-        if not sizes:
-            return
-        header = self._control({"op": "warm", "model": self.settings.model_id, "sizes": sizes}, "warming up")
-        if header.get("op") != "warmed":
-            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+        if sizes:
+            header = self._control({"op": "warm", "model": self.settings.model_id, "sizes": sizes}, "warming up",
+                                   budget)
+            if header.get("op") != "warmed":
+                raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
 
-    def _control(self, header: dict, doing: str) -> dict:
+    def spawn(self) -> None:
+        """Start again, loaded and warm, under a budget of its own (WorkerPool's restart)."""
+        self._stop_process()
+        budget = LoadBudget(self.load_timeout)
+        self.start(budget)
+        self.warm_up(self.warm_sizes, budget)
+
+    def _control(self, header: dict, doing: str, budget: LoadBudget) -> dict:
         try:
-            reply, _ = self.connection.request(header).result()
+            with budget.watch(self.proc):
+                reply, _ = self.connection.request(header).result()
         except WorkerGone:
             code = self.proc.wait()
+            why = budget.failure()
+            if why is not None:
+                raise WorkerStartError("timeout", why) from None
             raise WorkerStartError("internal", f"the model worker exited with code {code} while {doing}") from None
         return reply
 
-    def ensure_running(self) -> None:
-        """Start a dead worker again (loaded and warmed) before it takes a batch."""
-        with self._restart:
-            if self.alive():
-                return
-            log.warning("%s: worker %d is not running; starting it again", self.name, self.index)
-            self._stop_process()
-            try:
-                self.start()
-                self.warm_up(self.warm_sizes)
-            except WorkerStartError as exc:
-                raise WorkerCrashedError(f"model {self.name}: its worker could not be restarted: {exc.message}") from None
+    def cancel_loading(self) -> None:
+        """Kill the process if it is still loading, now and in any later start (the runner is closing)."""
+        self._stopping = True
+        if self.budget is not None:
+            self.budget.cancel()
 
     def run(self, slot: int, payloads: list) -> BatchOutcome:
         """Run one batch in `slot` (blocking; from the runner's I/O threads)."""
-        self.ensure_running()
         try:
             buffer = self._buffer(slot, packed_size(payloads))
             layout = pack(payloads, buffer.map)
@@ -125,7 +143,7 @@ class WorkerProcess:
             code = self.proc.wait() if self.proc else None
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
-                "it restarts for the next request, retry"
+                "it is restarting, retry"
             ) from None
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
@@ -187,17 +205,24 @@ class ProcessRunner(BatchedRunner):
     """
 
     def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
-                 on_batch=None, name: str = "model"):
+                 on_batch=None, name: str = "model", load_timeout: float = 120.0,
+                 load_budget: LoadBudget | None = None):
+        """`load_budget` bounds the first start and warm-up of every worker
+        (together); a restart gets `load_timeout` seconds of its own."""
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
         super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots)
         self.instance_count = count
         self.device_label = ",".join(s.device for s in settings)
         self.dtype_name = settings[0].dtype
-        self.workers = [WorkerProcess(name, i, s, slots, handler)
+        #: Called (from a worker thread) when a restarted worker finds that the
+        #: version's file no longer holds the bytes it was loaded from.
+        self.on_stale: Callable[[str], None] | None = None
+        self._budget = load_budget or LoadBudget(load_timeout)
+        self.workers = [WorkerProcess(name, i, s, slots, handler, load_timeout)
                         for i, s in enumerate(s for s in settings for _ in range(instances_per_device))]
         self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
-        self._free: asyncio.Queue | None = None
+        self._pool: WorkerPool | None = None
 
     @property
     def shared_bytes(self) -> int:
@@ -209,7 +234,7 @@ class ProcessRunner(BatchedRunner):
         started = []
         try:
             for worker in self.workers:
-                worker.start()
+                worker.start(self._budget)
                 started.append(worker)
         except BaseException:
             for worker in started:
@@ -218,24 +243,25 @@ class ProcessRunner(BatchedRunner):
 
     def warm_up(self, sizes: list[int]) -> None:
         """Warm every worker up, all at once (blocking)."""
-        futures = [self._io.submit(worker.warm_up, sizes) for worker in self.workers]
+        futures = [self._io.submit(worker.warm_up, sizes, self._budget) for worker in self.workers]
         for future in futures:
             future.result()
 
     def start(self) -> None:
-        self._free = asyncio.Queue()
-        for slot in range(self.workers[0].slots if self.workers else 0):
-            for worker in self.workers:
-                self._free.put_nowait((worker, slot))
+        """Put the warm workers into rotation (call from the event loop)."""
+        self._pool = WorkerPool(self.name, self.workers, on_stale=self._stale)
         super().start()
 
     async def _run_batch(self, items: list) -> list:
-        loop = asyncio.get_running_loop()
-        worker, slot = await self._free.get()
+        worker, slot = await self._pool.take()
         try:
-            return await loop.run_in_executor(self._io, self._run_on, worker, slot, items)
+            return await asyncio.get_running_loop().run_in_executor(self._io, self._run_on, worker, slot, items)
         finally:
-            self._free.put_nowait((worker, slot))
+            self._pool.give_back(worker, slot)
+
+    def _stale(self, why: str) -> None:
+        if self.on_stale is not None:
+            self.on_stale(why)
 
     def _run_on(self, worker: WorkerProcess, slot: int, items: list) -> list:
         return answers(self.handler, worker.run(slot, [item.payload for item in items]), items)
@@ -245,7 +271,13 @@ class ProcessRunner(BatchedRunner):
         return {w.proc.pid for w in self.workers if w.alive()}
 
     def release(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        for worker in self.workers:  # a worker still loading is killed, not waited for
+            worker.cancel_loading()
         stopping = [self._io.submit(worker.stop) for worker in self.workers]  # all at once
         for stopped in stopping:
             stopped.result()
+        for worker in self.workers:
+            worker.executor.shutdown(wait=True)
         self._io.shutdown(wait=True)

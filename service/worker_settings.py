@@ -47,15 +47,17 @@ class WorkerSettings:
     max_artifact_bytes: int = 2**31 - 1
     trusted_keys: str = ""
     require_signed: bool = False
+    #: sha256 of the file the version was loaded from; a worker refuses any other bytes.
+    expect_sha256: str = ""
     log_level: str = "info"
     log_format: str = "text"
 
     @classmethod
-    def from_config(cls, config: ServeConfig, *, model_id: str, artifact: str, device: str,
-                    dtype: str) -> "WorkerSettings":
+    def from_config(cls, config: ServeConfig, *, model_id: str, artifact: str, device: str, dtype: str,
+                    expect_sha256: str = "") -> "WorkerSettings":
         """The settings of one model version (its TOML overrides already applied to `config`)."""
         return cls(
-            model_id=model_id, artifact=str(artifact), device=device, dtype=dtype,
+            model_id=model_id, artifact=str(artifact), device=device, dtype=dtype, expect_sha256=expect_sha256,
             channels_last=config.channels_last, cuda_graphs=config.cuda_graphs, cpu_threads=config.cpu_threads,
             decode_threads=config.decode_threads, jpeg_draft=config.jpeg_draft,
             max_image_pixels=config.max_image_pixels, max_artifact_bytes=config.max_artifact_bytes,

@@ -1,34 +1,97 @@
-"""Model worker processes: a crash is survived; the in-process runner gives the same answers."""
+"""Model worker processes: a crash is survived (the other instances serve meanwhile), workers
+stop with the server, a version is the bytes it was loaded from; the in-process runner gives
+the same answers."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
-import time
+from pathlib import Path
 
+import grpc
 import numpy as np
+import pytest
 
-from framewire.client import Client
+from framewire.client import Client, FramewireError
+from framewire.oip import grpc_service_pb2 as oip
+from framewire.oip import grpc_service_pb2_grpc
+from framewire.v1 import inference_pb2 as pb
+from support import artifacts
 from support.images import encode, random_image
 from support.server import RunningServer
+from support.waiting import wait_until
 
 
 def worker_pids(server) -> list[int]:
     return [w.proc.pid for m in server.server.repo.served() for w in m.runner.workers]
 
 
-def test_a_killed_worker_is_restarted_and_the_server_keeps_serving(tiny_repo):
-    with RunningServer(repo=str(tiny_repo)) as server, Client(server.address, retries=3, backoff=0.2) as c:
+def gone(pid: int) -> bool:
+    """Whether the process has exited: a zombie whose threads have all exited
+    (one that its parent can reap) counts."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except (OSError, IndexError):
+        return True
+
+
+def kill_worker(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: gone(pid), timeout=10, what=f"worker {pid} to die")
+
+
+def test_with_no_live_worker_a_request_fails_at_once_and_the_worker_comes_back(tiny_repo):
+    with RunningServer(repo=str(tiny_repo)) as server, Client(server.address, retries=0, timeout=60) as c:
         image = encode(random_image(1))
         before = c.predict(image, model="tiny", return_raw=True)
-        (worker,) = [w for m in server.server.repo.served() for w in m.runner.workers]
-        pid = worker.proc.pid
-        os.kill(pid, signal.SIGKILL)
-        worker.proc.wait(10)
-        after = c.predict(image, model="tiny", return_raw=True)
+        (pid,) = worker_pids(server)
+        kill_worker(pid)
+        with pytest.raises(FramewireError) as info:  # not a wait for the restart
+            c.predict(image, model="tiny")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "no worker process is running (1 restarting after a crash); retry shortly" in info.value.message
+
+        def answered():
+            try:
+                return c.predict(image, model="tiny", return_raw=True)
+            except FramewireError as exc:
+                assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+                return None
+
+        after = wait_until(answered, timeout=120, what="the restarted worker to serve")
         assert worker_pids(server) != [pid]
         np.testing.assert_allclose(after.raw["logits"], before.raw["logits"], atol=1e-6)
         assert c.server_status().serving
+
+
+def test_a_batch_meant_for_a_dead_worker_goes_to_a_live_one(tiny_repo, caplog):
+    """Two instances, one killed: requests are answered by the other at once,
+    and the restarted one takes traffic only once it is warm."""
+    caplog.set_level(logging.INFO, logger="framewire.worker")
+
+    def warm_workers() -> int:
+        return sum("ready on cpu" in r.getMessage() for r in caplog.records)
+
+    server = RunningServer(repo=str(tiny_repo), instances_per_device=2)
+    with Client(server.address, retries=0, timeout=60) as c:
+        image = encode(random_image(2))
+        assert warm_workers() == 2
+        victim, survivor = worker_pids(server)
+        kill_worker(victim)
+        answers = [c.predict(image, model="tiny") for _ in range(4)]  # the batches the victim would have run too
+        assert warm_workers() == 2, "a request waited for the restarted worker to warm up"
+        assert [a.version for a in answers] == [1, 1, 1, 1]
+
+        wait_until(lambda: warm_workers() == 3, timeout=120, what="the restarted worker to be warm")
+        kill_worker(survivor)
+        assert c.predict(image, model="tiny").version == 1  # served by the restarted worker
+    running = worker_pids(server)  # the restarted one, and the survivor's replacement (perhaps still loading)
+    server.stop()
+    for pid in running:  # every worker stops with the server
+        wait_until(lambda: gone(pid), timeout=10, what=f"worker {pid} to stop")
 
 
 def test_the_in_process_runner_answers_like_the_worker(tiny_repo):
@@ -43,21 +106,49 @@ def test_the_in_process_runner_answers_like_the_worker(tiny_repo):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_workers_stop_with_the_server(tiny_repo):
-    server = RunningServer(repo=str(tiny_repo), instances_per_device=2)
-    pids = worker_pids(server)
-    assert len(pids) == 2
-    server.stop()
-    for pid in pids:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+def with_other_weights(path) -> None:
+    """Rewrite the artifact at `path` in place: same model and version, other weights."""
+    from safetensors.torch import load, save
+
+    artifact = artifacts.read(path)
+    tensors = dict(load(artifact.weights))
+    tensors["head.weight"] = tensors["head.weight"] * 2
+    artifact.weights = save(tensors)
+    artifacts.write(artifact, path)
+
+
+def test_a_restarted_worker_serves_only_the_bytes_its_version_was_loaded_from(tiny_repo, tmp_path):
+    """--poll-seconds 0, a served file overwritten, a worker killed: no request
+    gets an answer from the new bytes while the version claims to be the old."""
+    shutil.copytree(tiny_repo / "tiny", tmp_path / "tiny")
+    path = tmp_path / "tiny" / "1" / "model.fwa"
+    image = encode(random_image(3))
+    with RunningServer(repo=str(tmp_path)) as server, \
+            Client(server.address, retries=0, timeout=60) as c:
+        loaded = c.predict(image, model="tiny", return_raw=True).raw["logits"]
+        with_other_weights(path)
+        os.kill(worker_pids(server)[0], signal.SIGKILL)
+
+        def refused():
             try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"worker {pid} still running")
+                answer = c.predict(image, model="tiny", return_raw=True).raw["logits"]
+            except FramewireError as exc:  # the batch the worker died on is refused too
+                assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+                return exc if "changed on disk" in exc.message else None
+            np.testing.assert_allclose(answer, loaded, atol=1e-6)  # never the new file's answer
+            return None
+
+        refusal = wait_until(refused, timeout=120, what="the version to be refused")
+        assert "its file changed on disk after the version was loaded" in refusal.message
+        (model,) = c.list_models().models
+        assert [(v.version, v.state) for v in model.versions] == [(1, pb.MODEL_STATE_UNAVAILABLE)]
+        assert "changed on disk" in model.versions[0].reason
+
+        with grpc.insecure_channel(server.address) as channel:  # an explicit reload takes the new file
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
+                oip.RepositoryModelLoadRequest(model_name="tiny"), timeout=120)
+        reloaded = c.predict(image, model="tiny", return_raw=True).raw["logits"]
+        assert not np.allclose(reloaded, loaded, atol=1e-3)
 
 
 def test_one_worker_process_hosts_two_models_by_id(tiny_repo, tmp_path):

@@ -74,12 +74,12 @@ class ServerProcess:
     """`framewire serve ... --port 0` in a subprocess; learns its port from the log.
 
     `port` binds a given port instead (to restart a server where its clients
-    expect it). `argv` replaces the whole command (e.g. `make serve`); it must
+    expect it). With `wait_serving=False` it returns once the port listens. `argv` replaces the whole command (e.g. `make serve`); it must
     still start a server on 127.0.0.1 port 0.
     """
 
     def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 180,
-                 argv: list[str] | None = None, cwd: str | None = None, port: int = 0):
+                 argv: list[str] | None = None, cwd: str | None = None, port: int = 0, wait_serving: bool = True):
         framewire = shutil.which("framewire")
         assert framewire, "the framewire console script is not installed"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"framewire-serve-{os.getpid()}-{time.monotonic_ns()}.log"
@@ -91,7 +91,8 @@ class ServerProcess:
         )
         self.port = self._wait_for(r"listening on 127\.0\.0\.1:(\d+)", ready_timeout)
         self.address = f"127.0.0.1:{self.port}"
-        self._wait_for(r"serving: ", ready_timeout)
+        if wait_serving:  # else only listening: models may still be loading
+            self._wait_for(r"serving: ", ready_timeout)
 
     def output(self) -> str:
         self.log.flush()
