@@ -1,9 +1,11 @@
 """The model worker process: model versions hosted next to one device.
 
-    python -m framewire.service.worker        (no arguments)
+    python -m framewire.service.worker [LABEL ...]
 
-Everything arrives as messages on stdin, answered on stdout (see `ipc`;
-each request's `id` comes back in its reply):
+Arguments only label the process for `ps` and `top` (the front end passes
+the model id and artifact path). Everything the worker does arrives as
+messages on stdin, answered on stdout (see `ipc`; each request's `id`
+comes back in its reply):
 
 | request                          | reply                                                       |
 | -------------------------------- | ----------------------------------------------------------- |

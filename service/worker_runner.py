@@ -86,7 +86,9 @@ class WorkerProcess:
         self.budget = budget
         if self._stopping:
             budget.cancel()
-        self.proc = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # The arguments only label the process (ps, top): what it hosts comes in messages.
+        label = [self.settings.model_id, self.settings.artifact]
+        self.proc = subprocess.Popen([*WORKER_COMMAND, *label], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
         self._drop_buffers()
