@@ -13,6 +13,7 @@ Names carry their unit. Per model and version (labels `model`, `version`):
 | `framewire_executions_total` | counter | device batches run (inferences / executions = average batch) |
 | `framewire_batch_size` | histogram | images per device batch (its sum equals the inferences) |
 | `framewire_queue_depth` | gauge | images waiting now |
+| `framewire_payload_bytes_total` | counter | bytes of image payloads shipped to the device side (shared memory with worker processes): encoded files as sent, client pixels as sent |
 | `framewire_model_state` | gauge | 1 for the version's current `state` |
 
 Per GPU (labels `gpu`, `name`, `uuid`), from NVML: `framewire_gpu_utilization_ratio`,
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -160,6 +161,8 @@ class _LiveCollector:
                                   labels=list(MODEL_LABELS))
         state = GaugeMetricFamily("framewire_model_state", "1 for the version's current state.",
                                   labels=[*MODEL_LABELS, "state"])
+        payload = CounterMetricFamily("framewire_payload_bytes", "Bytes of image payloads shipped to the device side.",
+                                      labels=list(MODEL_LABELS))
         for name, slots in self.models().items():
             for slot in slots:
                 labels = [name, str(slot.version)]
@@ -167,8 +170,10 @@ class _LiveCollector:
                     state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
                 if slot.served is not None:
                     depth.add_metric(labels, slot.served.queue_depth)
+                    payload.add_metric(labels, slot.served.payload_bytes)
         yield depth
         yield state
+        yield payload
         if self.gpu is None or not self.gpu.available:
             return
         yield from gpu_families(self.gpu.readings)

@@ -79,6 +79,11 @@ class ServedModel:
         """Images waiting for a batch."""
         return self.runner.queue_depth
 
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of image payloads shipped to the device side since load."""
+        return self.runner.payload_bytes
+
     def load(self) -> None:
         """Load the network on every instance (blocking; starts worker processes)."""
         self.runner.load()

@@ -73,6 +73,11 @@ class Runner(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of image payloads shipped to the device side since load
+        (shared memory with worker processes)."""
+
     def load(self) -> None: ...
 
     def warm_up(self, sizes: list[int]) -> None: ...
@@ -196,6 +201,7 @@ class ThreadRunner(BatchedRunner):
         self.trust = trust
         #: Never called: in-process instances are never reloaded from the file.
         self.on_stale: Callable[[str], None] | None = None
+        self.payload_bytes = 0
         self._data = data
         self._budget = budget
         self.instances: list[_Instance] = []
@@ -241,6 +247,7 @@ class ThreadRunner(BatchedRunner):
     async def _run_batch(self, items: list[BatchItem]) -> list:
         loop = asyncio.get_running_loop()
         batch = gather([item.payload for item in items])
+        self.payload_bytes += sum(item.payload.nbytes for item in items)
         device = min(self._free, key=lambda d: self._busy[d])
         self._busy[device] += 1
         try:

@@ -227,7 +227,7 @@ class ProcessRunner(BatchedRunner):
         self._pool: WorkerPool | None = None
 
     @property
-    def shared_bytes(self) -> int:
+    def payload_bytes(self) -> int:
         """Payload bytes written to shared memory since load."""
         return sum(w.shared_bytes for w in self.workers)
 
