@@ -146,4 +146,5 @@ def payload_bytes(address: str, model: str, token: str | None = None) -> float |
         return None
     pattern = re.compile(r'^framewire_payload_bytes_total\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$',
                          re.M)
-    return sum(float(v) for v in pattern.findall(text))
+    values = pattern.findall(text)
+    return sum(float(v) for v in values) if values else None  # None: a server without the metric
