@@ -25,7 +25,7 @@ from .access import check_model_access, model_allowed
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
 from .domain import PredictParams
-from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError
+from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelState
@@ -226,6 +226,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                 await self._stream(request_iterator, context)
         except LimitExceededError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+        except ShuttingDownError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
 
     async def _stream(self, request_iterator, context) -> None:
         lock = asyncio.Lock()
@@ -250,11 +252,16 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             room.release()
 
         try:
-            async for request in request_iterator:
-                await room.acquire()
-                task = asyncio.get_running_loop().create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            try:
+                async for request in self.streams.until_drain(request_iterator):
+                    await room.acquire()
+                    task = asyncio.get_running_loop().create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except ShuttingDownError:
+                if tasks:  # answer what was read, then end the stream
+                    await asyncio.gather(*tasks)
+                raise
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
