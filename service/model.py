@@ -91,8 +91,8 @@ class ServedModel:
     def warm_up(self) -> None:
         """Run the batch sizes this model will see once each, through decode,
         preprocessing and the network (blocking; nothing with --no-warmup)."""
-        if self.config.warmup:
-            self.runner.warm_up(self.handler.warmup_sizes(self.max_batch_size, self.on_cuda))
+        sizes = self.handler.warmup_sizes(self.max_batch_size, self.on_cuda) if self.config.warmup else []
+        self.runner.warm_up(sizes)
 
     def unload(self) -> None:
         """Release what `load` placed, without draining (blocking; for a
