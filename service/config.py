@@ -92,6 +92,9 @@ class ServeConfig:
     trusted_keys: str = setting("", "directory of Ed25519 public keys (*.pub, from `framewire keygen`); a signed "
                                 "artifact must verify with one of them")
     require_signed: bool = setting(False, "refuse artifacts that are not signed by a trusted key (needs --trusted-keys)")
+    serve_path_identity: bool = setting(
+        False, "serve an artifact whose recorded name and version differ from its path "
+        "(<repo>/<model>/<version>/) as its path says, instead of refusing it (not with --require-signed)")
     drain_seconds: float = setting(30.0, "on SIGTERM/SIGINT, how long in-flight work may take to finish")
     max_connection_age_seconds: float = setting(
         0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
@@ -149,6 +152,8 @@ class ServeConfig:
         need(not self.require_signed or bool(self.trusted_keys), "require_signed",
              "needs --trusted-keys: a directory of the public keys to trust")
         need(not self.trusted_keys or Path(self.trusted_keys).is_dir(), "trusted_keys", "is not a directory")
+        need(not (self.serve_path_identity and self.require_signed), "serve_path_identity",
+             "cannot go with --require-signed: a signed artifact is served only as the name and version it was signed with")
         for model, overrides in self.model_overrides.items():
             unknown = sorted(set(overrides) - set(PER_MODEL_FIELDS))
             if unknown:

@@ -324,12 +324,8 @@ class ModelRepository:
         self._loading.add(budget)
         try:
             served = await asyncio.get_running_loop().run_in_executor(None, self._build_warm, slot.path, budget)
-            if (served.name, served.version) != (slot.name, slot.version):
-                log.warning(
-                    "%s says it is %s version %d; serving it as %s version %d (its directory)",
-                    slot.path, served.name, served.version, slot.name, slot.version,
-                )
-                served.name, served.version = slot.name, slot.version
+            # Only with --serve-path-identity (checked and logged where it was built).
+            served.name, served.version = slot.name, slot.version
             served.start()
         except ArtifactError as exc:
             self._fail(slot, exc.reason)
