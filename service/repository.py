@@ -235,9 +235,9 @@ class ModelRepository:
             if versions
         }
 
-    def knows(self, name: str) -> bool:
-        """Whether `name` is a model this server has (in any state)."""
-        return name in self._slots
+    def knows(self, name: str, version: int = 0) -> bool:
+        """Whether `name` (and `version`, when given) is a model this server has (in any state)."""
+        return name in self._slots and (not version or version in self._slots[name])
 
     def served(self) -> list[ServedModel]:
         return [s.served for v in self._slots.values() for s in v.values() if s.served is not None]
