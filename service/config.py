@@ -81,6 +81,9 @@ class ServeConfig:
     max_stream_in_flight: int = setting(64, "most frames of one stream id waiting for an answer (and requests of "
                                         "one protocol stream); a client not reading its answers is read from no more")
     max_streams_per_connection: int = setting(16, "most streaming calls one client connection may hold open")
+    max_concurrent_rpcs: int = setting(
+        1000, "most calls handled at once (a stream counts while open; health checks are never "
+        "refused); beyond, a new call gets UNAVAILABLE at once (retry with backoff)")
     max_tensor_elements: int = setting(120_000_000, "most elements in one raw image tensor")
     max_artifact_bytes: int = setting(2 * 1024 * MIB - 1, "largest artifact file the loader reads")
     poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
@@ -138,6 +141,7 @@ class ServeConfig:
         need(self.max_images_per_request >= 1, "max_images_per_request", "must be positive")
         need(self.max_stream_in_flight >= 1, "max_stream_in_flight", "must be positive")
         need(self.max_streams_per_connection >= 1, "max_streams_per_connection", "must be positive")
+        need(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be positive")
         need(self.max_tensor_elements >= 1, "max_tensor_elements", "must be positive")
         need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
         need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")

@@ -30,15 +30,19 @@ class LastResortInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(details.invocation_metadata or ())
         request_id = str(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16])[:64]
-        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        kind = next(k for k in kinds if getattr(handler, k) is not None)
-        wrapped = _wrap(getattr(handler, kind), details.method, request_id)
-        factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rebuild_handler(handler, lambda behavior: _wrap(behavior, details.method, request_id))
+
+
+def rebuild_handler(handler, wrap):
+    """The same rpc method handler with its behaviour replaced by `wrap(behaviour)`."""
+    kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    kind = next(k for k in kinds if getattr(handler, k) is not None)
+    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    return factory(
+        wrap(getattr(handler, kind)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _wrap(behavior, method: str, request_id: str):
