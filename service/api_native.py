@@ -11,7 +11,7 @@ from framewire import __version__
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
-from . import messages
+from . import messages, requests
 from .access import model_allowed
 from .config import ServeConfig
 from .devices import DevicePlan, describe_device
@@ -223,11 +223,16 @@ class _StreamSession:
     def accept(self, frame: pb.StreamFrame) -> None:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
-        camera = self.cameras.get(frame.stream_id)
+        try:
+            key = requests.stream_id(frame.stream_id)
+            problem = None
+        except InvalidInputError as exc:  # refused in order with every other bad id; no state kept for it
+            key, problem = None, exc
+        camera = self.cameras.get(key)
         if camera is None:
-            camera = self.cameras[frame.stream_id] = _CameraState()
+            camera = self.cameras[key] = _CameraState()
             camera.writer = loop.create_task(self._write(camera))
-        problem = self._check(camera, frame)
+        problem = problem or self._check(camera, frame)
         if problem is not None:
             result = loop.create_future()
             result.set_result(self._failed(frame, problem))
@@ -276,7 +281,7 @@ class _StreamSession:
             result.skipped = exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)
             return result
         except Exception as exc:  # one frame's failure must not end the stream
-            log.exception("stream %r frame %d failed", frame.stream_id, frame.frame_number)
+            log.exception("stream %s frame %d failed", requests.shown(frame.stream_id), frame.frame_number)
             return self._failed(frame, InferenceError(f"internal error on this frame: {type(exc).__name__}"))
         finally:
             camera.in_flight -= 1
@@ -293,7 +298,7 @@ class _StreamSession:
     @staticmethod
     def _failed(frame: pb.StreamFrame, error: ServiceError) -> pb.StreamResult:
         return pb.StreamResult(
-            stream_id=frame.stream_id,
+            stream_id=frame.stream_id[:requests.MAX_STREAM_ID_CHARS],
             frame_number=frame.frame_number,
             status=pb.FrameStatus(code=status_code(error).value[0], message=error.message),
             capture_time_us=frame.capture_time_us,

@@ -19,7 +19,7 @@ from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
-from . import oip_tensors
+from . import oip_tensors, requests
 from .api_native import deadline_of
 from .access import check_model_access, model_allowed
 from .config import ServeConfig, parse_version_policy
@@ -50,12 +50,7 @@ _DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_IN
 _EXPLICIT_PRIORITY = 1_000_000
 
 
-def parse_version(text: str) -> int:
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInputError(f"model version {text!r} is not a positive integer")
-    return int(text)
+parse_version = requests.version_text
 
 
 def parameter_value(parameter: pb.InferParameter):
@@ -167,7 +162,10 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return await self._infer(request, context)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        version = parse_version(request.model_version) if request.model_version.isdigit() else 0
+        try:
+            version = parse_version(request.model_version)
+        except InvalidInputError:
+            version = 0  # refused inside, where it is counted
         with self.metrics.track(API, request.model_name, version, self.repo.knows):
             return await self._infer_tracked(request, context)
 
@@ -216,12 +214,13 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         for output in request.outputs:
             if output.name not in known:
                 raise InvalidInputError(
-                    f"unexpected inference output {output.name!r} for model {model.name!r}; "
+                    f"unexpected inference output {requests.shown(output.name)} for model {model.name!r}; "
                     f"outputs are {', '.join(known)}"
                 )
             k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
             if k and output.name not in ("logits", "probabilities"):
-                raise InvalidInputError(f"output {output.name!r} does not support the classification parameter")
+                raise InvalidInputError(
+                    f"output {requests.shown(output.name)} does not support the classification parameter")
             wanted.append((output.name, int(k or 0)))
         return wanted
 
@@ -273,6 +272,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         version = parse_version(request.version)
         models = self.repo.models()
         if request.name:
+            requests.model_name(request.name)
             check_model_access(request.name)
         if request.name and request.name not in models:
             raise ModelNotFoundError(f"model {request.name!r} is not served here (served models: "

@@ -31,6 +31,7 @@ from .config import ServeConfig, parse_version_policy
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .load_budget import LoadBudget
 from .model import ServedModel
+from .requests import model_name
 from .worker_runner import WorkerStartError
 
 log = logging.getLogger("framewire.repository")
@@ -147,6 +148,7 @@ class ModelRepository:
         return self._resolve(name, version).served
 
     def _resolve(self, name: str, version: int) -> VersionSlot:
+        model_name(name)
         check_model_access(name)
         if self._closing:
             raise ShuttingDownError("server is shutting down; retry on another replica")
@@ -185,6 +187,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Drain and unload every version of `name`; it stays unloaded (polling
         leaves it alone) until `load(name)`."""
+        model_name(name)
         async with self._poll_lock:
             slots = list(self._slots.get(name, {}).values())
             if not slots and name not in self._unloaded:
@@ -206,6 +209,7 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Load (or reload) `name` from the repository now; raises unless a
         version of it is READY afterwards."""
+        model_name(name)
         if self.config.models and name not in self.config.models:
             raise ModelNotFoundError(
                 f"model {name!r} is not among the models this server serves (--models {','.join(self.config.models)})"

@@ -134,3 +134,38 @@ def test_the_client_raises_a_typed_error(client):
     with pytest.raises(FramewireError) as info:
         client.predict(b"", model="tiny")
     assert info.value.code == INVALID and info.value.request_id
+
+
+def test_client_strings_are_bounded_in_requests_and_in_the_log(server, stub, caplog):
+    """A 3 MiB model name (or version, stream id) is INVALID_ARGUMENT with a short
+    message, and the log does not grow by anything like it."""
+    import logging
+
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+
+    caplog.set_level(logging.INFO)
+    huge = "m" * (3 * 1024 * 1024)
+    code, message = raw(stub.Predict, predict(model=huge))
+    assert code == INVALID and "is not a model name: at most 128 characters" in message and len(message) < 400
+    code, message = raw(stub.GetModel, pb.GetModelRequest(model="tiny" + "!" * 10))
+    assert code == INVALID and "is not a model name" in message
+
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 * 2**20)]) as channel:
+        protocol = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request in (oip.ModelInferRequest(model_name=huge),
+                        oip.ModelInferRequest(model_name="tiny", model_version="1" * 100_000)):
+            code, message = raw(protocol.ModelInfer, request)
+            assert code == INVALID and len(message) < 400, message
+        code, message = raw(protocol.RepositoryModelLoad, oip.RepositoryModelLoadRequest(model_name=huge))
+        assert code == INVALID and len(message) < 400
+
+    image = pb.Image(encoded=encode(random_image(1)))
+    frames = [pb.StreamFrame(stream_id="s" * 100_000, frame_number=0, model="tiny", image=image),
+              pb.StreamFrame(stream_id="cam", frame_number=0, model="tiny", image=image)]
+    answers = list(stub.StreamPredict(iter(frames), timeout=60))
+    by_id = {a.stream_id[:3]: a for a in answers}
+    assert by_id["sss"].status.code == INVALID.value[0] and "stream id" in by_id["sss"].status.message
+    assert len(by_id["sss"].stream_id) <= 128
+    assert by_id["cam"].status.code == 0
+    assert sum(len(r.getMessage()) for r in caplog.records) < 20_000
