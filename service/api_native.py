@@ -27,12 +27,6 @@ log = logging.getLogger("framewire.api")
 API = "native"
 
 
-def deadline_of(context) -> float | None:
-    """The call's gRPC deadline on the event loop's clock, if it has one."""
-    remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
-
-
 class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
                  metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter):
@@ -55,7 +49,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             params = messages.predict_params(request.options)
             image = messages.image_input(request.image, max_elements=self.max_elements)
             async with self.repo.lease(request.model, request.version) as model:
-                served = await model.predict([image], params, deadline=deadline_of(context))
+                served = await model.predict([image], params, deadline=requests.deadline(context))
         return pb.PredictResponse(
             served_by=messages.served_by(served),
             prediction=messages.prediction(served.predictions[0]),
@@ -79,7 +73,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 for i, image in enumerate(request.images)
             ]
             async with self.repo.lease(request.model, request.version) as model:
-                served = await model.predict(images, params, deadline=deadline_of(context))
+                served = await model.predict(images, params, deadline=requests.deadline(context))
         return pb.BatchPredictResponse(
             served_by=messages.served_by(served),
             predictions=[messages.prediction(p) for p in served.predictions],
@@ -270,7 +264,7 @@ class _StreamSession:
 
     async def _run(self, camera: _CameraState, frame: pb.StreamFrame, arrived: float) -> pb.StreamResult:
         start = time.perf_counter()
-        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else deadline_of(self.context)
+        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else requests.deadline(self.context)
         try:
             with self.servicer.track(camera.model, camera.version):
                 image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)

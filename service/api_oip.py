@@ -20,11 +20,9 @@ from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
 from . import oip_tensors, requests
-from .api_native import deadline_of
 from .access import check_model_access, model_allowed
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
-from .domain import PredictParams
 from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
@@ -175,21 +173,18 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         model = self.repo.get(request.model_name, version)
         wanted = self._wanted_outputs(request, model)
-        images = oip_tensors.images_from_request(
-            request, model=model.name, max_images=self.config.max_images_per_request
-        )
-        predict = PredictParams(
-            top_k=int(params.get("top_k") or 5),
+        predict = requests.predict_params(
+            top_k=requests.whole_number("top_k", params.get("top_k")),
+            score_threshold=requests.real_number("score_threshold", params.get("score_threshold")),
+            max_detections=requests.whole_number("max_detections", params.get("max_detections")),
             return_raw=any(name in ("logits", "probabilities") for name, _ in wanted),
-            score_threshold=float(params["score_threshold"]) if "score_threshold" in params else 0.5,
-            max_detections=int(params.get("max_detections") or 100),
         )
-        deadline = deadline_of(context)
-        timeout_us = params.get("timeout")
-        if timeout_us:
-            own = asyncio.get_running_loop().time() + int(timeout_us) / 1e6
-            deadline = own if deadline is None else min(deadline, own)
-        priority = int(params.get("priority") or 0)
+        deadline = requests.deadline(context, timeout_us=requests.whole_number("timeout", params.get("timeout")))
+        priority = requests.whole_number("priority", params.get("priority")) or 0
+        images = oip_tensors.images_from_request(
+            request, model=model.name, max_images=self.config.max_images_per_request,
+            max_elements=self.config.max_tensor_elements,
+        )
         async with self.repo.lease(model.name, version) as served_model:
             served = await served_model.predict(
                 images, predict, deadline=deadline,
@@ -218,10 +213,11 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                     f"outputs are {', '.join(known)}"
                 )
             k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
+            k = requests.whole_number("classification", k) or 0
             if k and output.name not in ("logits", "probabilities"):
                 raise InvalidInputError(
                     f"output {requests.shown(output.name)} does not support the classification parameter")
-            wanted.append((output.name, int(k or 0)))
+            wanted.append((output.name, k))
         return wanted
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
