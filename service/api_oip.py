@@ -322,7 +322,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                                     reason=slot.reason if slot.state is not ModelState.READY else "")
         if not request.ready:
             for name in sorted(self.repo.unloaded):
-                response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
+                if model_allowed(name):
+                    response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
         return response
 
     @rpc

@@ -159,6 +159,19 @@ def test_a_model_limited_token_cannot_use_another_model(guarded):
     assert [m.name for m in client.get_model_repository_index(headers=headers).models] == ["tiny"]
 
 
+def test_the_repository_index_hides_unloaded_models_from_a_token_limited_to_others(guarded):
+    server, tokens, _ = guarded
+    admin, admin_headers = oip(server, tokens["ops"])
+    admin.unload_model("other", headers=admin_headers)
+    try:
+        client, headers = oip(server, tokens["limited"])
+        assert [m.name for m in client.get_model_repository_index(headers=headers).models] == ["tiny"]
+        listed = {(m.name, m.state) for m in admin.get_model_repository_index(headers=admin_headers).models}
+        assert ("other", "UNAVAILABLE") in listed  # an unrestricted token still sees it
+    finally:
+        admin.load_model("other", headers=admin_headers)
+
+
 def test_health_checks_stay_open(guarded):
     server, _, _ = guarded
     with grpc.insecure_channel(server.address) as channel:
