@@ -13,6 +13,7 @@ from framewire.v1 import inference_pb2_grpc
 
 from . import messages, requests
 from .access import model_allowed
+from .batcher import retrieve_exception
 from .config import ServeConfig
 from .devices import DevicePlan, describe_device
 from .domain import PredictParams
@@ -226,6 +227,7 @@ class _StreamSession:
         if camera is None:
             camera = self.cameras[key] = _CameraState()
             camera.writer = loop.create_task(self._write(camera))
+            camera.writer.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
         problem = problem or self._check(camera, frame)
         if problem is not None:
             result = loop.create_future()
@@ -316,7 +318,9 @@ class _StreamSession:
                 camera.pending.put_nowait(None)
             writers = [c.writer for c in self.cameras.values() if c.writer is not None]
             if writers:
-                await asyncio.gather(*writers)
+                # A writer fails only when the client has gone (cancelled); its
+                # error is collected here, neither raised nor left unretrieved.
+                await asyncio.gather(*writers, return_exceptions=True)
         finally:
             for task in list(self.tasks) + [c.writer for c in self.cameras.values() if c.writer]:
                 task.cancel()

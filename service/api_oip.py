@@ -21,6 +21,7 @@ from framewire.oip import model_config_pb2 as mc
 
 from . import oip_tensors, requests
 from .access import check_model_access, model_allowed
+from .batcher import retrieve_exception
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
 from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError
@@ -255,8 +256,10 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                 task = asyncio.get_running_loop().create_task(answer(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                task.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
             if tasks:
-                await asyncio.gather(*tasks)
+                # An answer fails only to be written, when the client has gone.
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()

@@ -18,7 +18,7 @@ from framewire.exporter.loader import read_artifact_bytes
 from framewire.v1 import artifact_pb2 as pb
 
 from . import postprocess
-from .batcher import DynamicBatcher
+from .batcher import DynamicBatcher, retrieve_exception
 from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
@@ -128,7 +128,9 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            prepared = await asyncio.gather(*(self._prepare_async(loop, image) for image in images))
+            preparing = asyncio.gather(*(self._prepare_async(loop, image) for image in images))
+            preparing.add_done_callback(retrieve_exception)  # the request may be cancelled as an image fails
+            prepared = await preparing
             preprocess_seconds = time.perf_counter() - started
             items = [(tensor, geometry, params) for tensor, geometry in prepared]
             results = await self.batcher.submit(items, deadline=deadline, priority=priority)

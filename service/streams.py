@@ -15,6 +15,11 @@ class StreamLimiter:
         self.per_connection = per_connection
         self._open: Counter[str] = Counter()
 
+    @property
+    def open_streams(self) -> int:
+        """Streams open now, on every connection."""
+        return sum(self._open.values())
+
     @contextmanager
     def open(self, peer: str):
         """Hold a stream slot for `peer`; LimitExceededError when none is left."""
