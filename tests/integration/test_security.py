@@ -17,6 +17,7 @@ from support.artifacts import export_tiny
 from support.certs import CertificateAuthority
 from support.images import encode, random_image
 from support.server import RunningServer
+from support.waiting import wait_until
 
 IMAGE = encode(random_image(1))
 
@@ -230,6 +231,32 @@ def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded):
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         path.write_text(original)
+
+
+def test_deleting_the_tokens_file_fails_closed(guarded):
+    """A missing tokens file accepts no token (deleting it revokes them all);
+    restoring it brings its tokens back. Health checks stay open meanwhile."""
+    server, tokens, path = guarded
+    wait_until_accepted(server, tokens["reader"])
+    aside = path.with_name(path.name + ".aside")
+    path.rename(aside)
+    try:
+        with native(server, tokens["reader"]) as c:
+            def refused():
+                try:
+                    c.predict(IMAGE, model="tiny")
+                except FramewireError as exc:
+                    assert exc.code == grpc.StatusCode.UNAUTHENTICATED, exc
+                    return True
+                return False
+
+            wait_until(refused, timeout=10, what="the tokens to be refused")
+        with grpc.insecure_channel(server.address) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        aside.rename(path)
+    wait_until_accepted(server, tokens["reader"])
 
 
 def test_plaintext_off_loopback_is_warned_about(tiny_repo, caplog):
