@@ -103,6 +103,9 @@ class ServeConfig:
         0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
         "reaches replicas added later; calls in flight, streams too, are not cut")
     reflection: bool = setting(True, "enable gRPC server reflection (grpcurl can list and call)")
+    model_health: bool = setting(
+        True, "answer the health service for framewire.model.<name> per model; health checks need no token, "
+        "so these tell anyone which models are served (--no-model-health turns them off)")
     metrics_port: int = setting(9090, "port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off)")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on (0.0.0.0 for every interface)")
     gpu_sample_seconds: float = setting(1.0, "how often to read GPU utilisation, memory, power and temperature from NVML")

@@ -210,6 +210,8 @@ class FramewireServer:
         for name in ("", *self.service_names):
             await self.health.set(name, serving if up else not_serving)
         await self.health.set(LIVENESS_SERVICE, serving)
+        if not self.config.model_health:
+            return
         models = self.repo.models()
         names = {MODEL_HEALTH_PREFIX + n for n in models}
         for name in names | self._health_names:

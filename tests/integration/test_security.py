@@ -86,7 +86,7 @@ def guarded(tmp_path_factory, tiny_repo):
         + token_entry("limited", tokens["limited"][1], ["infer"], ["tiny"])
         + token_entry("ops", tokens["ops"][1], ["admin", "infer"], [])
     )
-    with RunningServer(repo=str(repo), tokens_file=str(path)) as server:
+    with RunningServer(repo=str(repo), tokens_file=str(path), model_health=False) as server:
         yield server, {name: value[0] for name, value in tokens.items()}, path
 
 
@@ -171,6 +171,20 @@ def test_the_repository_index_hides_unloaded_models_from_a_token_limited_to_othe
         assert ("other", "UNAVAILABLE") in listed  # an unrestricted token still sees it
     finally:
         admin.load_model("other", headers=admin_headers)
+
+
+def test_per_model_health_can_be_turned_off_so_probes_cannot_list_models(guarded):
+    """Health checks need no token; with --no-model-health a served and an unknown
+    model's health service name get the same answer."""
+    server, _, _ = guarded
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("framewire.model.tiny", "framewire.model.no_such_model"):
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, service
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_checks_stay_open(guarded):
