@@ -148,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import os
 
-    from .format import describe
+    from .format import aligned_rows, describe, input_line, outputs_line, preprocessing_line
     from .loader import read_artifact
 
     try:
@@ -166,10 +166,9 @@ def _inspect(args: argparse.Namespace) -> int:
         ("version", summary["version"]),
         ("task", summary["task"]),
         ("architecture", summary["architecture"]),
-        ("input", f"{inp['channels']}x{inp['height']}x{inp['width']} {inp['dtype']} {inp['layout']} "
-                  f"{inp['color_order']}, batch {inp['min_batch']}..{inp['max_batch']}"),
-        ("preprocessing", _preprocessing_line(pre)),
-        ("outputs", ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in summary["outputs"])),
+        ("input", input_line(inp)),
+        ("preprocessing", preprocessing_line(pre)),
+        ("outputs", outputs_line(summary["outputs"])),
         ("labels", summary["labels"]),
         ("parameters", f"{summary['parameters']:,}"),
         ("file size", f"{summary['file_bytes']:,} bytes (weights {summary['weights_bytes']:,})"),
@@ -181,29 +180,18 @@ def _inspect(args: argparse.Namespace) -> int:
     ]
     if summary["description"]:
         rows.append(("description", summary["description"]))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    print(aligned_rows(rows))
     return 0
 
 
-def _preprocessing_line(pre: dict) -> str:
-    parts = []
-    if pre["resize_mode"] == "shorter_side":
-        parts.append(f"resize shorter side to {pre['resize_shorter']} ({pre['interpolation']})")
-        parts.append(f"centre-crop {pre['crop'][0]}x{pre['crop'][1]}")
-    elif pre["resize_mode"] == "exact":
-        parts.append(f"resize to {pre['crop'][0]}x{pre['crop'][1]} ({pre['interpolation']})")
-    else:
-        parts.append("no resize")
-    parts.append(f"scale {pre['scale']:.6g}")
-    parts.append(f"mean {pre['mean']} std {pre['std']}")
-    return ", ".join(parts)
-
-
 def _verify(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from .child_load import load_in_child
     from .loader import read_artifact_bytes
+
+    if importlib.util.find_spec("torch") is None:  # the CLI names the extra to install
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
     try:
         data = read_artifact_bytes(args.file)

@@ -131,3 +131,35 @@ def describe(artifact: pb.ModelArtifact, *, file_bytes: int | None = None) -> di
     if file_bytes is not None:
         summary["file_bytes"] = file_bytes
     return summary
+
+
+def input_line(inp: dict[str, Any]) -> str:
+    """The `input` of `describe` as one line: `3x224x224 float32 NCHW RGB, batch 1..64`."""
+    return (f"{inp['channels']}x{inp['height']}x{inp['width']} {inp['dtype']} {inp['layout']} "
+            f"{inp['color_order']}, batch {inp['min_batch']}..{inp['max_batch']}")
+
+
+def preprocessing_line(pre: dict[str, Any]) -> str:
+    """The `preprocessing` of `describe` as one line."""
+    parts = []
+    if pre["resize_mode"] == "shorter_side":
+        parts.append(f"resize shorter side to {pre['resize_shorter']} ({pre['interpolation']})")
+        parts.append(f"centre-crop {pre['crop'][0]}x{pre['crop'][1]}")
+    elif pre["resize_mode"] == "exact":
+        parts.append(f"resize to {pre['crop'][0]}x{pre['crop'][1]} ({pre['interpolation']})")
+    else:
+        parts.append("no resize")
+    parts.append(f"scale {pre['scale']:.6g}")
+    parts.append(f"mean {pre['mean']} std {pre['std']}")
+    return ", ".join(parts)
+
+
+def outputs_line(outputs: list[dict[str, Any]]) -> str:
+    """The `outputs` of `describe` as one line: `logits [-1, 1000] float32, ...`."""
+    return ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in outputs)
+
+
+def aligned_rows(rows: list[tuple[str, Any]]) -> str:
+    """`key  value` lines with the values aligned."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

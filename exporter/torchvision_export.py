@@ -12,9 +12,45 @@ from typing import Callable, Sequence
 
 from .architectures import TORCHVISION_PREFIX, default_registry
 from .checkpoints import read_weights
-from .errors import InvalidArtifactFieldError, WeightsMismatchError
+from .errors import InvalidArtifactFieldError, UnknownArchitectureError, WeightsMismatchError
 from .export import ExportResult, export_module
 from .writer import Preprocess
+
+
+def unknown_model_message(model: str) -> str:
+    """Why the exporter cannot build torchvision/<model>, with the names it could."""
+    import difflib
+
+    import torchvision
+
+    known = torchvision.models.list_models()
+    close = difflib.get_close_matches(model, known, n=5, cutoff=0.6)
+    return (f"torchvision {torchvision.__version__} has no model {model!r}, so the exporter cannot build "
+            f"torchvision/{model}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + "; torchvision.models.list_models() names them all")
+
+
+def mismatch_message(expected: dict[str, list[int]], got: dict[str, list[int]], limit: int = 3) -> str:
+    """Which tensors of the weights differ from the model's (shapes, missing,
+    unexpected), and --num-classes N when only the classifier's size differs."""
+    shapes = [k for k in expected if k in got and expected[k] != got[k]]
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    parts = [f"{k} is {got[k]} in the weights but {expected[k]} in the model" for k in shapes[:limit]]
+    if len(shapes) > limit:
+        parts.append(f"{len(shapes) - limit} more tensors differ in shape")
+    for what, names in (("missing from the weights", missing), ("not in the model", unexpected)):
+        if names:
+            more = f" and {len(names) - limit} more" if len(names) > limit else ""
+            parts.append(f"{len(names)} tensors {what} ({', '.join(names[:limit])}{more})")
+    message = "; ".join(parts) or "the tensors do not match"
+    classes = {got[k][0] for k in shapes if got[k][1:] == expected[k][1:]}
+    if shapes and not missing and not unexpected and len(classes) == 1:
+        count = classes.pop()
+        message += f"; the weights have {count} classes: pass --num-classes {count}"
+    elif shapes:
+        message += " (for a different number of classes pass --num-classes)"
+    return message
 
 
 def torchvision_task(model: str) -> str:
@@ -102,7 +138,10 @@ def export_torchvision(
             "--random-init to export untrained weights on purpose"
         )
     model_name = builder[len(TORCHVISION_PREFIX) :]
-    default_registry().resolve(builder)
+    try:
+        default_registry().resolve(builder)
+    except UnknownArchitectureError:
+        raise InvalidArtifactFieldError(unknown_model_message(model_name)) from None
     task = torchvision_task(model_name)
     preprocess, default_labels = torchvision_defaults(model_name, task)
 
@@ -112,12 +151,11 @@ def export_torchvision(
         state = read_weights(weights)
         try:
             module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise WeightsMismatchError(
-                f"weights do not fit {builder}: {str(exc).splitlines()[0]} (for a different "
-                "number of classes pass --num-classes)",
-                weights,
-            ) from None
+        except RuntimeError:
+            expected = {k: list(v.shape) for k, v in module.state_dict().items()}
+            got = {k: list(v.shape) for k, v in state.items()}
+            raise WeightsMismatchError(f"weights do not fit {builder}: {mismatch_message(expected, got)}",
+                                       weights) from None
         log(f"loaded {len(state)} tensors from {weights}")
     else:
         log("exporting randomly initialised weights (--random-init)")

@@ -191,6 +191,8 @@ class Client:
         else:
             self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = inference_pb2_grpc.ModelInferenceStub(self.channel)
+        self.tls = credentials is not None
+        self.max_message_bytes = max_message_bytes
         self.target = target
         self.timeout = timeout
         self.retries = retries
@@ -207,6 +209,9 @@ class Client:
         self.channel.close()
 
     def _call(self, method, request, timeout: float | None):
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise FramewireError(grpc.StatusCode.RESOURCE_EXHAUSTED, oversize_message(size, self.max_message_bytes))
         attempt = 0
         while True:
             try:
@@ -218,8 +223,20 @@ class Client:
                     attempt += 1
                     time.sleep(delay)
                     continue
-                trailing = dict(exc.trailing_metadata() or ())
-                raise FramewireError(code, exc.details() or "", trailing.get("x-request-id", "")) from None
+                raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> FramewireError:
+        """A FramewireError saying what to do where gRPC's own words do not."""
+        from framewire.connection import transport_hint
+
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            hint = transport_hint(self.target, tls=self.tls, details=details)
+            details = f"{details}; {hint}" if hint else details
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            details = refused_size_message(details) or details
+        trailing = dict(exc.trailing_metadata() or ())
+        return FramewireError(code, details, trailing.get("x-request-id", ""))
 
     def predict(self, image, *, model: str, version: int = 0, top_k: int = 5, return_raw: bool = False,
                 score_threshold: float | None = None, max_detections: int = 0,
@@ -264,7 +281,7 @@ class Client:
             for result in self.stub.StreamPredict(requests(), timeout=timeout, metadata=self.metadata):
                 yield stream_result(result)
         except grpc.RpcError as exc:
-            raise FramewireError(exc.code(), exc.details() or "") from None
+            raise self._error(exc) from None
 
     def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
@@ -276,6 +293,27 @@ class Client:
 
     def server_status(self, timeout: float | None = None) -> pb.GetServerStatusResponse:
         return self._call(self.stub.GetServerStatus, pb.GetServerStatusRequest(), timeout)
+
+
+def oversize_message(size: int, limit: int) -> str:
+    """Why a request of `size` bytes is not sent, and the settings that matter."""
+    return (f"the request is {size:,} bytes, over this client's message limit of {limit:,} "
+            f"(Client(max_message_bytes=...), framewire predict --max-message-bytes); the server has its own "
+            f"(framewire serve --max-message-bytes, default 64 MiB) and refuses encoded images over its "
+            f"--max-image-bytes (default 32 MiB): resize or re-encode the image, or raise the limits on both sides")
+
+
+def refused_size_message(details: str) -> str | None:
+    """gRPC's `Received message larger than max (N vs. M)` from the server,
+    said with the setting that raises the limit; None for other messages."""
+    import re
+
+    match = re.search(r"Received message larger than max \((\d+) vs\. (\d+)\)", details)
+    if match is None or "CLIENT" in details:
+        return None
+    size, limit = int(match.group(1)), int(match.group(2))
+    return (f"the request is {size:,} bytes, over the server's message limit of {limit:,} (its "
+            f"--max-message-bytes): resize or re-encode the image, or raise the limit on the server")
 
 
 def tls_credentials(ca=None, cert=None, key=None) -> grpc.ChannelCredentials:

@@ -42,3 +42,74 @@ def client_from_args(args: argparse.Namespace, **kwargs):
 
     return Client(args.server, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                   tls_key=args.tls_key, server_name=args.tls_server_name, **kwargs)
+
+
+#: Words of gRPC's message when a channel never got a working connection.
+_CONNECT_FAILURES = ("failed to connect to all addresses", "Socket closed", "Ssl handshake failed",
+                     "Connection reset by peer")
+#: The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def transport_hint(target: str, *, tls: bool, details: str, timeout: float = 1.0) -> str:
+    """When `details` (a gRPC error message) says a channel to `target`
+    could not connect, look at what the server speaks; if it is TLS and this
+    client speaks plaintext, or the other way round, say what to pass.
+    Returns "" otherwise (including when the server cannot be reached at all)."""
+    if not any(words in details for words in _CONNECT_FAILURES):
+        return ""
+    address = _host_port(target)
+    if address is None:
+        return ""
+    if not tls and _speaks_tls(address, timeout):
+        return ("the server speaks TLS and this client does not: pass --tls-ca with the CA that signed "
+                "its certificate (tls_ca= in Python; --tls-cert/--tls-key too if it asks for a client certificate)")
+    if tls and _speaks_plaintext_http2(address, timeout):
+        return ("the server speaks plaintext (no TLS) and this client speaks TLS: leave out "
+                "--tls-ca/--tls-cert/--tls-key (tls_ca= in Python), or serve TLS with --tls-cert/--tls-key")
+    return ""
+
+
+def _host_port(target: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port`, `[v6]:port`, `dns:///host:port` or `ipv4:host:port` target."""
+    import re
+
+    target = re.sub(r"^(dns:(//[^/]*)?/|ipv4:|ipv6:)", "", target).split(",")[0]
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", target)
+    if match is None:
+        return None
+    host, port = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    return host, int(port)
+
+
+def _speaks_tls(address: tuple[str, int], timeout: float) -> bool:
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS; nothing is sent
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection(address, timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=address[0]):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _speaks_plaintext_http2(address: tuple[str, int], timeout: float) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=timeout) as raw:
+            raw.sendall(_H2_PREFACE)
+            header = b""
+            while len(header) < 9:
+                chunk = raw.recv(9 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+    except OSError:
+        return False
+    return header[3] == 0x04  # the server's first frame is SETTINGS

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 import grpc
 
 from framewire.client import DEFAULT_MAX_MESSAGE_BYTES, prediction_from
+from framewire.connection import transport_hint
 from framewire.results_file import ResultsFile, error_row, scored_row
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
@@ -122,6 +123,7 @@ class _Replica:
         else:
             self.channel = grpc.secure_channel(address, credentials, options=options)
         self.stub = inference_pb2_grpc.ModelInferenceStub(self.channel)
+        self.tls = credentials is not None
         self.failures = 0
         self.down_until = 0.0
 
@@ -326,7 +328,9 @@ class BatchScorer:
                 break
             time.sleep(0.5)
         if not serving:
-            listed = "; ".join(f"{a}: {m}" for a, m in answers.items())
+            tls = any(r.tls for r in replicas.replicas)
+            hints = {a: transport_hint(a, tls=tls, details=m) for a, m in answers.items()}
+            listed = "; ".join(f"{a}: {m}" + (f"; {hints[a]}" if hints[a] else "") for a, m in answers.items())
             raise ScoreError(f"no server can score with model {self.model!r}: {listed}")
 
     # --- worker threads -------------------------------------------------------------------

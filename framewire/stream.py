@@ -200,6 +200,8 @@ class CameraStream:
         else:
             self._channel = grpc.secure_channel(server, credentials, options=options)
         self._stub = inference_pb2_grpc.ModelInferenceStub(self._channel)
+        self._tls = credentials is not None
+        self._transport_checked = False
         self._cond = threading.Condition()
         self._ledger: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._waiting: collections.deque[int] = collections.deque()  # submitted, not yet sent
@@ -424,6 +426,9 @@ class CameraStream:
                             self._resolve(self._ledger[self._in_flight.popleft()], "failed",
                                           grpc.StatusCode.UNAVAILABLE, lost)
                         self._cond.notify_all()
+                hint = self._transport_hint(details) if code == grpc.StatusCode.UNAVAILABLE else ""
+                if hint:
+                    log.warning("stream to %s cannot connect: %s", self.server, hint)
                 with self._cond:
                     if self._abandon or (self._closing and not self._waiting):
                         return
@@ -437,6 +442,17 @@ class CameraStream:
                 delay = min(self.max_backoff, delay * 2)
         finally:
             self._finish()
+
+    def _transport_hint(self, details: str) -> str:
+        """Once per stream: what to pass when the server speaks TLS and this
+        stream does not, or the other way round; else ""."""
+        if self._transport_checked:
+            return ""
+        from framewire.connection import transport_hint
+
+        hint = transport_hint(self.server, tls=self._tls, details=details)
+        self._transport_checked = bool(hint)
+        return hint
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

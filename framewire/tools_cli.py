@@ -130,13 +130,15 @@ def _add_stream(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-id", default="camera-0", help="the stream's id at the server (default %(default)s)")
     p.add_argument("--fps", type=float,
                    help="frames per second to play a folder (default 30) or a video file (default: its own "
-                        "rate) at; 0: as fast as they are read; live sources set their own pace")
+                        "rate) at; live sources set their own pace. 0: as fast as the server answers, every "
+                        "frame sent and answered (--drop none; dropping frames read faster than any server "
+                        "answers would drop nearly all of them)")
     p.add_argument("--max-in-flight", type=_positive_int, default=2,
                    help="frames at the server at once (default %(default)s)")
-    p.add_argument("--drop", choices=("oldest", "newest", "none"), default="oldest",
+    p.add_argument("--drop", choices=("oldest", "newest", "none"),
                    help="when a frame arrives while one already waits to be sent: drop the waiting one "
                         "(oldest: latest frame wins), the new one (newest), or none (wait; every frame is "
-                        "answered, the source slows down) (default %(default)s)")
+                        "answered, the source slows down) (default: oldest; none with --fps 0)")
     p.add_argument("--max-age-ms", type=int, default=0,
                    help="skip a frame still waiting this many milliseconds (0: never) (default %(default)s)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="classes per frame (default %(default)s)")
@@ -176,6 +178,16 @@ def _run_stream(args: argparse.Namespace) -> int:
     from framewire.sources import folder_frames, is_video_source, video_fps, video_frames
     from framewire.stream import CameraStream, StreamClosedError
 
+    if args.fps is not None and args.fps < 0:
+        print(f"framewire stream: --fps {args.fps:g} is negative; give a rate, or 0 for as fast as the server "
+              "answers", file=sys.stderr)
+        return USAGE_ERROR
+    if args.fps == 0 and args.drop not in (None, "none"):
+        print(f"framewire stream: --fps 0 sends frames as fast as the server answers them; --drop {args.drop} "
+              "would drop nearly every frame read faster than that. Give a rate (e.g. --fps 30) to see how "
+              "dropping keeps a slow server current, or leave --drop out", file=sys.stderr)
+        return USAGE_ERROR
+    drop = args.drop or ("none" if args.fps == 0 else "oldest")
     annotate = bool(args.annotate)
     if is_video_source(args.source):
         if not args.source.isdigit() and "://" not in args.source and not Path(args.source).is_file():
@@ -208,7 +220,7 @@ def _run_stream(args: argparse.Namespace) -> int:
 
     stream = CameraStream(args.server, model=args.model, version=args.version, stream_id=args.stream_id,
                           top_k=args.top_k, score_threshold=args.score_threshold,
-                          max_in_flight=args.max_in_flight, drop=args.drop, max_age_ms=args.max_age_ms,
+                          max_in_flight=args.max_in_flight, drop=drop, max_age_ms=args.max_age_ms,
                           on_result=on_result, **security_from_args(args))
     stop = threading.Event()
     reporter = None

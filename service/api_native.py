@@ -17,7 +17,7 @@ from .batcher import retrieve_exception
 from .config import ServeConfig
 from .devices import DevicePlan, describe_device
 from .domain import PredictParams
-from .errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError
+from .errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError, ShuttingDownError
 from .gpu import GpuSampler
 from .grpc_errors import rpc, status_code
 from .metrics import ServerMetrics
@@ -85,13 +85,15 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
         try:
             with self.streams.open(context.peer()):
                 await self._stream(request_iterator, context)
-        except LimitExceededError as exc:
+        except (LimitExceededError, ShuttingDownError) as exc:
             await context.abort(status_code(exc), exc.message)
 
     async def _stream(self, request_iterator, context) -> None:
         session = _StreamSession(self, context)
         try:
-            async for frame in request_iterator:
+            # On drain the loop raises ShuttingDownError; `finish` answers the
+            # frames already read before the stream ends with UNAVAILABLE.
+            async for frame in self.streams.until_drain(request_iterator):
                 session.accept(frame)
                 # Backpressure: a client that does not read its answers stops
                 # being read from, so gRPC flow control holds its frames back.
@@ -127,7 +129,11 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             max_batch_size=info["max_batch_size"],
             serving_dtype=info["serving_dtype"],
             versions=[messages.version_status(s) for s in self.repo.models().get(model.name, [])],
+            weights_sha256=artifact.weights_sha256.hex(),
+            signing_key_id=artifact.signature.key_id if artifact.signature.signature else "",
         )
+        if artifact.WhichOneof("architecture") == "graph":
+            response.program_sha256 = artifact.graph.program_sha256.hex()
         if request.include_labels:
             response.labels.extend(model.labels)
         return response

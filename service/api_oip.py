@@ -24,7 +24,7 @@ from .access import check_model_access, model_allowed
 from .batcher import retrieve_exception
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
-from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError
+from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelState
@@ -227,6 +227,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                 await self._stream(request_iterator, context)
         except LimitExceededError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+        except ShuttingDownError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
 
     async def _stream(self, request_iterator, context) -> None:
         lock = asyncio.Lock()
@@ -251,12 +253,17 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             room.release()
 
         try:
-            async for request in request_iterator:
-                await room.acquire()
-                task = asyncio.get_running_loop().create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                task.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
+            try:
+                async for request in self.streams.until_drain(request_iterator):
+                    await room.acquire()
+                    task = asyncio.get_running_loop().create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
+            except ShuttingDownError:
+                if tasks:  # answer what was read, then end the stream
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             if tasks:
                 # An answer fails only to be written, when the client has gone.
                 await asyncio.gather(*tasks, return_exceptions=True)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from .config import ConfigError, add_arguments, load_config
+from .config import PRECEDENCE, ConfigError, add_arguments, load_config
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +16,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description=(
             "Serve <repo>/<model>/<version>/model.fwa over gRPC, batching concurrent requests "
             "onto the GPU (or the CPU). Every setting can also come from the environment "
-            "(FRAMEWIRE_<SETTING>) or a TOML file (--config); flags win, then the environment, "
-            "then the file. SIGTERM or SIGINT drains in-flight work and exits 0."
+            "(FRAMEWIRE_<SETTING>) or a TOML file (--config), which may also set batching and the "
+            "version policy per model in [model.<name>] tables. Precedence, highest first: "
+            + ", ".join(PRECEDENCE) + " (a flag or variable applies to every model, model tables "
+            "included). SIGTERM or SIGINT ends open streams with UNAVAILABLE once their frames in "
+            "flight are answered, lets other in-flight calls finish (--drain-seconds) and exits 0."
         ),
     )
     add_arguments(p)
@@ -41,11 +44,22 @@ def _token(args: argparse.Namespace) -> int:
     import os
     import re
 
-    from .auth import new_token, token_entry
+    from .auth import new_token, parse_tokens, token_entry
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         print("framewire token: --name may hold letters, digits, '_', '.' and '-' (at most 64)", file=sys.stderr)
         return 2
+    if args.append and os.path.exists(args.append):
+        try:
+            with open(args.append, encoding="utf-8") as fh:
+                names = {principal.name for _, principal in parse_tokens(fh.read(), args.append)}
+        except (OSError, ValueError) as exc:
+            print(f"framewire token: {args.append} cannot take another entry: {exc}", file=sys.stderr)
+            return 2
+        if args.name in names:
+            print(f"framewire token: {args.append} already has a token named {args.name!r}; pick another --name, "
+                  "or delete that entry first to replace it (the server then refuses the old token)", file=sys.stderr)
+            return 2
     token, digest = new_token()
     entry = token_entry(args.name, digest, sorted(set(args.scope)), args.model)
     if args.append:

@@ -5,6 +5,14 @@ Every setting is a field of :class:`ServeConfig`; its flag is
 ``--field-name`` and its environment variable ``FRAMEWIRE_FIELD_NAME``. A
 TOML file (``--config``) may set any field at top level and override
 batching and version policy per model under ``[model.<name>]``.
+
+Precedence, highest first (:data:`PRECEDENCE`): flags, the environment, the
+file's ``[model.<name>]`` table, the file's top level, the defaults. A model
+table is the most specific thing the *file* says, so it beats the file's
+top level; a flag or an environment variable is what the operator said at
+start-up, so it beats the whole file, model tables included (a model table
+setting a key that a flag or the environment set is ignored, and the server
+logs it at start-up).
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ PER_MODEL_FIELDS = (
 )
 
 
+#: The order `framewire serve --help` and the README state.
+PRECEDENCE = ("flags", "environment", "[model.<name>] in the file", "top level of the file", "defaults")
+
+
 class ConfigError(ValueError):
     """A setting has a bad value; the message names the setting and the value."""
 
@@ -46,7 +58,11 @@ class ServeConfig:
     """Everything `framewire serve` can be told."""
 
     repo: str = setting("models", "model repository: <repo>/<model>/<version>/model.fwa")
-    models: list[str] = field(default_factory=list, metadata={"help": "serve only these models (comma-separated); default all"})
+    models: list[str] = field(default_factory=list, metadata={"help": "serve only these models (comma-separated); default "
+                              "all. A name the repository does not hold is a start-up error (see --allow-empty)"})
+    allow_empty: bool = setting(False, "start even when the repository does not exist or holds none of the models "
+                                "(for a repository filled later; polling loads models as they appear). Without it "
+                                "a missing repository, an empty one, or a --models name it lacks is a start-up error")
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     port: int = setting(8500, "gRPC port (0 picks a free one)")
     tls_cert: str = setting("", "PEM certificate chain of the server; with --tls-key, serves TLS")
@@ -112,6 +128,8 @@ class ServeConfig:
     log_level: str = setting("info", "debug | info | warning | error")
     log_format: str = setting("text", "text | json (one JSON object per line, for log collectors)")
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
+    #: `[model.<name>] key` settings that a flag or the environment overrode, for the start-up log.
+    shadowed_overrides: list[str] = field(default_factory=list, metadata={"internal": True})
 
     def validate(self) -> "ServeConfig":
         """Check every value once; raise ConfigError naming the bad one."""
@@ -167,7 +185,7 @@ class ServeConfig:
                 raise ConfigError(
                     f"[model.{model}] sets {unknown}; a model table may set only {list(PER_MODEL_FIELDS)}"
                 )
-            dataclasses.replace(self, model_overrides={}, **overrides).validate()
+            dataclasses.replace(self, model_overrides={}, shadowed_overrides=[], **overrides).validate()
         return self
 
     def for_model(self, name: str) -> "ServeConfig":
@@ -240,7 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> ServeConfig:
-    """Defaults < TOML file < environment < flags, then validate."""
+    """Defaults < the file's top level < its `[model.<name>]` tables <
+    environment < flags (see PRECEDENCE), then validate."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     overrides: dict[str, dict[str, Any]] = {}
@@ -260,16 +279,25 @@ def load_config(args: argparse.Namespace | None = None, environ: dict[str, str] 
             if key not in by_name:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
             values[key] = _convert(by_name[key], value, config_file)
+    given: dict[str, str] = {}  # settings from the environment or flags, and where from
     for name, f in by_name.items():
         env = ENV_PREFIX + name.upper()
         if env in environ:
             values[name] = _convert(f, environ[env], f"${env}")
+            given[name] = f"{env}={environ[env]}"
     if args is not None:
         for name, f in by_name.items():
             raw = getattr(args, name, None)
             if raw is not None:
-                values[name] = _convert(f, raw, "--" + name.replace("_", "-"))
-    return ServeConfig(**values, model_overrides=overrides).validate()
+                flag = "--" + name.replace("_", "-")
+                values[name] = _convert(f, raw, flag)
+                given[name] = f"{flag} {raw}"
+    shadowed = []
+    for model, table in overrides.items():
+        for key in sorted(set(table) & set(given) & set(PER_MODEL_FIELDS)):
+            shadowed.append(f"[model.{model}] {key} = {table.pop(key)!r} is overridden by {given[key]}")
+    overrides = {model: table for model, table in overrides.items() if table}
+    return ServeConfig(**values, model_overrides=overrides, shadowed_overrides=shadowed).validate()
 
 
 def _read_toml(path: str) -> dict:

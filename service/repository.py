@@ -27,7 +27,7 @@ from framewire.exporter import ARTIFACT_FILENAME, ArtifactError
 from framewire.exporter.format import MODEL_NAME_RE
 
 from .access import check_model_access
-from .config import ServeConfig, parse_version_policy
+from .config import ConfigError, ServeConfig, parse_version_policy
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .load_budget import LoadBudget
 from .model import ServedModel
@@ -88,10 +88,31 @@ class ModelRepository:
 
     # ------------------------------------------------------------ lifecycle
 
+    def check_contents(self) -> None:
+        """Refuse to start on a repository that does not exist, holds no
+        model, or lacks a model named by --models (unless --allow-empty):
+        raise ConfigError naming what the repository does hold."""
+        if self.config.allow_empty:
+            return
+        where = str(self.root) if self.root.is_absolute() else f"{self.root} ({self.root.resolve()})"
+        empty_ok = "or pass --allow-empty to start without models and load them as they appear"
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {where} does not exist; export a model into it "
+                              f"(framewire export ... --repo {self.root}) {empty_ok}")
+        held = sorted(self._scan(only_allowed=False))
+        if not held:
+            raise ConfigError(f"model repository {where} holds no model (<repo>/<model>/<version>/{ARTIFACT_FILENAME}); "
+                              f"export one (framewire export ... --repo {self.root}) {empty_ok}")
+        missing = [name for name in self.config.models if name not in held]
+        if missing:
+            raise ConfigError(f"--models names {', '.join(missing)}, which {where} does not hold (it holds: "
+                              f"{', '.join(held)}); correct the name, {empty_ok}")
+
     async def start(self) -> None:
         """Load what the repository holds now; then keep polling."""
         if not self.root.is_dir():
-            log.warning("model repository %s does not exist; serving no models until it does", self.root)
+            log.warning("model repository %s does not exist; serving no models until it does (--allow-empty)",
+                        self.root)
         await self.poll_once()
         if self.config.poll_seconds > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="repository-poll")
@@ -252,9 +273,9 @@ class ModelRepository:
 
     # ------------------------------------------------------------- syncing
 
-    def _scan(self) -> dict[str, dict[int, tuple[Path, Stamp]]]:
+    def _scan(self, *, only_allowed: bool = True) -> dict[str, dict[int, tuple[Path, Stamp]]]:
         found: dict[str, dict[int, tuple[Path, Stamp]]] = {}
-        allowed = set(self.config.models)
+        allowed = set(self.config.models) if only_allowed else set()
         if not self.root.is_dir():
             return found
         for model_dir in sorted(self.root.iterdir()):

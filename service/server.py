@@ -66,8 +66,10 @@ class FramewireServer:
 
     def __init__(self, config: ServeConfig, *, nvml=None):
         """`nvml` replaces the NVML module (tests without a GPU); by default
-        NVML is loaded if it can be."""
+        NVML is loaded if it can be. Raises ConfigError, before anything
+        starts, when the repository lacks what the config names."""
         self.config = config
+        ModelRepository(config, build=None).check_contents()
         import torch
 
         if config.runner == "process":
@@ -137,6 +139,8 @@ class FramewireServer:
 
     async def start(self) -> int:
         """Bind, serve health at once, load the models, then report SERVING."""
+        for note in self.config.shadowed_overrides:
+            log.info("config: %s (flags and the environment beat the file)", note)
         if self.config.reflection:
             from grpc_reflection.v1alpha import reflection
 
@@ -175,7 +179,7 @@ class FramewireServer:
         await self.repo.start()
         self.state.serving = True
         await self._sync_health()
-        log.info("serving: %s", ", ".join(f"{n} v{s[0].version}" for n, s in self.repo.models().items()) or "no models")
+        log.info("%s", serving_summary(self.repo.models()))
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -183,7 +187,9 @@ class FramewireServer:
         grace = self.config.drain_seconds if grace is None else grace
         self.state.serving = False
         await self.health.enter_graceful_shutdown()
-        log.info("draining: refusing new calls, waiting up to %.0fs for in-flight ones", grace)
+        log.info("draining: refusing new calls, ending open streams once their frames in flight are answered, "
+                 "waiting up to %.0fs for in-flight calls", grace)
+        self.streams.drain()
         await self.grpc.stop(grace)
         await self.repo.close()
         if self._health_task is not None:
@@ -219,6 +225,21 @@ class FramewireServer:
             ok = self.state.serving and any(s.state.value == "READY" for s in models.get(model, []))
             await self.health.set(name, serving if ok else not_serving)
         self._health_names = names
+
+
+def serving_summary(models: dict[str, list]) -> str:
+    """The start-up line: every READY version, then every other one with its
+    state and reason (`models` as ModelRepository.models() gives them)."""
+    ready, other = [], []
+    for name, slots in models.items():
+        for slot in slots:
+            if slot.state.value == "READY":
+                ready.append(f"{name} v{slot.version}")
+            else:
+                reason = f": {slot.reason}" if slot.reason else ""
+                other.append(f"{name} v{slot.version} ({slot.state.value}{reason})")
+    line = "serving: " + (", ".join(ready) or "no models")
+    return line + ("; not serving: " + "; ".join(other) if other else "")
 
 
 def reflection_pool():

@@ -45,3 +45,11 @@ def demo_repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_artifact(demo_repo) -> Path:
     return demo_repo / "efficientnet_lite0" / "1" / "model.fwa"
+
+
+@pytest.fixture(scope="session")
+def framewire_wheel(tmp_path_factory) -> Path:
+    """framewire's wheel, built once per test session (see support/wheel.py)."""
+    from support.wheel import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

@@ -237,3 +237,23 @@ def test_malformed_protobuf_bytes(server, method, message_type):
             code, message = raw(call, b"\xff\xff\xff\xff")
     assert code == INVALID, message
     assert f"the request is not a valid {message_type} message" in message
+
+
+def test_an_image_over_the_clients_message_limit_names_both_limits_and_is_not_sent(server):
+    from framewire.client import Client
+
+    with Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
+        c.predict(b"\xff\xd8" + b"\x00" * 72_000_000, model="tiny")
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = info.value.message
+    assert message.startswith("the request is 72,000,0") and "over this client's message limit of 67,108,864" in message
+    assert "framewire predict --max-message-bytes" in message and "framewire serve --max-message-bytes" in message
+    assert "--max-image-bytes" in message and "resize" in message
+
+
+def test_an_image_over_the_servers_message_limit_names_its_flag(client):
+    with pytest.raises(FramewireError) as info:
+        client.predict(b"\xff" * (5 * 1024 * 1024), model="tiny")
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.message.startswith("the request is 5,242,")
+    assert "over the server's message limit of 4,194,304 (its --max-message-bytes)" in info.value.message

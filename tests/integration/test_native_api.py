@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -194,3 +200,68 @@ def test_requests_carry_a_request_id(server):
 @pytest.mark.parametrize("k", [1, 3])
 def test_top_k(client, k):
     assert len(client.predict(encode(random_image(7)), model="tiny", top_k=k).classes) == k
+
+
+def run_cli(*args: str, stdout=None) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("framewire"), *args], stdout=stdout or subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def test_describe_says_what_a_model_expects(server, mixed_repo):
+    from framewire.exporter import read_artifact
+
+    done = run_cli("describe", "--server", server.address, "--model", "tiny", "--json", "--labels")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    artifact = read_artifact(mixed_repo / "tiny" / "1" / "model.fwa")
+    assert (info["name"], info["version"], info["task"]) == ("tiny", 1, "classification")
+    assert info["input"]["height"] == 32 and info["preprocessing"]["crop"] == [32, 32]
+    assert info["labels"] == [f"class{i}" for i in range(5)] and info["label_count"] == 5
+    assert info["weights_sha256"] == artifact.weights_sha256.hex()
+    assert info["program_sha256"] == artifact.graph.program_sha256.hex()
+    assert info["signing_key"] == "" and info["versions"] == [
+        {"version": 1, "state": "READY", "reason": "", "device": "cpu"}]
+
+    text = run_cli("describe", "--server", server.address, "--model", "efficientnet_lite0")
+    assert text.returncode == 0, text.stderr
+    rows = dict(line.split(None, 1) if not line.startswith(("weights", "program")) else
+                (line[:14], line[14:].strip()) for line in text.stdout.splitlines())
+    assert rows["labels"] == "1000 (--labels lists them)" and rows["versions"] == "1 READY on cpu"
+    assert rows["input"].startswith("3x224x224 float32 NCHW RGB")
+    assert rows["preprocessing"].startswith("resize shorter side to 256")
+    assert rows["signed"] == "no"
+
+    unknown = run_cli("describe", "--server", server.address, "--model", "nope")
+    assert unknown.returncode == 1 and "NOT_FOUND: model 'nope' is not served here" in unknown.stderr
+
+
+def test_predict_on_a_folder_points_to_score(server, tmp_path):
+    done = run_cli("predict", "--server", server.address, "--model", "tiny", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"framewire predict: {tmp_path} is a folder; to score every image in it use "
+                                   f"framewire score {tmp_path} --model tiny --server {server.address} "
+                                   "--out results.jsonl")
+
+
+def test_status_into_a_closed_pipe_exits_quietly(server):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) has gone
+    try:
+        done = run_cli("status", "--server", server.address, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == ""
+
+
+def test_the_readme_client_example_runs(server, chelsea_jpeg, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                   if "from framewire.client import Client" in block)
+    for name in ("cat.jpg", "a.jpg", "b.png", "f0.jpg", "f1.jpg", "f2.jpg"):
+        (tmp_path / name).write_bytes(chelsea_jpeg)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace("localhost:8500", server.address), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] in ("Egyptian", "tabby", "tiger")
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1", "2"]  # every frame answered, in order
+    assert all(line.split(None, 1)[1] in ("Egyptian cat", "tabby", "tiger cat") for line in lines[1:])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
 
 import grpc
@@ -41,6 +44,36 @@ def test_tls_serves_clients_that_trust_the_ca(tiny_repo, pki):
         with Client(server.address, retries=0, timeout=5) as plaintext, pytest.raises(FramewireError) as info:
             plaintext.predict(IMAGE, model="tiny")
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "the server speaks TLS and this client does not: pass --tls-ca" in info.value.message
+
+
+def test_a_tls_client_against_a_plaintext_server_is_told_so(tiny_repo, pki, tmp_path):
+    image = tmp_path / "x.png"
+    image.write_bytes(IMAGE)
+    with RunningServer(repo=str(tiny_repo), runner="thread") as server:
+        with Client(server.address, tls_ca=pki["ca"], retries=0, timeout=5) as c, \
+                pytest.raises(FramewireError) as info:
+            c.predict(IMAGE, model="tiny")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "the server speaks plaintext (no TLS) and this client speaks TLS: leave out --tls-ca" in info.value.message
+        done = subprocess.run([shutil.which("framewire"), "predict", "--server", server.address, "--tls-ca",
+                               str(pki["ca"]), "--model", "tiny", str(image)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1 and "the server speaks plaintext (no TLS)" in done.stderr
+        scored = subprocess.run([shutil.which("framewire"), "score", str(image), "--server", server.address,
+                                 "--tls-ca", str(pki["ca"]), "--model", "tiny", "--out", str(tmp_path / "r.jsonl"),
+                                 "--wait-ready", "0"], capture_output=True, text=True, timeout=120)
+        assert scored.returncode == 1 and "the server speaks plaintext (no TLS)" in scored.stderr
+        streamed = subprocess.run([shutil.which("framewire"), "stream", str(tmp_path), "--server", server.address,
+                                   "--tls-ca", str(pki["ca"]), "--model", "tiny", "--frames", "3",
+                                   "--drain-seconds", "3", "--quiet"], capture_output=True, text=True, timeout=120)
+        assert streamed.returncode == 1 and "the server speaks plaintext (no TLS)" in streamed.stderr
+    with socket.socket() as nobody:  # nothing listens: no guess about what it speaks
+        nobody.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{nobody.getsockname()[1]}"
+    with Client(address, retries=0, timeout=5) as c, pytest.raises(FramewireError) as info:
+        c.predict(IMAGE, model="tiny")
+    assert "speaks" not in info.value.message
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tiny_repo, pki):

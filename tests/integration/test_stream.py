@@ -5,6 +5,7 @@ server restart survived."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -164,6 +165,13 @@ def test_the_cli_streams_a_folder_of_frames_without_opencv(fast_server, frame_fo
     assert needs_opencv.returncode == 2 and "pip install 'framewire[camera]'" in needs_opencv.stderr
 
 
+def test_fps_0_sends_every_frame_as_fast_as_the_server_answers(fast_server, frame_folder):
+    done = framewire("stream", str(frame_folder), "--model", "tiny", "--server", fast_server.address,
+                     "--fps", "0", "--frames", "60", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "captured 60, sent 60, answered 60, skipped 0 by the server and 0 by the client" in done.stdout
+
+
 def test_the_cli_streams_a_video_file_and_writes_an_annotated_copy(fast_server, frames, tmp_path):
     cv2 = pytest.importorskip("cv2")
     import numpy as np
@@ -191,10 +199,23 @@ def test_the_cli_streams_a_video_file_and_writes_an_annotated_copy(fast_server, 
     assert done.stderr == ""  # --quiet: no per-second lines
 
 
+class Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames):
-    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "1")
+    # A long drain: SIGTERM must end the open stream at once (UNAVAILABLE once the
+    # frames read are answered) rather than wait it out while the camera goes on.
+    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "300")
     first, second = ServerProcess(*args), None
     stream = CameraStream(first.address, model="tiny", max_in_flight=2, drop="oldest", max_backoff=0.5)
+    warnings = Warnings()
+    logging.getLogger("framewire.stream").addHandler(warnings)
     stop = threading.Event()
 
     def camera() -> None:  # 50 frames a second until told to stop
@@ -208,11 +229,13 @@ def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames
     feeder.start()
     try:
         wait_until(lambda: stream.stats.totals["answered"] >= 30, 60, "answers from the first server")
-        assert first.terminate() == 0  # drains for a second, then ends the stream
+        assert first.terminate(timeout=90) == 0  # not the 300 s of --drain-seconds
+        assert "stopped" in first.output()
         before = stream.stats.totals["answered"]
         second = ServerProcess(*args, port=first.port)
         wait_until(lambda: stream.stats.totals["answered"] >= before + 30, 60, "answers from the second server")
     finally:
+        logging.getLogger("framewire.stream").removeHandler(warnings)
         stop.set()
         feeder.join()
         stream.close()
@@ -220,6 +243,7 @@ def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames
             if server is not None:
                 server.close()
     results = list(stream.results())
+    assert any("broke (UNAVAILABLE: the server is shutting down" in m for m in warnings.messages), warnings.messages
 
     assert [r.frame_number for r in results] == list(range(len(results)))  # one each, in order, numbers kept rising
     assert stream.stats.reconnects >= 1

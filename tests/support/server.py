@@ -55,9 +55,11 @@ class RunningServer:
         """Rescan the repository now."""
         self.call(self.server.repo.poll_once(), timeout=300)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2, timeout: float = 60) -> None:
+        """Drain (in-flight calls get `grace` seconds) and stop; raises
+        TimeoutError when that takes longer than `timeout`."""
         try:
-            self.call(self.server.stop(2), timeout=60)
+            self.call(self.server.stop(grace), timeout=timeout)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)

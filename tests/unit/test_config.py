@@ -38,6 +38,37 @@ def test_file_then_environment_then_flags(tmp_path):
     assert config.for_model("b").version_policy == "latest:1"
 
 
+def test_flags_and_environment_beat_the_files_model_tables_which_beat_its_top_level(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text('max_batch_size = 32\nmax_queue_delay_us = 2000\nversion_policy = "latest:1"\n'
+                    '[model.efficientnet_lite0]\nmax_batch_size = 64\nversion_policy = "all"\n'
+                    'max_queue_delay_us = 500\nmax_queue_size = 4096\n')
+    config = load_config(parse("--config", str(toml), "--max-queue-delay-us", "100"),
+                         environ={"FRAMEWIRE_MAX_BATCH_SIZE": "16"})
+    lite = config.for_model("efficientnet_lite0")
+    assert lite.max_batch_size == 16  # the environment beats the model's table
+    assert lite.max_queue_delay_us == 100  # a flag beats it too
+    assert lite.version_policy == "all" and lite.max_queue_size == 4096  # the table beats the file's top level
+    other = config.for_model("resnet18")
+    assert (other.max_batch_size, other.max_queue_delay_us, other.version_policy) == (16, 100, "latest:1")
+    assert config.shadowed_overrides == [
+        "[model.efficientnet_lite0] max_batch_size = 64 is overridden by FRAMEWIRE_MAX_BATCH_SIZE=16",
+        "[model.efficientnet_lite0] max_queue_delay_us = 500 is overridden by --max-queue-delay-us 100",
+    ]
+    # Without the environment and the flag, the model's table wins over the top level.
+    alone = load_config(parse("--config", str(toml)), environ={}).for_model("efficientnet_lite0")
+    assert (alone.max_batch_size, alone.max_queue_delay_us) == (64, 500)
+
+
+def test_the_precedence_is_stated_in_serve_help():
+    from framewire.cli import build_parser
+
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    text = " ".join(serve.format_help().split())
+    assert ("flags, environment, [model.<name>] in the file, top level of the file, defaults" in text)
+
+
 def test_list_flags_split_on_commas():
     config = load_config(parse("--models", "x,y", "--preferred-batch-sizes", "4,8"), environ={})
     assert config.models == ["x", "y"] and config.preferred_batch_sizes == [4, 8]
@@ -89,8 +120,8 @@ def test_every_setting_has_a_documented_flag():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     text = parser.format_help()
-    for name in ServeConfig.__dataclass_fields__:
-        if name != "model_overrides":
+    for name, f in ServeConfig.__dataclass_fields__.items():
+        if not f.metadata.get("internal"):
             assert "--" + name.replace("_", "-") in text
             assert "FRAMEWIRE_" + name.upper() in text
 

@@ -82,8 +82,26 @@ def test_weights_for_another_head_size_are_refused_with_a_hint(tmp_path, capsys)
     weights = save_weights(seeded_model("resnet18", num_classes=4), tmp_path / "w.safetensors")
     rc = cli(["export", "torchvision/resnet18", "--repo", str(tmp_path), "--weights", str(weights)])
     assert rc == 1
-    assert "--num-classes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "weights do not fit torchvision/resnet18: fc.weight is [4, 512] in the weights but [1000, 512] in " \
+           "the model; fc.bias is [4] in the weights but [1000] in the model; the weights have 4 classes: " \
+           "pass --num-classes 4" in err
     assert not (tmp_path / "resnet18").exists()
+
+
+def test_the_mismatch_names_missing_and_unexpected_tensors():
+    from framewire.exporter.torchvision_export import mismatch_message
+
+    message = mismatch_message({"a": [2], "b": [3, 3], "c": [1]}, {"a": [2], "b": [3, 4], "d": [1], "e": [1]})
+    assert message == ("b is [3, 4] in the weights but [3, 3] in the model; 1 tensors missing from the weights (c); "
+                       "2 tensors not in the model (d, e) (for a different number of classes pass --num-classes)")
+
+
+def test_an_unknown_torchvision_model_is_the_exporters_refusal_with_close_names(tmp_path, capsys):
+    assert cli(["export", "torchvision/resnet1", "--repo", str(tmp_path), "--random-init"]) == 1
+    err = capsys.readouterr().err
+    assert "has no model 'resnet1', so the exporter cannot build torchvision/resnet1 (did you mean resnet18" in err
+    assert "allowlist" not in err
 
 
 def test_export_without_weights_needs_random_init(tmp_path, capsys):

@@ -287,7 +287,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., include_labels: bool = ...) -> None: ...
 
 class GetModelResponse(_message.Message):
-    __slots__ = ("name", "version", "task", "input", "preprocessing", "outputs", "label_count", "labels", "architecture", "parameter_count", "max_batch_size", "versions", "serving_dtype")
+    __slots__ = ("name", "version", "task", "input", "preprocessing", "outputs", "label_count", "labels", "architecture", "parameter_count", "max_batch_size", "versions", "serving_dtype", "weights_sha256", "program_sha256", "signing_key_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,9 @@ class GetModelResponse(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SERVING_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     task: str
@@ -314,7 +317,10 @@ class GetModelResponse(_message.Message):
     max_batch_size: int
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
     serving_dtype: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[str] = ..., input: _Optional[_Union[_artifact_pb2.InputSpec, _Mapping]] = ..., preprocessing: _Optional[_Union[_artifact_pb2.Preprocessing, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_artifact_pb2.TensorSpec, _Mapping]]] = ..., label_count: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., serving_dtype: _Optional[str] = ...) -> None: ...
+    weights_sha256: str
+    program_sha256: str
+    signing_key_id: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[str] = ..., input: _Optional[_Union[_artifact_pb2.InputSpec, _Mapping]] = ..., preprocessing: _Optional[_Union[_artifact_pb2.Preprocessing, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_artifact_pb2.TensorSpec, _Mapping]]] = ..., label_count: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., serving_dtype: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., program_sha256: _Optional[str] = ..., signing_key_id: _Optional[str] = ...) -> None: ...
 
 class GetServerStatusRequest(_message.Message):
     __slots__ = ()
