@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import AsyncIterable, AsyncIterator, TypeVar
 
+from .batcher import retrieve_exception
 from .errors import LimitExceededError, ShuttingDownError
 
 T = TypeVar("T")
@@ -73,6 +74,9 @@ class StreamLimiter:
                 if self.draining:
                     raise ShuttingDownError(DRAINING_MESSAGE)
                 reading = asyncio.ensure_future(iterator.__anext__())
+                # Cancelled twice, the call may leave this read to end on its own
+                # (StopAsyncIteration); its exception is then nobody's to raise.
+                reading.add_done_callback(retrieve_exception)
                 await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
                     raise ShuttingDownError(DRAINING_MESSAGE)
