@@ -48,9 +48,9 @@ from .gpu import GpuSampler
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 MODEL_LABELS = ("model", "version")
-#: Label used for requests naming a model the server does not serve, so a
-#: client cannot create unbounded label values.
-UNKNOWN_MODEL = "_unknown"
+#: Label used for requests naming a model, or a version, the server does not
+#: have, so a client cannot create unbounded label values.
+UNKNOWN_MODEL = UNKNOWN_VERSION = "_unknown"
 
 
 class ServerMetrics:
@@ -109,8 +109,11 @@ class ServerMetrics:
         return family.labels(*labels)
 
     @contextmanager
-    def track(self, api: str, model: str, version: int, known: Callable[[str], bool]):
-        """Count one request and time it, with the status code it ends with."""
+    def track(self, api: str, model: str, version: int, known: Callable[..., bool]):
+        """Count one request and time it, with the status code it ends with.
+
+        `known(model)` and `known(model, version)` say whether the server has
+        them; the labels name only what it has (else `_unknown`)."""
         start = time.perf_counter()
         code = "OK"
         try:
@@ -125,8 +128,10 @@ class ServerMetrics:
             code = "INTERNAL"
             raise
         finally:
-            name = model if known(model) else UNKNOWN_MODEL
-            self.request(api, name, version, code, time.perf_counter() - start)
+            name, shown = (model, version) if known(model) else (UNKNOWN_MODEL, version)
+            if version and (name == UNKNOWN_MODEL or not known(model, version)):
+                shown = UNKNOWN_VERSION
+            self.request(api, name, shown, code, time.perf_counter() - start)
 
     def request(self, api: str, model: str, version: int | str, code: str, seconds: float) -> None:
         labels = (model, str(version) if version else "")

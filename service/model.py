@@ -8,16 +8,17 @@ import hashlib
 import logging
 import time
 from concurrent.futures import Executor
+from pathlib import Path
 
 from framewire.exporter import format as fmt
 from framewire.exporter import ArtifactError, load_model, parse_artifact
 from framewire.exporter.child_load import load_in_child
-from framewire.exporter.errors import ArtifactLoadTimeoutError
+from framewire.exporter.errors import ArtifactIdentityError, ArtifactLoadTimeoutError
 from framewire.exporter.loader import read_artifact_bytes
 from framewire.v1 import artifact_pb2 as pb
 
 from . import postprocess
-from .batcher import DynamicBatcher
+from .batcher import DynamicBatcher, retrieve_exception
 from .config import ServeConfig, instance_plan
 from .devices import DevicePlan
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
@@ -127,7 +128,9 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            prepared = await asyncio.gather(*(self._prepare_async(loop, image) for image in images))
+            preparing = asyncio.gather(*(self._prepare_async(loop, image) for image in images))
+            preparing.add_done_callback(retrieve_exception)  # the request may be cancelled as an image fails
+            prepared = await preparing
             preprocess_seconds = time.perf_counter() - started
             items = [(tensor, geometry, params) for tensor, geometry in prepared]
             results = await self.batcher.submit(items, deadline=deadline, priority=priority)
@@ -222,8 +225,10 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
     instances, threads = instance_plan(config, plan.on_cuda)
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
     budget = budget or LoadBudget(config.load_timeout_seconds)
+    data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
+    artifact = parse_artifact(data, str(path), trust=trust)
+    check_served_identity(artifact, Path(path), config)
     if config.runner == "thread":
-        data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
         _load_in_child_first(data, str(path), config, budget)
         loaded = load_model(path, data=data, max_bytes=config.max_artifact_bytes, trust=trust)
         runner = ModelRunner(loaded, devices=plan.devices, dtype=plan.dtype,
@@ -231,8 +236,6 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
                              cuda_graphs=config.cuda_graphs)
         artifact = loaded.artifact
     else:
-        data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
-        artifact = parse_artifact(data, str(path), trust=trust)
         file_sha256 = hashlib.sha256(data).hexdigest()
         del data
         artifact.ClearField("weights")
@@ -248,6 +251,29 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, decode_pool:
             file_sha256=file_sha256,
         )
     return ServedModel(artifact, str(path), runner, config, plan, decode_pool, metrics)
+
+
+def check_served_identity(artifact: pb.ModelArtifact, path: Path, config: ServeConfig) -> None:
+    """An artifact is served only as the model and version it records (and,
+    signed, was signed as): one copied to another <model>/<version>/ path, a
+    replay or a rollback, is an ArtifactIdentityError, unless the operator
+    passed --serve-path-identity (never with --require-signed)."""
+    name, version = path.parent.parent.name, path.parent.name
+    if (artifact.name, str(artifact.version)) == (name, version):
+        return
+    recorded = "signed as" if artifact.signature.signature else "records"
+    said = (f"the artifact {recorded} model {artifact.name!r} version {artifact.version}, but its path says "
+            f"model {name!r} version {version}")
+    if config.require_signed:
+        raise ArtifactIdentityError(
+            f"{said}; with --require-signed an artifact is served only as the name and version it was signed "
+            f"with: put it at <repo>/{artifact.name}/{artifact.version}/, or export and sign it as {name} "
+            f"version {version}", path)
+    if not config.serve_path_identity:
+        raise ArtifactIdentityError(
+            f"{said}; put it at <repo>/{artifact.name}/{artifact.version}/, re-export it as {name} version "
+            f"{version}, or pass --serve-path-identity to serve it as its path says", path)
+    log.warning("%s: %s; serving it as its path says (--serve-path-identity)", path, said)
 
 
 def _load_in_child_first(data: bytes, path: str, config: ServeConfig, budget: LoadBudget) -> None:

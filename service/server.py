@@ -33,6 +33,7 @@ from .api_native import NativeServicer
 from .api_oip import SERVICE_NAME as OIP_SERVICE
 from .api_oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
+from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
@@ -113,7 +114,8 @@ class FramewireServer:
         interceptors = [LastResortInterceptor()]
         if self.tokens is not None:
             interceptors.insert(0, AuthInterceptor(self.tokens))
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
+        interceptors.insert(0, CallLimitInterceptor(config.max_concurrent_rpcs))
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options + PENDING_CALL_OPTIONS)
         self.streams = StreamLimiter(config.max_streams_per_connection)
         self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu, self.streams,
                                      status=self.status)
@@ -224,6 +226,8 @@ class FramewireServer:
         for name in ("", *self.service_names):
             await self.health.set(name, serving if up else not_serving)
         await self.health.set(LIVENESS_SERVICE, serving)
+        if not self.config.model_health:
+            return
         models = self.repo.models()
         names = {MODEL_HEALTH_PREFIX + n for n in models}
         for name in names | self._health_names:
