@@ -11,7 +11,7 @@ PORT ?= 8500
 HOST ?= 127.0.0.1
 METRICS_PORT ?= 9090
 
-.PHONY: help install dev protos test test-unit test-integration serve demo clean
+.PHONY: help install dev protos test test-unit test-integration serve demo screenshot clean
 
 help:
 	@echo "make install   install framewire with the server and demo extras"
@@ -20,6 +20,7 @@ help:
 	@echo "make test      run the test suite"
 	@echo "make demo      export the demo model into \$$(REPO) if it is empty"
 	@echo "make serve     export the demo model if needed and start the server on \$$(PORT)"
+	@echo "make screenshot  refresh docs/operator-page.png (the live page in headless chromium, under load)"
 
 install:
 	$(PYTHON) -m pip install -e '.[server,demo]'
@@ -52,6 +53,12 @@ demo:
 
 serve: demo
 	exec framewire serve --repo $(REPO) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+# The README's picture of the live page: the browser test, with a minute and
+# a half of traffic first so the charts have a shape.
+screenshot:
+	FRAMEWIRE_PAGE_SCREENSHOT=$(CURDIR)/docs/operator-page.png FRAMEWIRE_PAGE_SCREENSHOT_AFTER=90 \
+		$(PYTHON) -m pytest tests/integration/test_operator_page.py -k browser -p no:cacheprovider -q
 
 clean:
 	rm -rf .build build dist *.egg-info

@@ -19,12 +19,11 @@ from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
-from . import oip_tensors
-from .api_native import deadline_of
+from . import oip_tensors, requests
 from .access import check_model_access, model_allowed
+from .batcher import retrieve_exception
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
-from .domain import PredictParams
 from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
@@ -50,12 +49,7 @@ _DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_IN
 _EXPLICIT_PRIORITY = 1_000_000
 
 
-def parse_version(text: str) -> int:
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInputError(f"model version {text!r} is not a positive integer")
-    return int(text)
+parse_version = requests.version_text
 
 
 def parameter_value(parameter: pb.InferParameter):
@@ -162,7 +156,10 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return await self._infer(request, context)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        version = parse_version(request.model_version) if request.model_version.isdigit() else 0
+        try:
+            version = parse_version(request.model_version)
+        except InvalidInputError:
+            version = 0  # refused inside, where it is counted
         with self.metrics.track(API, request.model_name, version, self.repo.knows):
             return await self._infer_tracked(request, context)
 
@@ -172,21 +169,18 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         model = self.repo.get(request.model_name, version)
         wanted = self._wanted_outputs(request, model)
-        images = oip_tensors.images_from_request(
-            request, model=model.name, max_images=self.config.max_images_per_request
-        )
-        predict = PredictParams(
-            top_k=int(params.get("top_k") or 5),
+        predict = requests.predict_params(
+            top_k=requests.whole_number("top_k", params.get("top_k")),
+            score_threshold=requests.real_number("score_threshold", params.get("score_threshold")),
+            max_detections=requests.whole_number("max_detections", params.get("max_detections")),
             return_raw=model.handler.oip_needs_raw([name for name, _ in wanted]),
-            score_threshold=float(params["score_threshold"]) if "score_threshold" in params else 0.5,
-            max_detections=int(params.get("max_detections") or 100),
         )
-        deadline = deadline_of(context)
-        timeout_us = params.get("timeout")
-        if timeout_us:
-            own = asyncio.get_running_loop().time() + int(timeout_us) / 1e6
-            deadline = own if deadline is None else min(deadline, own)
-        priority = int(params.get("priority") or 0)
+        deadline = requests.deadline(context, timeout_us=requests.whole_number("timeout", params.get("timeout")))
+        priority = requests.whole_number("priority", params.get("priority")) or 0
+        images = oip_tensors.images_from_request(
+            request, model=model.name, max_images=self.config.max_images_per_request,
+            max_elements=self.config.max_tensor_elements,
+        )
         async with self.repo.lease(model.name, version) as served_model:
             served = await served_model.predict(
                 images, predict, deadline=deadline,
@@ -211,13 +205,15 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         for output in request.outputs:
             if output.name not in known:
                 raise InvalidInputError(
-                    f"unexpected inference output {output.name!r} for model {model.name!r}; "
+                    f"unexpected inference output {requests.shown(output.name)} for model {model.name!r}; "
                     f"outputs are {', '.join(known)}"
                 )
             k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
+            k = requests.whole_number("classification", k) or 0
             if k and not model.handler.oip_class_count_ok(output.name):
-                raise InvalidInputError(f"output {output.name!r} does not support the classification parameter")
-            wanted.append((output.name, int(k or 0)))
+                raise InvalidInputError(
+                    f"output {requests.shown(output.name)} does not support the classification parameter")
+            wanted.append((output.name, k))
         return wanted
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
@@ -258,12 +254,14 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                     task = asyncio.get_running_loop().create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    task.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
             except ShuttingDownError:
                 if tasks:  # answer what was read, then end the stream
-                    await asyncio.gather(*tasks)
+                    await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             if tasks:
-                await asyncio.gather(*tasks)
+                # An answer fails only to be written, when the client has gone.
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
@@ -275,6 +273,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         version = parse_version(request.version)
         models = self.repo.models()
         if request.name:
+            requests.model_name(request.name)
             check_model_access(request.name)
         if request.name and request.name not in models:
             raise ModelNotFoundError(f"model {request.name!r} is not served here (served models: "
@@ -328,7 +327,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                                     reason=slot.reason if slot.state is not ModelState.READY else "")
         if not request.ready:
             for name in sorted(self.repo.unloaded):
-                response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
+                if model_allowed(name):
+                    response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
         return response
 
     @rpc

@@ -76,6 +76,13 @@ class _Work:
         return (-self.priority, self.seq) < (-other.priority, other.seq)
 
 
+
+def retrieve_exception(future: asyncio.Future) -> None:
+    """Done callback: mark a future's exception as seen (it is raised, or
+    dropped on purpose, elsewhere), so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
 class DynamicBatcher:
     """Gathers submitted items into batches for `batch_fn`; see the module doc."""
 
@@ -181,6 +188,9 @@ class DynamicBatcher:
         self._arrival.set()
 
         gathered = asyncio.gather(*(w.future for w in works))
+        # A batch can fail in the same moment the caller is cancelled; then no
+        # one awaits `gathered`, and asyncio would log its error at ERROR.
+        gathered.add_done_callback(retrieve_exception)
         try:
             if deadline is None:
                 await gathered

@@ -7,6 +7,7 @@ import numpy as np
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 
+from . import requests
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
 from .errors import InvalidInputError
 from .repository import ModelState, VersionSlot
@@ -43,15 +44,11 @@ def image_input(image: pb.Image, *, max_elements: int, where: str = "image") -> 
 
 
 def predict_params(options: pb.PredictOptions) -> PredictParams:
-    if options.top_k > 1000:
-        raise InvalidInputError(f"top_k={options.top_k} is too large; at most 1000")
-    if not 0.0 <= options.score_threshold <= 1.0:
-        raise InvalidInputError(f"score_threshold={options.score_threshold} must be within [0, 1]")
-    return PredictParams(
-        top_k=options.top_k or 5,
+    return requests.predict_params(
+        top_k=options.top_k,
+        score_threshold=options.score_threshold if options.HasField("score_threshold") else None,
+        max_detections=options.max_detections,
         return_raw=options.return_raw,
-        score_threshold=options.score_threshold if options.HasField("score_threshold") else 0.5,
-        max_detections=options.max_detections or 100,
     )
 
 

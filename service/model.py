@@ -14,9 +14,11 @@ import hashlib
 import logging
 import time
 from concurrent.futures import Executor
+from pathlib import Path
 
 from framewire.exporter import format as fmt
 from framewire.exporter import parse_artifact
+from framewire.exporter.errors import ArtifactIdentityError
 from framewire.exporter.loader import read_artifact_bytes
 from framewire.v1 import artifact_pb2 as pb
 
@@ -78,6 +80,11 @@ class ServedModel:
     def queue_depth(self) -> int:
         """Images waiting for a batch."""
         return self.runner.queue_depth
+
+    @property
+    def queue_capacity(self) -> int:
+        """Images the queue holds at most (--max-queue-size)."""
+        return self.runner.batching.max_queue_size
 
     @property
     def payload_bytes(self) -> int:
@@ -184,6 +191,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: Ser
     budget = budget or LoadBudget(config.load_timeout_seconds)
     data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
     artifact = parse_artifact(data, str(path), trust=trust)
+    check_served_identity(artifact, Path(path), config)
     file_sha256 = hashlib.sha256(data).hexdigest()
     # The front end keeps the artifact's description; the weights live next to the device.
     artifact.ClearField("weights")
@@ -204,3 +212,26 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: Ser
                                load_timeout=config.load_timeout_seconds, load_budget=budget)
     return ServedModel(artifact, str(path), runner, config, on_cuda=plan.on_cuda, metrics=metrics,
                        admission_pool=admission_pool)
+
+
+def check_served_identity(artifact: pb.ModelArtifact, path: Path, config: ServeConfig) -> None:
+    """An artifact is served only as the model and version it records (and,
+    signed, was signed as): one copied to another <model>/<version>/ path, a
+    replay or a rollback, is an ArtifactIdentityError, unless the operator
+    passed --serve-path-identity (never with --require-signed)."""
+    name, version = path.parent.parent.name, path.parent.name
+    if (artifact.name, str(artifact.version)) == (name, version):
+        return
+    recorded = "signed as" if artifact.signature.signature else "records"
+    said = (f"the artifact {recorded} model {artifact.name!r} version {artifact.version}, but its path says "
+            f"model {name!r} version {version}")
+    if config.require_signed:
+        raise ArtifactIdentityError(
+            f"{said}; with --require-signed an artifact is served only as the name and version it was signed "
+            f"with: put it at <repo>/{artifact.name}/{artifact.version}/, or export and sign it as {name} "
+            f"version {version}", path)
+    if not config.serve_path_identity:
+        raise ArtifactIdentityError(
+            f"{said}; put it at <repo>/{artifact.name}/{artifact.version}/, re-export it as {name} version "
+            f"{version}, or pass --serve-path-identity to serve it as its path says", path)
+    log.warning("%s: %s; serving it as its path says (--serve-path-identity)", path, said)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .domain import ImageInput, ImagePrediction
+from .domain import ImageInput, ImagePrediction, tensor_elements
 from .errors import InvalidInputError
 
 INPUTS = {
@@ -49,7 +49,7 @@ def encode_bytes_elements(values) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def images_from_request(request, *, model: str, max_images: int) -> list[ImageInput]:
+def images_from_request(request, *, model: str, max_images: int, max_elements: int) -> list[ImageInput]:
     """The request's one image input as ImageInputs, checked against its spec."""
     if not request.inputs:
         raise InvalidInputError(f"the request has no inputs; send one of {', '.join(INPUTS)} (see ModelMetadata)")
@@ -82,7 +82,7 @@ def images_from_request(request, *, model: str, max_images: int) -> list[ImageIn
         )
     if tensor.name == "encoded_images":
         return _encoded(tensor, shape, raw)
-    return _arrays(tensor, shape, raw)
+    return _arrays(tensor, shape, raw, max_elements)
 
 
 def _encoded(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
@@ -96,11 +96,12 @@ def _encoded(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
     return [ImageInput.encoded(e) for e in elements]
 
 
-def _arrays(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
+def _arrays(tensor, shape: list[int], raw: bytes | None, max_elements: int) -> list[ImageInput]:
     name = tensor.name
     if len(shape) != 4 or any(d < 1 for d in shape) or (name == "images" and shape[3] != 3):
-        raise InvalidInputError(f"input {name!r} has shape {shape}; it must be {INPUTS[name][1]}")
-    elements = int(np.prod(shape, dtype=np.int64))
+        raise InvalidInputError(f"input {name!r} has shape {shape[:8]}; it must be {INPUTS[name][1]}")
+    tensor_elements(shape[1:], max_elements=max_elements, what=f"input {name!r} (one image)")
+    elements = tensor_elements(shape, max_elements=shape[0] * max_elements, what=f"input {name!r}")
     dtype = np.dtype("uint8") if name == "images" else np.dtype("<f4")
     if raw is not None:
         if len(raw) != elements * dtype.itemsize:

@@ -48,6 +48,24 @@ class BatchItem:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """One instance of a model as operators see it.
+
+    `state` is "running", "in process" (an instance inside the server
+    process: `--runner thread`), "starting" (loading and warming up),
+    "restarting" (a worker process that died, to be started again while the
+    others serve) or "stopped"; `restarts`
+    counts how often its process was started again after dying.
+    """
+
+    instance: int
+    device: str
+    state: str
+    pid: int = 0
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
 class Answer:
     """One image's prediction, and the device-side time of its batch."""
 
@@ -88,6 +106,8 @@ class Runner(Protocol):
                      priority: int = 0) -> list[ItemResult]: ...
 
     def pids(self) -> set[int]: ...
+
+    def workers(self) -> list[WorkerStatus]: ...
 
     def release(self) -> None: ...
 
@@ -270,6 +290,11 @@ class ThreadRunner(BatchedRunner):
     def pids(self) -> set[int]:
         """Worker processes (none: instances run in this process)."""
         return set()
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every instance: all run inside this process."""
+        return [WorkerStatus(instance=n, device=str(i.device), state="in process", pid=os.getpid())
+                for n, i in enumerate(self.instances)]
 
     def release(self) -> None:
         for instance in self.instances:

@@ -33,6 +33,7 @@ from .api_native import NativeServicer
 from .api_oip import SERVICE_NAME as OIP_SERVICE
 from .api_oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
+from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
@@ -40,7 +41,9 @@ from .interceptors import LastResortInterceptor
 from .load_budget import LoadBudget
 from .metrics import ServerMetrics
 from .model import ServedModel, build_served_model
+from .operator_http import OperatorPages
 from .repository import ModelRepository
+from .status_sampler import StatusSampler
 from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.server")
@@ -92,6 +95,7 @@ class FramewireServer:
         self.gpu = GpuSampler(nvml if nvml is not None else load_nvml(), interval=config.gpu_sample_seconds,
                               pids=self._our_pids)
         self.metrics = ServerMetrics(self.gpu, models=self.repo.models)
+        self.status = StatusSampler(self)
         self.health = health_aio.HealthServicer()
         self._health_names: set[str] = set()
         self._health_dirty = asyncio.Event()
@@ -110,9 +114,11 @@ class FramewireServer:
         interceptors = [LastResortInterceptor()]
         if self.tokens is not None:
             interceptors.insert(0, AuthInterceptor(self.tokens))
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
+        interceptors.insert(0, CallLimitInterceptor(config.max_concurrent_rpcs))
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options + PENDING_CALL_OPTIONS)
         self.streams = StreamLimiter(config.max_streams_per_connection)
-        self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu, self.streams)
+        self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu, self.streams,
+                                     status=self.status)
         inference_pb2_grpc.add_ModelInferenceServicer_to_server(self.native, self.grpc)
         self.protocol = InferenceProtocolServicer(self.repo, config, self.plan, self.state, self.metrics,
                                                   self.streams)
@@ -161,15 +167,20 @@ class FramewireServer:
             raise OSError(f"cannot listen on {address}: the address is in use or not this machine's; "
                           "pick another --port (0: any free port) or --host")
         await self.grpc.start()
+        await self.status.sample()
         if self.config.metrics_port >= 0:
+            pages = OperatorPages(lambda: self.status.document_json, self.status.history_json)
             try:
-                self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+                self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port,
+                                                             pages)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port}: "
                               f"{exc.strerror or exc}; pick another --metrics-port (0: any free port, -1: off)"
                               ) from None
-            log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.state.metrics_port)
+            log.info("metrics at http://%s:%d/metrics, live page at http://%s:%d/", self.config.metrics_host,
+                     self.state.metrics_port, self.config.metrics_host, self.state.metrics_port)
         self.gpu.start()
+        self.status.start()
         await self._sync_health()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
         log.info("listening on %s:%d (framewire %s); loading models from %s",
@@ -190,6 +201,7 @@ class FramewireServer:
         self.streams.drain()
         await self.grpc.stop(grace)
         await self.repo.close()
+        await self.status.close()
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
@@ -214,6 +226,8 @@ class FramewireServer:
         for name in ("", *self.service_names):
             await self.health.set(name, serving if up else not_serving)
         await self.health.set(LIVENESS_SERVICE, serving)
+        if not self.config.model_health:
+            return
         models = self.repo.models()
         names = {MODEL_HEALTH_PREFIX + n for n in models}
         for name in names | self._health_names:

@@ -53,11 +53,18 @@ class RecentWindow:
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0..100) of the ok values, 0 when there are none."""
+        return (self.percentiles((q,)) or [0.0])[0]
+
+    def percentiles(self, qs: tuple[float, ...], within: float | None = None) -> list[float] | None:
+        """The qs-th percentiles (0..100) of the ok values, from one sort, or
+        None when there are none; `within` narrows the window to the last so
+        many seconds."""
         events, _ = self._recent()
-        values = sorted(v for _, v, good in events if good)
+        horizon = time.monotonic() - within if within is not None else float("-inf")
+        values = sorted(v for t, v, good in events if good and t >= horizon)
         if not values:
-            return 0.0
-        return values[min(len(values) - 1, int(q / 100 * len(values)))]
+            return None
+        return [values[min(len(values) - 1, int(q / 100 * len(values)))] for q in qs]
 
 
 @dataclass

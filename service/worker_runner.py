@@ -32,7 +32,7 @@ from .device_model import BatchOutcome
 from .ipc import Connection, SharedBuffer, WorkerGone
 from .load_budget import LoadBudget
 from .payloads import pack, packed_size
-from .runner import BatchedRunner, BatchingSettings, answers
+from .runner import BatchedRunner, BatchingSettings, WorkerStatus, answers
 from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
@@ -74,6 +74,9 @@ class WorkerProcess:
         self.info: dict = {}
         self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
         self.budget: LoadBudget | None = None
+        self.restarts = 0  # starts after the first (a worker that died)
+        self.warm = False
+        self.stopped = False
         self._stopping = False
         #: Restarts run here (WorkerPool), never on the event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
@@ -86,6 +89,9 @@ class WorkerProcess:
         self.budget = budget
         if self._stopping:
             budget.cancel()
+        if self.proc is not None:  # a process ran before: this is a restart
+            self.restarts += 1
+        self.warm = False
         # The arguments only label the process (ps, top): what it hosts comes in messages.
         label = [self.settings.model_id, self.settings.artifact]
         self.proc = subprocess.Popen([*WORKER_COMMAND, *label], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -106,6 +112,7 @@ class WorkerProcess:
                                    budget)
             if header.get("op") != "warmed":
                 raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+        self.warm = True
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
 
     def spawn(self) -> None:
@@ -176,7 +183,20 @@ class WorkerProcess:
             buffer.close()
         self.buffers.clear()
 
+    def status(self) -> WorkerStatus:
+        """What operators see of this worker (read from any thread)."""
+        proc = self.proc
+        if self.stopped:
+            state = "stopped"
+        elif proc is not None and proc.poll() is None:
+            state = "running" if self.warm else "starting"
+        else:
+            state = "restarting"  # WorkerPool starts a dead worker again in the background
+        return WorkerStatus(instance=self.index, device=self.settings.device, state=state,
+                            pid=proc.pid if proc is not None else 0, restarts=self.restarts)
+
     def stop(self, timeout: float = 30) -> None:
+        self.stopped = True
         if self.alive():
             try:
                 self.connection.send({"op": "stop"})
@@ -221,7 +241,7 @@ class ProcessRunner(BatchedRunner):
         #: version's file no longer holds the bytes it was loaded from.
         self.on_stale: Callable[[str], None] | None = None
         self._budget = load_budget or LoadBudget(load_timeout)
-        self.workers = [WorkerProcess(name, i, s, slots, handler, load_timeout)
+        self.processes = [WorkerProcess(name, i, s, slots, handler, load_timeout)
                         for i, s in enumerate(s for s in settings for _ in range(instances_per_device))]
         self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
         self._pool: WorkerPool | None = None
@@ -229,13 +249,13 @@ class ProcessRunner(BatchedRunner):
     @property
     def payload_bytes(self) -> int:
         """Payload bytes written to shared memory since load."""
-        return sum(w.shared_bytes for w in self.workers)
+        return sum(w.shared_bytes for w in self.processes)
 
     def load(self) -> None:
         """Start every worker and load the model in each (blocking)."""
         started = []
         try:
-            for worker in self.workers:
+            for worker in self.processes:
                 worker.start(self._budget)
                 started.append(worker)
         except BaseException:
@@ -245,13 +265,13 @@ class ProcessRunner(BatchedRunner):
 
     def warm_up(self, sizes: list[int]) -> None:
         """Warm every worker up, all at once (blocking)."""
-        futures = [self._io.submit(worker.warm_up, sizes, self._budget) for worker in self.workers]
+        futures = [self._io.submit(worker.warm_up, sizes, self._budget) for worker in self.processes]
         for future in futures:
             future.result()
 
     def start(self) -> None:
         """Put the warm workers into rotation (call from the event loop)."""
-        self._pool = WorkerPool(self.name, self.workers, on_stale=self._stale)
+        self._pool = WorkerPool(self.name, self.processes, on_stale=self._stale)
         super().start()
 
     async def _run_batch(self, items: list) -> list:
@@ -270,16 +290,20 @@ class ProcessRunner(BatchedRunner):
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
-        return {w.proc.pid for w in self.workers if w.alive()}
+        return {w.proc.pid for w in self.processes if w.alive()}
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every worker process: its pid, state and restarts."""
+        return [w.status() for w in self.processes]
 
     def release(self) -> None:
         if self._pool is not None:
             self._pool.close()
-        for worker in self.workers:  # a worker still loading is killed, not waited for
+        for worker in self.processes:  # a worker still loading is killed, not waited for
             worker.cancel_loading()
-        stopping = [self._io.submit(worker.stop) for worker in self.workers]  # all at once
+        stopping = [self._io.submit(worker.stop) for worker in self.processes]  # all at once
         for stopped in stopping:
             stopped.result()
-        for worker in self.workers:
+        for worker in self.processes:
             worker.executor.shutdown(wait=True)
         self._io.shutdown(wait=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -110,6 +112,13 @@ def test_the_readme_run_command_serves_the_demo_and_predict_prints_a_cat(tmp_pat
         assert done.returncode == 0, done.stderr
         first = json.loads(done.stdout)["classes"][0]
         assert first["index"] in CAT_CLASSES
+        # The live page is there too, with no further step.
+        page = re.search(r"live page at (http://127\.0\.0\.1:\d+/)", server.output()).group(1)
+        with urllib.request.urlopen(page, timeout=30) as response:
+            assert b"/static/app.js" in response.read()
+        with urllib.request.urlopen(page + "api/status", timeout=30) as response:
+            (model,) = json.loads(response.read())["models"]
+        assert model["model"] == "efficientnet_lite0" and model["state"] == "READY"
         server.terminate()  # make itself dies of the signal; the server it started drains
         deadline = time.monotonic() + 30
         while "stopped" not in server.output() and time.monotonic() < deadline:

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import subprocess
 import sys
+import time
 
 import grpc
 import numpy as np
@@ -14,7 +15,6 @@ import tritonclient.grpc as triton
 
 from framewire.cli import main as cli
 from framewire.client import Client, FramewireError
-from framewire.status_cli import render
 from support.images import encode, random_image
 from support.metrics import scrape, value
 from support.nvml import FakeGpu, FakeNvml
@@ -102,6 +102,29 @@ def test_gpu_and_process_metrics(loaded_server):
     assert "process_cpu_seconds_total" in samples
 
 
+def test_clients_cannot_create_metric_series(loaded_server):
+    """Label values come only from what the server serves: versions and model
+    names a client makes up all count under one fixed value."""
+    made_up = range(1000, 1100)
+    with Client(loaded_server.address, retries=0) as c:
+        for version in made_up:
+            with pytest.raises(FramewireError):
+                c.predict(b"\xff\xd8", model="tiny", version=version)
+    tc = triton.InferenceServerClient(loaded_server.address)
+    tensor = triton.InferInput("images", [1, 8, 8, 3], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    for version in ("7", "99999999999999999999999"):
+        for name in ("tiny", "made_up_model"):
+            with pytest.raises(triton.InferenceServerException):
+                tc.infer(name, [tensor], model_version=version)
+    samples = scrape(loaded_server.metrics_url)
+    labelled = [s for name, found in samples.items() if name.startswith("framewire_") for s in found]
+    assert {s.labels["version"] for s in labelled if "version" in s.labels} <= {"", "1", "_unknown"}
+    assert {s.labels["model"] for s in labelled if "model" in s.labels} <= {"tiny", "_unknown"}
+    assert value(samples, "framewire_requests_total", model="tiny", version="_unknown", api="native",
+                 code="NOT_FOUND") == len(made_up)
+
+
 def test_without_nvml_there_are_no_gpu_metrics_and_nothing_fails(tiny_repo):
     with RunningServer(repo=str(tiny_repo)) as server:
         samples = scrape(server.metrics_url)
@@ -133,26 +156,53 @@ def test_status_prints_once(loaded_server, capsys):
 def test_top_renders_a_frame_from_a_live_server(loaded_server, capsys):
     assert cli(["top", "--server", loaded_server.address, "--once"]) == 0
     frame = capsys.readouterr().out
-    assert "MODEL" in frame and "tiny" in frame and "IMG/S" in frame
+    assert "MODEL" in frame and "tiny" in frame and "IMG/s 5s" in frame and "IMG/s 1m" in frame
+    # Power, temperature and the batch-size distribution, as on the page.
+    assert "NVIDIA H200  61C  512/700 W" in frame and "batch sizes tiny v1" in frame
 
 
-def test_a_frame_draws_gpu_bars(loaded_server):
-    from framewire.v1 import inference_pb2 as pb
+def test_status_and_the_metrics_listener_give_the_same_document(loaded_server, capsys):
+    metrics = loaded_server.metrics_url.removeprefix("http://").removesuffix("/metrics")
 
-    with Client(loaded_server.address) as c:
-        status = c.server_status()
-    gpu = status.devices.add(name="cuda:0", description="NVIDIA H200", sampled=True, utilization_percent=50.0,
-                             memory_used_bytes=70 * 2**30, memory_total_bytes=140 * 2**30, power_watts=400,
-                             power_limit_watts=700, temperature_celsius=60, sm_clock_mhz=1980,
-                             process_memory_bytes=2**30)
-    frame = render(status, server="s:1", width=120)
-    assert "[##########..........]  50.0%" in frame and "70.0/140.0 GiB" in frame and "400/700 W" in frame
-    assert isinstance(gpu, pb.DeviceStatus)
+    def documents():
+        assert cli(["status", "--server", loaded_server.address, "--json"]) == 0
+        over_grpc = json.loads(capsys.readouterr().out)
+        assert cli(["status", "--metrics", metrics, "--json"]) == 0
+        return over_grpc, json.loads(capsys.readouterr().out)
+
+    # Both read the one document the server samples each second; poll until
+    # both reads fell within the same second.
+    deadline = time.monotonic() + 30
+    while (pair := documents())[0]["time"] != pair[1]["time"] and time.monotonic() < deadline:
+        pass
+    assert pair[0] == pair[1]
+    tiny = next(m for m in pair[0]["models"] if m["model"] == "tiny")
+    assert tiny["totals"]["images"] == 24 + 5 + 3 and tiny["state"] == "READY"
+    assert pair[0]["gpus"][0]["power_watts"] == 512 and pair[0]["gpus"][0]["temperature_celsius"] == 61
+
+
+def test_status_says_why_a_version_is_unavailable(tiny_repo, tmp_path, capsys):
+    import shutil as sh
+
+    repo = tmp_path / "repo"
+    sh.copytree(tiny_repo / "tiny", repo / "tiny")
+    (repo / "tiny" / "2").mkdir()
+    (repo / "tiny" / "2" / "model.fwa").write_bytes(b"not an artifact")
+    with RunningServer(repo=str(repo), version_policy="all") as server:
+        assert cli(["status", "--server", server.address]) == 0
+        text = capsys.readouterr().out
+        assert cli(["status", "--server", server.address, "--json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+    assert "tiny v2 UNAVAILABLE: not a framewire artifact" in text and "MODEL_STATE" not in text
+    broken = next(m for m in document["models"] if m["version"] == 2)
+    assert broken["state"] == "UNAVAILABLE" and "re-export" in broken["reason"]
 
 
 def test_status_reports_an_unreachable_server(capsys):
     assert cli(["status", "--server", "127.0.0.1:1", "--timeout", "2"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+    assert cli(["status", "--metrics", "127.0.0.1:1", "--timeout", "2"]) == 1
+    assert "cannot read http://127.0.0.1:1/api/status" in capsys.readouterr().err
 
 
 def test_top_refreshes_in_a_terminal_and_quits_on_q(loaded_server):
@@ -208,3 +258,5 @@ def test_the_metrics_endpoint_can_be_turned_off(tiny_repo):
     assert "--metrics-port" in done.stdout and "-1 turns it off" in done.stdout
     with RunningServer(repo=str(tiny_repo), metrics_port=-1) as server, Client(server.address) as c:
         assert c.server_status().metrics_port == 0
+        # status and top still work, over gRPC.
+        assert json.loads(c.server_status().status_json)["server"]["metrics_port"] == 0

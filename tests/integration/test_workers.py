@@ -4,6 +4,7 @@ the same answers."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from support.waiting import wait_until
 
 
 def worker_pids(server) -> list[int]:
-    return [w.proc.pid for m in server.server.repo.served() for w in m.runner.workers]
+    return [w.proc.pid for m in server.server.repo.served() for w in m.runner.processes]
 
 
 def gone(pid: int) -> bool:
@@ -65,6 +66,14 @@ def test_with_no_live_worker_a_request_fails_at_once_and_the_worker_comes_back(t
         assert worker_pids(server) != [pid]
         np.testing.assert_allclose(after.raw["logits"], before.raw["logits"], atol=1e-6)
         assert c.server_status().serving
+
+        def restarted():  # what the page, `status` and `top` show of it, sampled each second
+            (model,) = json.loads(c.server_status().status_json)["models"]
+            (worker,) = model["workers"]
+            return worker if (worker["state"], worker["restarts"]) == ("running", 1) else None
+
+        seen = wait_until(restarted, 30, "the restarted worker running in the status document")
+        assert seen["pid"] == worker_pids(server)[0] != pid
 
 
 def test_a_batch_meant_for_a_dead_worker_goes_to_a_live_one(tiny_repo, caplog):

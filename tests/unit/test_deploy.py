@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 KSERVE = DEPLOY / "kserve"
+PROMETHEUS = DEPLOY / "prometheus"
 DOCKERFILE = ROOT / "Dockerfile.gpu"
 #: The oldest Kubernetes the manifests promise to work on (gRPC probes are GA since 1.27).
 KUBERNETES_VERSION = "1.30.0"
@@ -40,7 +41,13 @@ def load_documents(path: Path) -> list[dict]:
 
 
 def manifest_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(p for p in directory.rglob("*.yaml") if p.name != "kustomization.yaml" and not rule_file(p))
+
+
+def rule_file(path: Path) -> bool:
+    """Prometheus rule files (deploy/prometheus) are not Kubernetes objects;
+    tests/integration/test_prometheus.py checks them with Prometheus itself."""
+    return PROMETHEUS in path.parents
 
 
 def kustomize_files(directory: Path) -> list[Path]:
@@ -118,7 +125,8 @@ def test_every_file_the_deployment_guide_names_exists():
     assert not missing, f"deploy/README.md names files that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")), ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize("path", sorted(p for p in DEPLOY.rglob("*.yaml") if not rule_file(p)),
+                         ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_every_yaml_file_parses_into_named_objects(path):
     docs = load_documents(path)
     assert docs, f"{path} holds no document"
@@ -473,3 +481,64 @@ def test_hadolint_finds_nothing_in_the_dockerfile(tmp_path):
     )
     linted = subprocess.run([HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+# ------------------------------------------- metrics: where they are served vs scraped
+
+
+def serve_config(argv: list[str], env: dict[str, str]):
+    """The settings `framewire <argv>` would serve with, parsed by framewire itself."""
+    from framewire.cli import build_parser
+    from framewire.service.config import load_config
+
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve", argv
+    return load_config(args, environ=env)
+
+
+def container_config(container: dict):
+    """What the image (ENTRYPOINT framewire, CMD) serves with, given a container's args and env."""
+    entrypoint = container.get("command") or exec_form(final_stage_value("ENTRYPOINT"))
+    assert entrypoint == ["framewire"], entrypoint
+    argv = container.get("args") or exec_form(final_stage_value("CMD"))
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return serve_config(argv, env)
+
+
+def assert_serves_metrics_on(config, port: int, where: str) -> None:
+    from framewire.service.server import is_loopback
+
+    assert config.metrics_port == port, f"{where}: metrics are scraped on {port} but served on {config.metrics_port}"
+    assert not is_loopback(config.metrics_host), (
+        f"{where}: metrics are scraped from outside the container but served on {config.metrics_host} "
+        "(set --metrics-host 0.0.0.0)")
+
+
+def test_the_image_serves_metrics_where_docker_publishes_them():
+    exposed = {int(p.split("/")[0]) for name, args in stages()[-1] if name == "EXPOSE" for p in args.split()}
+    config = serve_config(exec_form(final_stage_value("CMD")), {})
+    assert config.metrics_port in exposed
+    assert_serves_metrics_on(config, config.metrics_port, "Dockerfile.gpu CMD")
+
+
+def test_each_pod_serves_metrics_where_its_service_monitor_scrapes(cluster, deployments):
+    (monitor,) = of_kind(cluster, "ServiceMonitor")
+    scraped_port_names = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for deployment in deployments:
+        container = serving_container(deployment)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (service,) = [s for s in of_kind(cluster, "Service") if selects(s["spec"]["selector"], labels)]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            if port["name"] in scraped_port_names:
+                target = port["targetPort"]
+                assert_serves_metrics_on(container_config(container), ports.get(target, target),
+                                         deployment["metadata"]["name"])
+
+
+def test_the_kserve_runtime_serves_metrics_where_its_annotations_point(kserve):
+    (runtime,) = of_kind(kserve, "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    port = int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"])
+    assert_serves_metrics_on(container_config(container), port, "ServingRuntime framewire")
+

@@ -41,3 +41,11 @@ def test_every_framewire_command_in_the_readme_parses(command):
         words = words[:-1]
     args = build_parser().parse_args(words[1:])
     assert callable(args.handler)
+
+
+def test_every_picture_the_readme_shows_is_in_the_repository():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert "docs/operator-page.png" in pictures
+    for picture in pictures:
+        data = (ROOT / picture).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", picture

@@ -393,7 +393,7 @@ class ModelRuntimeStatus(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., request_success_count: _Optional[int] = ..., request_failure_count: _Optional[int] = ..., max_batch_size_seen: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., images_per_second: _Optional[float] = ..., errors_per_second: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., average_batch_size: _Optional[float] = ...) -> None: ...
 
 class GetServerStatusResponse(_message.Message):
-    __slots__ = ("server_version", "devices", "models", "device_fallback_reason", "uptime_seconds", "serving", "metrics_port")
+    __slots__ = ("server_version", "devices", "models", "device_fallback_reason", "uptime_seconds", "serving", "metrics_port", "status_json")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +401,7 @@ class GetServerStatusResponse(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelRuntimeStatus]
@@ -408,4 +409,5 @@ class GetServerStatusResponse(_message.Message):
     uptime_seconds: float
     serving: bool
     metrics_port: int
-    def __init__(self, server_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRuntimeStatus, _Mapping]]] = ..., device_fallback_reason: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., serving: bool = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    status_json: str
+    def __init__(self, server_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRuntimeStatus, _Mapping]]] = ..., device_fallback_reason: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., serving: bool = ..., metrics_port: _Optional[int] = ..., status_json: _Optional[str] = ...) -> None: ...
