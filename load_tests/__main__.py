@@ -13,11 +13,18 @@
     # camera mode: S streams at F frames per second with a latency budget
     python -m load_tests camera --streams 100 --fps 30 --budget-ms 50 --model resnet50 --device cuda
 
+    # decode and preprocessing alone, in-process, frames per second by batch size
+    python -m load_tests decode --input jpeg:1920x1080 --device cuda --batch-sizes 32,64,128
+
 The model is a torchvision architecture exported with random weights (speed
 does not depend on the weights), or --artifact FILE; the server is started
-here (or give --server HOST:PORT). Every report carries the ratio of served
-images/s to the same model run in-process at its best batch size, measured
-in the same run.
+here (or give --server HOST:PORT, and --server-pid PID for its CPU figures).
+Every report carries the ratio of served images/s to the same model run
+in-process at its best batch size, measured in the same run, and for images
+the server decodes also the ratio to an in-process run doing the same decode
++ preprocess + model work; and the server's own CPU per image, front end and
+workers apart (from /proc), and the payload bytes per image it shipped to
+its workers.
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ import time
 from pathlib import Path
 
 from . import baseline, loadgen, report
-from .inputs import describe
-from .serverproc import BenchServer, model_counters, server_view
+from .inputs import describe, make_images
+from .serverproc import BenchServer, cpu_view, model_counters, payload_bytes, server_cpu, server_view
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("--max-batch-size", type=int, default=32)
     common.add_argument("--max-queue-delay-us", type=int, default=2000)
     common.add_argument("--server-arg", action="append", default=[], help="extra `framewire serve` flag (repeatable)")
+    common.add_argument("--server-pid", type=int, help="pid of the --server, for its CPU per image")
+    common.add_argument("--jpeg-draft", action="store_true", help="reduced-size JPEG decoding, in server and baseline")
     common.add_argument("--baseline-batches", default="1,2,4,8,16,32,64")
+    common.add_argument("--baseline-seconds", type=float, default=3.0, help="time per baseline batch size")
     common.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     common.add_argument("--out", help="write the report as JSON here")
     common.add_argument("--plot", help="write throughput and p99 latency plots here (PNG; needs matplotlib)")
@@ -73,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--streams", default="8", help="comma-separated stream counts")
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--budget-ms", type=int, default=100, help="latency budget; later frames are late (and skipped)")
+
+    p = sub.add_parser("decode", parents=[common], help="decode and preprocessing alone, in-process (no server)")
+    p.add_argument("--batch-sizes", default="16,32,64")
     return parser.parse_args(argv)
 
 
@@ -103,9 +116,45 @@ def prepare_repo(args, repo: Path) -> tuple[str, Path | None]:
     return args.model, result.path
 
 
+def decodes(spec: str) -> bool:
+    """Whether the server decodes or resizes this input (not float32 tensors)."""
+    return not spec.startswith("float32")
+
+
+def decode_only(args, dtype: str) -> int:
+    """`decode`: frames per second of the server's decode and preprocessing in-process."""
+    repo = Path(tempfile.mkdtemp(prefix="fw-decode-"))
+    try:
+        _, artifact = prepare_repo(args, repo)
+        points = baseline.measure_pipeline(str(artifact), make_images(args.input, count=16), device=args.device,
+                                           dtype=dtype, jpeg_draft=args.jpeg_draft, decode_only=True,
+                                           batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                                           min_seconds=args.duration)
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    summary = {"command": "python -m load_tests " + " ".join(argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "machine": machine(), "device": args.device, "dtype": dtype, "input": describe(args.input),
+               "jpeg_draft": args.jpeg_draft, "decode": [p.__dict__ for p in points]}
+    print(report.decode_table(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def argv_of(args) -> list[str]:
+    return list(getattr(args, "argv", None) or sys.argv[1:])
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = argv
     dtype = args.dtype if args.dtype != "auto" else ("float16" if args.device.startswith("cuda") else "float32")
+    if args.workload == "decode":
+        return decode_only(args, dtype)
     processes = args.processes or max(1, min(8, (os.cpu_count() or 2) // 4))
     repo = Path(tempfile.mkdtemp(prefix="fw-load-"))
     server = None
@@ -114,27 +163,43 @@ def main(argv=None) -> int:
             model, artifact = args.model, Path(args.artifact) if args.artifact else None
         else:
             model, artifact = prepare_repo(args, repo)
-        best = None
-        curve = []
+        best = same_work = None
+        curve, work_curve = [], []
+        batch_sizes = [int(b) for b in args.baseline_batches.split(",")]
         if not args.no_baseline and artifact is not None:
-            curve = baseline.measure(str(artifact), device=args.device, dtype=dtype,
-                                     batch_sizes=[int(b) for b in args.baseline_batches.split(",")])
+            curve = baseline.measure(str(artifact), device=args.device, dtype=dtype, batch_sizes=batch_sizes,
+                                     min_seconds=args.baseline_seconds)
             best = max(curve, key=lambda p: p.images_per_second)
             print(f"baseline: {best.images_per_second:.1f} img/s at batch {best.batch_size} "
                   f"({args.device}, {dtype})", flush=True)
+            if decodes(args.input):
+                work_curve = baseline.measure_pipeline(str(artifact), make_images(args.input, count=8),
+                                                       device=args.device, dtype=dtype, jpeg_draft=args.jpeg_draft,
+                                                       batch_sizes=batch_sizes, min_seconds=args.baseline_seconds)
+                same_work = max(work_curve, key=lambda p: p.images_per_second)
+                print(f"baseline with the same decode + preprocess work: {same_work.images_per_second:.1f} img/s "
+                      f"at batch {same_work.batch_size}", flush=True)
         if not args.server:
             server = BenchServer(repo, ["--device", args.device, "--dtype", dtype,
                                         "--max-batch-size", str(args.max_batch_size),
-                                        "--max-queue-delay-us", str(args.max_queue_delay_us), *args.server_arg],
+                                        "--max-queue-delay-us", str(args.max_queue_delay_us),
+                                        *(["--jpeg-draft"] if args.jpeg_draft else []), *args.server_arg],
                                  repo / "server.log")
         address = args.server or server.address
+        pid = server.pid if server is not None else args.server_pid
         results = []
         for point in points(args):
             spec = {**point, "server": address, "model": model, "input": args.input, "duration": args.duration,
                     "warmup": args.warmup, "token": args.token}
             before = model_counters(address, model, args.token)
+            cpu_before, bytes_before = server_cpu(pid), payload_bytes(address, model, args.token)
             load = loadgen.spawn(spec, processes)
-            view = server_view(before, model_counters(address, model, args.token))
+            after = model_counters(address, model, args.token)
+            cpu_after, bytes_after = server_cpu(pid), payload_bytes(address, model, args.token)
+            view = server_view(before, after)
+            view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
+            if bytes_before is not None and bytes_after is not None and view["inferences"]:
+                view["payload_bytes_per_image"] = (bytes_after - bytes_before) / view["inferences"]
             results.append({"point": point, **load.summary(), "server": view})
             print(report.line(results[-1]), flush=True)
         baseline_rate = None
@@ -142,23 +207,35 @@ def main(argv=None) -> int:
             # Timed again after the load: the better of the two is the model's
             # speed here (a timing disturbed by another process only lowers
             # it), which keeps the ratio conservative.
-            again = baseline.measure(str(artifact), device=args.device, dtype=dtype, batch_sizes=[best.batch_size])[0]
+            again = baseline.measure(str(artifact), device=args.device, dtype=dtype, batch_sizes=[best.batch_size],
+                                     min_seconds=args.baseline_seconds)[0]
             baseline_rate = max(best.images_per_second, again.images_per_second)
             for r in results:
                 r["ratio"] = r["images_per_second"] / baseline_rate
+        work_rate = None
+        if same_work is not None:
+            again = baseline.measure_pipeline(str(artifact), make_images(args.input, count=8), device=args.device,
+                                              dtype=dtype, jpeg_draft=args.jpeg_draft,
+                                              batch_sizes=[same_work.batch_size], min_seconds=args.baseline_seconds)[0]
+            work_rate = max(same_work.images_per_second, again.images_per_second)
+            for r in results:
+                r["ratio_same_work"] = r["images_per_second"] / work_rate
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(repo, ignore_errors=True)
 
     summary = {
-        "command": "python -m load_tests " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m load_tests " + " ".join(argv_of(args)),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
+        "machine": machine(),
         "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
+        "jpeg_draft": args.jpeg_draft,
         "load_processes": processes,
         "baseline": [p.__dict__ for p in curve],
         "baseline_images_per_second": baseline_rate,
+        "baseline_same_work": [p.__dict__ for p in work_curve],
+        "baseline_same_work_images_per_second": work_rate,
         "results": results,
     }
     print()

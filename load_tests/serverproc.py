@@ -20,6 +20,7 @@ class BenchServer:
         command = [sys.executable, "-m", "framewire", "serve", "--repo", str(repo), "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             text = log_path.read_text()
@@ -78,3 +79,71 @@ def server_view(before: dict, after: dict) -> dict:
         "inferences": delta["inferences"],
         "executions": delta["executions"],
     }
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process, from /proc (None once it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def server_cpu(pid: int | None) -> dict:
+    """CPU seconds of a server's front end (`pid`) and of each of its worker processes."""
+    if pid is None:
+        return {}
+    return {"frontend": _cpu_seconds(pid) or 0.0,
+            "workers": {child: seconds for child in _children(pid) if (seconds := _cpu_seconds(child)) is not None}}
+
+
+def cpu_view(before: dict, after: dict, images: int) -> dict:
+    """Front-end and worker CPU milliseconds per image between two readings
+    (a worker started in between counts from zero)."""
+    if not before or not images:
+        return {}
+    workers = sum(s - before["workers"].get(pid, 0.0) for pid, s in after["workers"].items())
+    return {"frontend_ms_per_image": (after["frontend"] - before["frontend"]) * 1000 / images,
+            "workers_ms_per_image": workers * 1000 / images, "worker_processes": len(after["workers"])}
+
+
+def payload_bytes(address: str, model: str, token: str | None = None) -> float | None:
+    """The server's framewire_payload_bytes_total for a model (all versions),
+    from its /metrics endpoint (None when metrics are off)."""
+    import urllib.request
+
+    import grpc
+
+    from framewire.v1 import inference_pb2 as pb
+    from framewire.v1 import inference_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(address) as channel:
+        status = inference_pb2_grpc.ModelInferenceStub(channel).GetServerStatus(
+            pb.GetServerStatusRequest(), timeout=30, metadata=metadata)
+    if not status.metrics_port:
+        return None
+    host = address.rsplit(":", 1)[0]
+    try:
+        text = urllib.request.urlopen(f"http://{host}:{status.metrics_port}/metrics", timeout=30).read().decode()
+    except OSError:  # metrics listen elsewhere (--metrics-host) than the gRPC address
+        return None
+    pattern = re.compile(r'^framewire_payload_bytes_total\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$',
+                         re.M)
+    values = pattern.findall(text)
+    return sum(float(v) for v in values) if values else None  # None: a server without the metric

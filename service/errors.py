@@ -82,3 +82,13 @@ class InferenceError(ServiceError):
     """The model failed while running a batch."""
 
     code = "INTERNAL"
+
+
+_BY_CODE = {"INVALID_ARGUMENT": InvalidInputError, "RESOURCE_EXHAUSTED": LimitExceededError,
+            "UNAVAILABLE": ModelUnavailableError}
+
+
+def error_from_code(code: str, message: str) -> ServiceError:
+    """The error a (code, message) pair names, as it crossed a process
+    boundary: the status code the client sees is the one it was raised with."""
+    return _BY_CODE.get(code, InferenceError)(message)

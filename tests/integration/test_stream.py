@@ -286,3 +286,50 @@ def test_client_stream_to_no_server_reports_every_frame_then_raises_after_its_re
     assert time.monotonic() - start < 30  # one reconnect, not a retry without end
     assert [r.frame_number for r in results] == list(range(len(results))) and results
     assert all(r.status in ("failed", "dropped") and r.prediction is None for r in results)
+
+
+def test_clients_cancelling_streams_mid_flight_log_no_error(fast_server, caplog):
+    """Streams cancelled by their clients while answers are still being computed
+    and written, on both APIs: the server drops them quietly (no ERROR, no
+    "exception was never retrieved") and goes on serving."""
+    import asyncio
+    import gc
+    import logging
+
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+    from framewire.v1 import inference_pb2 as pb
+    from framewire.v1 import inference_pb2_grpc
+
+    caplog.set_level(logging.INFO)
+    image = encode(random_image(3, 48, 64))
+    frames = [pb.StreamFrame(stream_id=f"c{i % 3}", frame_number=i, model="tiny", image=pb.Image(encoded=image))
+              for i in range(30)]
+    request = oip.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="encoded_images", datatype="BYTES", shape=[1]).contents.bytes_contents.append(image)
+
+    async def cancel_after(call, answers: int) -> None:
+        seen = 0
+        async for _ in call:
+            seen += 1
+            if seen >= answers:
+                call.cancel()
+                return
+
+    async def storm() -> None:
+        async with grpc.aio.insecure_channel(fast_server.address) as channel:
+            native = inference_pb2_grpc.ModelInferenceStub(channel)
+            protocol = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(4):
+                await asyncio.gather(
+                    *(cancel_after(native.StreamPredict(iter(frames)), 1 + i % 5) for i in range(12)),
+                    *(cancel_after(protocol.ModelStreamInfer(iter([request] * 30)), 1 + i % 5) for i in range(12)),
+                    return_exceptions=True)
+
+    fast_server.call(storm(), timeout=120)  # on the server's own loop: gRPC's asyncio client wants one loop
+    wait_until(lambda: fast_server.server.streams.open_streams == 0, 30, "the cancelled streams to end")
+    fast_server.call(asyncio.to_thread(gc.collect))  # surfaces futures whose exceptions nobody retrieved
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems[:3]
+    with Client(fast_server.address) as client:
+        assert client.predict(image, model="tiny").version == 1
