@@ -8,6 +8,7 @@ more is refused, and none of its code runs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import CheckpointError, UnsafeCheckpointError
@@ -42,13 +43,13 @@ def read_weights(path: str | Path) -> dict:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler raises UnpicklingError and others
         text = str(exc)
-        if "Unsupported global" in text:
+        referenced = _referenced_global(text)
+        if referenced is not None:
             raise UnsafeCheckpointError(
-                "this checkpoint holds more than tensors (it references Python code such as "
-                f"{_first_global(text)}) and would need full unpickling, which framewire never "
-                "does. In a trusted environment, load it and save only the state dict with "
-                "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), then "
-                "export that file",
+                f"this checkpoint references {referenced}, so unpickling it would run code; it holds more "
+                "than tensors and framewire never unpickles. In a trusted environment, load it and save only "
+                "the state dict with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), "
+                "then export that file",
                 path,
             ) from None
         raise CheckpointError(
@@ -59,21 +60,25 @@ def read_weights(path: str | Path) -> dict:
     return _unwrap_state_dict(loaded, path)
 
 
+#: The Python object a refused pickle names, in every wording torch uses
+#: ("Unsupported global: GLOBAL open ...", "unsupported GLOBAL posix.system ...").
+_GLOBAL_RE = re.compile(r"\bGLOBAL ([A-Za-z_][\w.]{0,200})")
+#: Sentences of torch's message that advise turning the safety check off.
+_ADVICE_RE = re.compile(r"weights_only|safe_globals|trust|can still be loaded|documentation|Weights only load failed",
+                        re.IGNORECASE)
+
+
+def _referenced_global(text: str) -> str | None:
+    match = _GLOBAL_RE.search(text)
+    return match.group(1).rstrip(".") if match else None
+
+
 def _reason(text: str) -> str:
-    """The informative line of torch's (long) load error."""
-    for marker in ("WeightsUnpickler error:",):
-        if marker in text:
-            rest = " ".join(text.split(marker, 1)[1].split())
-            return rest.split(" Check the documentation")[0].strip() or "unreadable"
-    return " ".join(text.split())[:200] or "unreadable"
-
-
-def _first_global(text: str) -> str:
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported global "):
-        if marker in text:
-            rest = text.split(marker, 1)[1]
-            return rest.split()[0].rstrip(".,") if rest.split() else "an unknown global"
-    return "an unknown global"
+    """The informative part of torch's (long) load error, without its advice."""
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text.replace("\x1b[1m", "").replace("\x1b[0m", ""))
+    kept = [s.strip() for s in sentences if s.strip() and not _ADVICE_RE.search(s)]
+    reason = " ".join(" ".join(kept).split())
+    return reason[:200] or "not a readable checkpoint"
 
 
 def _unwrap_state_dict(loaded, path: Path) -> dict:

@@ -55,6 +55,10 @@ class ArtifactLoadTimeoutError(ArtifactError):
     """Checking and rebuilding the network overran its time budget and was stopped."""
 
 
+class ArtifactIdentityError(ArtifactError):
+    """The artifact's recorded (signed) name and version are not its path's."""
+
+
 class ArtifactSignatureError(ArtifactError):
     """A signature does not verify, its key is not trusted, or one is required."""
 

@@ -23,6 +23,7 @@ from framewire.v1 import artifact_pb2 as pb
 from . import format as fmt
 from .errors import (
     ArtifactCorruptError,
+    ArtifactError,
     ArtifactDigestError,
     ArtifactTooLargeError,
     ArtifactVersionError,
@@ -174,13 +175,40 @@ def _build_registry(reg: pb.RegistryArchitecture, tensors: dict, path, registry)
     kwargs = {}
     for key, value in reg.kwargs.items():
         kwargs[key] = fmt.scalar_value(value)
+    # The shapes the arguments imply are compared with the stored tensors
+    # before anything is allocated: an argument such as num_classes=250000
+    # would otherwise cost its memory and time before the refusal.
+    on_meta = _build_on_meta(registry, reg.builder, kwargs, path)
+    if on_meta is not None:
+        _check_weights(reg.builder, on_meta.state_dict(), tensors, path)
     module = registry.build(reg.builder, kwargs, path)
-    expected = module.state_dict()
+    _check_weights(reg.builder, module.state_dict(), tensors, path)
+    module.load_state_dict(tensors, strict=True)
+    return module.eval()
+
+
+def _build_on_meta(registry, builder: str, kwargs: dict, path):
+    """The architecture built on torch's meta device (shapes, no memory), or
+    None for a builder that computes on tensors while building (torchvision's
+    RegNets), which is then checked after its real build."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return registry.build(builder, kwargs, path)
+    except ArtifactError:
+        raise
+    except Exception:  # NotImplementedError and others from tensor code that needs real data
+        return None
+
+
+def _check_weights(builder: str, expected: dict, tensors: dict, path) -> None:
+    """The stored tensors have exactly the names, shapes and dtypes the built architecture has."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise WeightsMismatchError(
-            f"weights do not match {reg.builder}: missing {missing[:5]}, unexpected "
+            f"weights do not match {builder}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}; check the builder's keyword arguments (e.g. num_classes)",
             path,
         )
@@ -188,12 +216,10 @@ def _build_registry(reg: pb.RegistryArchitecture, tensors: dict, path, registry)
         got = tensors[name]
         if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
             raise WeightsMismatchError(
-                f"tensor {name!r} is {tuple(got.shape)} {got.dtype}, {reg.builder} expects "
+                f"tensor {name!r} is {tuple(got.shape)} {got.dtype}, {builder} expects "
                 f"{tuple(want.shape)} {want.dtype}; check the builder's keyword arguments",
                 path,
             )
-    module.load_state_dict(tensors, strict=True)
-    return module.eval()
 
 
 def _check_format_version(artifact: pb.ModelArtifact, path) -> None:

@@ -4,8 +4,8 @@ The signed payload is a canonical JSON manifest of everything that decides
 what the artifact computes and what it claims to be: format version, name,
 version, task, architecture (registry builder and arguments, or the graph
 program's sha256), input spec, preprocessing (floats by their exact bits),
-outputs, the sha256 of the labels, the weights' sha256 and the parameter
-count. The weights and graph are covered through their digests, which the
+outputs, the sha256 of the labels (each length-prefixed, so no two label
+lists share it), the weights' sha256 and the parameter count. The weights and graph are covered through their digests, which the
 loader checks against the bytes before it checks the signature. The
 signature itself is stored in the artifact (`signature`), with the id of
 the key that made it (sha256 of the raw public key, first 16 hex digits).
@@ -13,6 +13,7 @@ the key that made it (sha256 of the raw public key, first 16 hex digits).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,15 +27,38 @@ from . import format as fmt
 from .errors import ArtifactSignatureError
 
 ALGORITHM = "ed25519"
-PAYLOAD_PREFIX = b"framewire-artifact-signature-v1\n"
+PAYLOAD_PREFIX = b"framewire-artifact-signature-v2\n"
+#: Format 1 hashed the labels joined by newlines, so ['a\nb', 'c'] and
+#: ['a', 'b\nc'] shared a signature; it is recognised only to be refused.
+LEGACY_PAYLOAD_PREFIX = b"framewire-artifact-signature-v1\n"
 
 
 def _float_bits(values) -> list[str]:
     return [struct.pack("<f", v).hex() for v in values]
 
 
+def labels_sha256(labels) -> str:
+    """sha256 over the label count and each label's length and UTF-8 bytes."""
+    digest = hashlib.sha256(struct.pack("<Q", len(labels)))
+    for label in labels:
+        raw = label.encode()
+        digest.update(struct.pack("<Q", len(raw)))
+        digest.update(raw)
+    return digest.hexdigest()
+
+
 def signed_payload(artifact: pb.ModelArtifact) -> bytes:
     """The bytes a signature covers (see the module doc)."""
+    return PAYLOAD_PREFIX + _manifest(artifact, labels_sha256(artifact.output.labels))
+
+
+def legacy_payload(artifact: pb.ModelArtifact) -> bytes:
+    """The bytes a format-1 signature covered (labels joined by newlines)."""
+    joined = hashlib.sha256("\n".join(artifact.output.labels).encode()).hexdigest()
+    return LEGACY_PAYLOAD_PREFIX + _manifest(artifact, joined)
+
+
+def _manifest(artifact: pb.ModelArtifact, labels_digest: str) -> bytes:
     kind = artifact.WhichOneof("architecture")
     if kind == "registry":
         architecture = {"registry": {
@@ -61,11 +85,11 @@ def signed_payload(artifact: pb.ModelArtifact) -> bytes:
                           pre.interpolation, pre.antialias, _float_bits([pre.scale]),
                           _float_bits(pre.mean), _float_bits(pre.std)],
         "outputs": [[o.name, o.dtype, list(o.shape)] for o in artifact.output.outputs],
-        "labels_sha256": hashlib.sha256("\n".join(artifact.output.labels).encode()).hexdigest(),
+        "labels_sha256": labels_digest,
         "weights_sha256": artifact.weights_sha256.hex(),
         "parameter_count": artifact.parameter_count,
     }
-    return PAYLOAD_PREFIX + json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def key_id(public_key) -> str:
@@ -168,6 +192,11 @@ class TrustPolicy:
         try:
             key.verify(signature.signature, signed_payload(artifact))
         except InvalidSignature:
+            with contextlib.suppress(InvalidSignature):
+                key.verify(signature.signature, legacy_payload(artifact))
+                raise ArtifactSignatureError(
+                    f"signed by key {signature.key_id} in an older signature format whose label encoding is "
+                    "ambiguous; re-sign it with `framewire sign` (this framewire)", path) from None
             raise ArtifactSignatureError(
                 f"the signature by key {signature.key_id} does not verify: the artifact was changed "
                 "after it was signed; re-export and re-sign it", path) from None

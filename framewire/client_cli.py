@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .connection import add_connection_arguments, client_from_args
+from .connection import add_connection_arguments, connection_from_args
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,11 +45,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .client import DEFAULT_MAX_MESSAGE_BYTES, FramewireError
+    from .client import Client, FramewireError
 
     status = 0
-    limit = args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
-    with client_from_args(args, timeout=args.timeout, max_message_bytes=limit) as client:
+    with Client(connection_from_args(args), timeout=args.timeout) as client:
         for path in args.images:
             if Path(path).is_dir():
                 print(f"framewire predict: {path} is a folder; to score every image in it use "
@@ -105,10 +104,10 @@ def _print_table(path: str, pred) -> None:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from .client import FramewireError
+    from .client import Client, FramewireError
 
     try:
-        with client_from_args(args, timeout=args.timeout, retries=0) as client:
+        with Client(connection_from_args(args), timeout=args.timeout, retries=0) as client:
             info = client.get_model(args.model, args.version, include_labels=args.labels)
     except FramewireError as exc:
         print(f"framewire describe: {args.server}: {exc}", file=sys.stderr)

@@ -9,8 +9,9 @@ exactly once, resumably.
 
 Files are read by `concurrency` worker threads and sent in `BatchPredict`
 requests of `batch_size` images, spread round robin over the servers (one
-channel each). A batch that fails with UNAVAILABLE (a dead, restarting or
-full server) is retried on another server after a backoff, up to
+channel each, from `framewire.connection.Connection`). A batch that fails
+with UNAVAILABLE (a dead, restarting or full server) is retried on another
+server after a backoff (`framewire.connection.RetryPolicy`), up to
 `max_attempts` attempts; DEADLINE_EXCEEDED is retried once. A batch the
 server refuses as a whole (INVALID_ARGUMENT: one bad file; RESOURCE_EXHAUSTED:
 too large; INTERNAL: the model failed on it) is scored again one image at a time, so only the bad file gets an
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import re
 import threading
 import time
@@ -33,8 +33,8 @@ from typing import Callable, Iterable, Sequence
 
 import grpc
 
-from framewire.client import DEFAULT_MAX_MESSAGE_BYTES, prediction_from
-from framewire.connection import transport_hint
+from framewire.client import predict_options, prediction_from
+from framewire.connection import Connection, FramewireError, LocalRpcError, RetryPolicy
 from framewire.results_file import ResultsFile, error_row, scored_row
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
@@ -44,13 +44,6 @@ log = logging.getLogger("framewire.score")
 #: Codes after which a whole batch is scored again one image at a time.
 SPLIT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          grpc.StatusCode.INTERNAL})
-#: A dead server's channel tries to reconnect this often at most, so a replica
-#: that comes back is used again soon.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 
 
 class ScoreError(RuntimeError):
@@ -115,15 +108,12 @@ def failure_reason(error: str) -> str:
 
 
 class _Replica:
-    def __init__(self, address: str, options, credentials, rotation: int):
-        self.address = address
+    def __init__(self, connection: Connection, rotation: int):
+        self.connection = connection
+        self.address = connection.target
         self.rotation = rotation
-        if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=options)
-        else:
-            self.channel = grpc.secure_channel(address, credentials, options=options)
+        self.channel = connection.channel()
         self.stub = inference_pb2_grpc.ModelInferenceStub(self.channel)
-        self.tls = credentials is not None
         self.failures = 0
         self.down_until = 0.0
 
@@ -133,12 +123,8 @@ class ReplicaSet:
     sits out a cool-down (doubling while it keeps failing) and a retry never
     goes back to the server it failed on while there is another."""
 
-    def __init__(self, addresses: Sequence[str], *, credentials: grpc.ChannelCredentials | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cooldown: float = 0.5,
-                 max_cooldown: float = 10.0, channel_options: Sequence[tuple] = ()):
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS, *channel_options]
-        self.replicas = [_Replica(a, options, credentials, i) for i, a in enumerate(addresses)]
+    def __init__(self, connections: Sequence[Connection], *, cooldown: float = 0.5, max_cooldown: float = 10.0):
+        self.replicas = [_Replica(c, i) for i, c in enumerate(connections)]
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
         self._next = 0
@@ -199,10 +185,8 @@ class BatchScorer:
                  score_threshold: float | None = None, max_detections: int = 0, fmt: str | None = None,
                  timeout: float = 60.0, max_attempts: int = 5, backoff: float = 0.1,
                  limit: int | None = None, retry_failed: bool = False, progress: bool = False,
-                 metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, fsync_seconds: float = 1.0,
-                 wait_ready: float = 30.0, on_batch: Callable[[ScoreSummary], None] | None = None,
-                 channel_options: Sequence[tuple] = ()):
+                 fsync_seconds: float = 1.0, wait_ready: float = 30.0,
+                 on_batch: Callable[[ScoreSummary], None] | None = None, **connection_options):
         for name, value, least in (("batch_size", batch_size, 1), ("concurrency", concurrency, 1),
                                    ("max_attempts", max_attempts, 1), ("top_k", top_k, 1)):
             if value < least:
@@ -215,14 +199,12 @@ class BatchScorer:
         self.addresses = parse_servers(servers)
         self.out, self.fmt = out, fmt
         self.batch_size, self.concurrency = batch_size, concurrency
-        self.options = pb.PredictOptions(top_k=top_k, max_detections=max_detections)
-        if score_threshold is not None:
-            self.options.score_threshold = score_threshold
-        self.timeout, self.max_attempts, self.backoff = timeout, max_attempts, backoff
+        self.connections = [Connection(address, **connection_options) for address in self.addresses]
+        self.options = predict_options(top_k, score_threshold, max_detections)
+        self.timeout = timeout
+        self.retry = RetryPolicy(attempts=max_attempts, backoff=backoff,
+                                 once_codes=frozenset({grpc.StatusCode.DEADLINE_EXCEEDED}))
         self.limit, self.retry_failed, self.progress = limit, retry_failed, progress
-        self.metadata = tuple(metadata)
-        self.credentials, self.max_message_bytes = credentials, max_message_bytes
-        self.channel_options = tuple(channel_options)
         self.fsync_seconds = fsync_seconds
         self.wait_ready = wait_ready
         self.on_batch = on_batch
@@ -256,8 +238,7 @@ class BatchScorer:
         return summary
 
     def _score(self, todo: list[str], results: ResultsFile) -> None:
-        replicas = ReplicaSet(self.addresses, credentials=self.credentials,
-                              max_message_bytes=self.max_message_bytes, channel_options=self.channel_options)
+        replicas = ReplicaSet(self.connections)
         try:
             self._check_model(replicas)
             work: queue.Queue = queue.Queue()
@@ -306,32 +287,41 @@ class BatchScorer:
         and leave out the servers that do not."""
         request = pb.GetModelRequest(model=self.model, version=self.version)
         deadline = time.monotonic() + self.wait_ready
-        while True:
-            answers: dict[str, str] = {}
-            serving = 0
+        failures: dict[str, tuple[Connection, grpc.RpcError]] = {}
+        serving: list[str] = []
+
+        def ask_every_server() -> None:
+            failures.clear()
+            serving.clear()
             for replica in list(replicas.replicas):
                 try:
-                    replica.stub.GetModel(request, timeout=min(self.timeout, 10.0), metadata=self.metadata)
+                    replica.stub.GetModel(request, timeout=min(self.timeout, 10.0),
+                                          metadata=replica.connection.call_metadata)
                     replicas.succeeded(replica)
-                    serving += 1
+                    serving.append(replica.address)
                     continue
                 except grpc.RpcError as exc:
                     code, details = exc.code(), exc.details() or ""
-                answers[replica.address] = f"{code.name}: {details}"
+                    failures[replica.address] = (replica.connection, exc)
                 if code == grpc.StatusCode.NOT_FOUND and len(replicas.replicas) > 1:
                     log.warning("server %s does not serve the model (%s); leaving it out", replica.address, details)
                     replicas.remove(replica)
                 elif code != grpc.StatusCode.NOT_FOUND:
                     replicas.failed(replica, f"{code.name}: {details}")
-            unknown = all(m.startswith("NOT_FOUND") for m in answers.values())
-            if serving or unknown or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        if not serving:
-            tls = any(r.tls for r in replicas.replicas)
-            hints = {a: transport_hint(a, tls=tls, details=m) for a, m in answers.items()}
-            listed = "; ".join(f"{a}: {m}" + (f"; {hints[a]}" if hints[a] else "") for a, m in answers.items())
-            raise ScoreError(f"no server can score with model {self.model!r}: {listed}")
+            unknown = all(exc.code() == grpc.StatusCode.NOT_FOUND for _, exc in failures.values())
+            if not serving and not unknown:  # servers may be starting: ask again until `wait_ready` is up
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, "no server serves the model yet")
+
+        try:
+            RetryPolicy(attempts=None, backoff=0.25, max_backoff=1.0).run(
+                ask_every_server, on_retry=lambda error, delay: time.monotonic() < deadline,
+                sleep=lambda delay: time.sleep(min(delay, max(0.0, deadline - time.monotonic()))))
+        except LocalRpcError:
+            pass
+        if serving:
+            return
+        listed = "; ".join(f"{address}: {connection.error(exc)}" for address, (connection, exc) in failures.items())
+        raise ScoreError(f"no server can score with model {self.model!r}: {listed}")
 
     # --- worker threads -------------------------------------------------------------------
 
@@ -378,35 +368,45 @@ class BatchScorer:
         }
 
     def _send(self, replicas: ReplicaSet, images: list[tuple[str, bytes]]):
+        """One BatchPredict of `images`, retried on another server as the
+        policy allows; raises _BatchFailed when it does not succeed."""
         request = pb.BatchPredictRequest(model=self.model, version=self.version, options=self.options,
                                          images=[pb.Image(encoded=data) for _, data in images])
-        attempt, deadline_retried, avoid = 0, False, None
-        while True:
-            replica = replicas.pick(avoid)
-            attempt += 1
+        tried: list[_Replica] = []
+
+        def attempt():
+            replica = replicas.pick(tried[-1] if tried else None)
+            tried.append(replica)
+            replica.connection.check_size(request)
             try:
-                response = replica.stub.BatchPredict(request, timeout=self.timeout, metadata=self.metadata)
+                response = replica.stub.BatchPredict(request, timeout=self.timeout,
+                                                     metadata=replica.connection.call_metadata)
             except grpc.RpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                retry = code == grpc.StatusCode.UNAVAILABLE or (
-                    code == grpc.StatusCode.DEADLINE_EXCEEDED and not deadline_retried)
-                deadline_retried |= code == grpc.StatusCode.DEADLINE_EXCEEDED
-                if retry:
-                    replicas.failed(replica, f"{code.name}: {details}")
-                if not retry or attempt >= self.max_attempts or self._stopping.is_set():
-                    tries = f" (after {attempt} attempts, last on {replica.address})" if attempt > 1 else ""
-                    raise _BatchFailed(code, f"{code.name}: {details}{tries}") from None
-                with self._stats_lock:
-                    self.summary.retries += 1
-                avoid = replica
-                time.sleep(min(5.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random()))
-                continue
+                if self.retry.retryable(exc.code()):
+                    replicas.failed(replica, f"{exc.code().name}: {exc.details() or ''}")
+                raise
             if len(response.predictions) != len(images):
                 raise _BatchFailed(grpc.StatusCode.INTERNAL,
                                    f"INTERNAL: {replica.address} answered {len(response.predictions)} "
                                    f"predictions for {len(images)} images")
             replicas.succeeded(replica)
             return response, replica
+
+        def on_retry(exc: grpc.RpcError, delay: float) -> bool:
+            if self._stopping.is_set():
+                return False
+            with self._stats_lock:
+                self.summary.retries += 1
+            return True
+
+        try:
+            return self.retry.run(attempt, on_retry=on_retry)
+        except grpc.RpcError as exc:
+            error = tried[-1].connection.error(exc, probe=False)
+            tries = f" (after {len(tried)} attempts, last on {tried[-1].address})" if len(tried) > 1 else ""
+            raise _BatchFailed(error.code, f"{error}{tries}") from None
+        except FramewireError as exc:  # over the message limit: not sent
+            raise _BatchFailed(exc.code, str(exc)) from None
 
 
 class _NoBar:
@@ -441,8 +441,11 @@ def score_images(paths: Iterable[str | Path], *, model: str, servers: str | Sequ
     request), max_attempts (5), backoff (0.1 s, doubling), limit (score at
     most this many new images), retry_failed (score failed images again),
     progress (a tqdm bar on stderr), wait_ready (seconds to wait at the start
-    for a server to have the model ready, 30), metadata, credentials, channel_options, on_batch (called
-    with the summary after each batch is written). Raises ScoreError when no
+    for a server to have the model ready, 30), on_batch (called with the
+    summary after each batch is written), and the fields of
+    `framewire.connection.Connection` but the target (token, tls_ca,
+    tls_cert, tls_key, server_name, credentials, metadata, max_message_bytes,
+    ...), which apply to every server. Raises ScoreError when no
     server can score with the model, ValueError for bad options and
     `framewire.results_file.ResultsFileError` when `out` is not a results file."""
     return BatchScorer(model=model, servers=servers, out=out, **options).run(paths)

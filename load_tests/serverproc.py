@@ -20,6 +20,7 @@ class BenchServer:
         command = [sys.executable, "-m", "framewire", "serve", "--repo", str(repo), "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             text = log_path.read_text()
@@ -46,15 +47,14 @@ class BenchServer:
 
 def model_counters(address: str, model: str, token: str | None = None) -> dict:
     """Cumulative counters of a model (all its versions), from ModelStatistics."""
-    import grpc
-
+    from framewire.connection import Connection
     from framewire.oip import grpc_service_pb2 as pb
     from framewire.oip import grpc_service_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    with grpc.insecure_channel(address) as channel:
+    connection = Connection(address, token=token)
+    with connection.channel() as channel:
         reply = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            pb.ModelStatisticsRequest(name=model), timeout=30, metadata=metadata)
+            pb.ModelStatisticsRequest(name=model), timeout=30, metadata=connection.call_metadata)
     totals = dict.fromkeys(("inferences", "executions", "requests", "queue_ns", "compute_ns", "preprocess_ns"), 0)
     for entry in reply.model_stats:
         s = entry.inference_stats
@@ -81,10 +81,88 @@ def server_view(before: dict, after: dict) -> dict:
     }
 
 
-def measured_point(address: str, model: str, spec: dict, processes: int, token: str | None = None) -> dict:
-    """Run one load point against a server: the load's summary and the server's view of it."""
+def measured_point(address: str, model: str, spec: dict, processes: int, token: str | None = None,
+                   pid: int | None = None) -> dict:
+    """Run one load point against a server: the load's summary and the
+    server's view of it (with its CPU per image when `pid` is known, and
+    payload bytes per image when it exports the metric)."""
     from . import loadgen
 
     before = model_counters(address, model, token)
+    cpu_before, bytes_before = server_cpu(pid), payload_bytes(address, model, token)
     load = loadgen.spawn(spec, processes)
-    return {**load.summary(), "server": server_view(before, model_counters(address, model, token))}
+    after = model_counters(address, model, token)
+    cpu_after, bytes_after = server_cpu(pid), payload_bytes(address, model, token)
+    view = server_view(before, after)
+    view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
+    if bytes_before is not None and bytes_after is not None and view["inferences"]:
+        view["payload_bytes_per_image"] = (bytes_after - bytes_before) / view["inferences"]
+    return {**load.summary(), "server": view}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process, from /proc (None once it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def server_cpu(pid: int | None) -> dict:
+    """CPU seconds of a server's front end (`pid`) and of each of its worker processes."""
+    if pid is None:
+        return {}
+    return {"frontend": _cpu_seconds(pid) or 0.0,
+            "workers": {child: seconds for child in _children(pid) if (seconds := _cpu_seconds(child)) is not None}}
+
+
+def cpu_view(before: dict, after: dict, images: int) -> dict:
+    """Front-end and worker CPU milliseconds per image between two readings
+    (a worker started in between counts from zero)."""
+    if not before or not images:
+        return {}
+    workers = sum(s - before["workers"].get(pid, 0.0) for pid, s in after["workers"].items())
+    return {"frontend_ms_per_image": (after["frontend"] - before["frontend"]) * 1000 / images,
+            "workers_ms_per_image": workers * 1000 / images, "worker_processes": len(after["workers"])}
+
+
+def payload_bytes(address: str, model: str, token: str | None = None) -> float | None:
+    """The server's framewire_payload_bytes_total for a model (all versions),
+    from its /metrics endpoint (None when metrics are off)."""
+    import urllib.request
+
+    import grpc
+
+    from framewire.v1 import inference_pb2 as pb
+    from framewire.v1 import inference_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(address) as channel:
+        status = inference_pb2_grpc.ModelInferenceStub(channel).GetServerStatus(
+            pb.GetServerStatusRequest(), timeout=30, metadata=metadata)
+    if not status.metrics_port:
+        return None
+    host = address.rsplit(":", 1)[0]
+    try:
+        text = urllib.request.urlopen(f"http://{host}:{status.metrics_port}/metrics", timeout=30).read().decode()
+    except OSError:  # metrics listen elsewhere (--metrics-host) than the gRPC address
+        return None
+    pattern = re.compile(r'^framewire_payload_bytes_total\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$',
+                         re.M)
+    values = pattern.findall(text)
+    return sum(float(v) for v in values) if values else None  # None: a server without the metric

@@ -11,8 +11,9 @@ from framewire import __version__
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
-from . import messages
+from . import messages, requests
 from .access import model_allowed
+from .batcher import retrieve_exception
 from .config import ServeConfig
 from .devices import DevicePlan, describe_device
 from .domain import PredictParams
@@ -26,12 +27,6 @@ from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
 API = "native"
-
-
-def deadline_of(context) -> float | None:
-    """The call's gRPC deadline on the event loop's clock, if it has one."""
-    remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
@@ -58,10 +53,10 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             params = messages.predict_params(request.options)
             image = messages.image_input(request.image, max_elements=self.max_elements)
             async with self.repo.lease(request.model, request.version) as model:
-                served = await model.predict([image], params, deadline=deadline_of(context))
+                served = await model.predict([image], params, deadline=requests.deadline(context))
         return pb.PredictResponse(
             served_by=messages.served_by(served),
-            prediction=messages.prediction(served.predictions[0]),
+            prediction=messages.prediction(served.predictions[0], model.handler),
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
@@ -82,10 +77,10 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 for i, image in enumerate(request.images)
             ]
             async with self.repo.lease(request.model, request.version) as model:
-                served = await model.predict(images, params, deadline=deadline_of(context))
+                served = await model.predict(images, params, deadline=requests.deadline(context))
         return pb.BatchPredictResponse(
             served_by=messages.served_by(served),
-            predictions=[messages.prediction(p) for p in served.predictions],
+            predictions=[messages.prediction(p, model.handler) for p in served.predictions],
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
@@ -166,7 +161,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 )
                 if slot.served is not None:
                     stats = slot.served.stats
-                    runtime.queue_depth = slot.served.batcher.queue_depth
+                    runtime.queue_depth = slot.served.queue_depth
                     runtime.inference_count = stats.inference_count
                     runtime.execution_count = stats.execution_count
                     runtime.request_success_count = stats.request_success
@@ -234,11 +229,17 @@ class _StreamSession:
     def accept(self, frame: pb.StreamFrame) -> None:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
-        camera = self.cameras.get(frame.stream_id)
+        try:
+            key = requests.stream_id(frame.stream_id)
+            problem = None
+        except InvalidInputError as exc:  # refused in order with every other bad id; no state kept for it
+            key, problem = None, exc
+        camera = self.cameras.get(key)
         if camera is None:
-            camera = self.cameras[frame.stream_id] = _CameraState()
+            camera = self.cameras[key] = _CameraState()
             camera.writer = loop.create_task(self._write(camera))
-        problem = self._check(camera, frame)
+            camera.writer.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
+        problem = problem or self._check(camera, frame)
         if problem is not None:
             result = loop.create_future()
             result.set_result(self._failed(frame, problem))
@@ -276,7 +277,7 @@ class _StreamSession:
 
     async def _run(self, camera: _CameraState, frame: pb.StreamFrame, arrived: float) -> pb.StreamResult:
         start = time.perf_counter()
-        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else deadline_of(self.context)
+        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else requests.deadline(self.context)
         try:
             with self.servicer.track(camera.model, camera.version):
                 image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
@@ -287,7 +288,7 @@ class _StreamSession:
             result.skipped = exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)
             return result
         except Exception as exc:  # one frame's failure must not end the stream
-            log.exception("stream %r frame %d failed", frame.stream_id, frame.frame_number)
+            log.exception("stream %s frame %d failed", requests.shown(frame.stream_id), frame.frame_number)
             return self._failed(frame, InferenceError(f"internal error on this frame: {type(exc).__name__}"))
         finally:
             camera.in_flight -= 1
@@ -295,7 +296,7 @@ class _StreamSession:
             stream_id=frame.stream_id,
             frame_number=frame.frame_number,
             served_by=messages.served_by(served),
-            prediction=messages.prediction(served.predictions[0]),
+            prediction=messages.prediction(served.predictions[0], model.handler),
             timing=messages.timing(served, time.perf_counter() - start),
             status=pb.FrameStatus(code=0),
             capture_time_us=frame.capture_time_us,
@@ -304,7 +305,7 @@ class _StreamSession:
     @staticmethod
     def _failed(frame: pb.StreamFrame, error: ServiceError) -> pb.StreamResult:
         return pb.StreamResult(
-            stream_id=frame.stream_id,
+            stream_id=frame.stream_id[:requests.MAX_STREAM_ID_CHARS],
             frame_number=frame.frame_number,
             status=pb.FrameStatus(code=status_code(error).value[0], message=error.message),
             capture_time_us=frame.capture_time_us,
@@ -328,7 +329,9 @@ class _StreamSession:
                 camera.pending.put_nowait(None)
             writers = [c.writer for c in self.cameras.values() if c.writer is not None]
             if writers:
-                await asyncio.gather(*writers)
+                # A writer fails only when the client has gone (cancelled); its
+                # error is collected here, neither raised nor left unretrieved.
+                await asyncio.gather(*writers, return_exceptions=True)
         finally:
             for task in list(self.tasks) + [c.writer for c in self.cameras.values() if c.writer]:
                 task.cancel()

@@ -19,12 +19,11 @@ from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
-from . import oip_tensors
-from .api_native import deadline_of
+from . import oip_tensors, requests
 from .access import check_model_access, model_allowed
+from .batcher import retrieve_exception
 from .config import ServeConfig, parse_version_policy
 from .devices import DevicePlan
-from .domain import PredictParams
 from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from .grpc_errors import rpc
 from .metrics import ServerMetrics
@@ -50,12 +49,7 @@ _DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_IN
 _EXPLICIT_PRIORITY = 1_000_000
 
 
-def parse_version(text: str) -> int:
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInputError(f"model version {text!r} is not a positive integer")
-    return int(text)
+parse_version = requests.version_text
 
 
 def parameter_value(parameter: pb.InferParameter):
@@ -139,26 +133,21 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         batching.max_queue_delay_microseconds = model.config.max_queue_delay_us
         batching.preserve_ordering = True
         for key, value in (("task", model.task), ("labels", str(len(model.labels))),
-                           ("serving_dtype", model.runner.dtype_name), ("device", model.device)):
+                           ("serving_dtype", model.dtype_name), ("device", model.device)):
             config.parameters[key].string_value = value
         return pb.ModelConfigResponse(config=config)
 
     @staticmethod
     def _input_shape(model, name: str) -> list[int]:
-        spec = model.spec
         if name == "images":
             return [-1, -1, -1, 3]
         if name == "encoded_images":
             return [-1]
-        if model.task == "detection":
-            return [-1, spec.channels, -1, -1]
-        return [-1, spec.channels, spec.height, spec.width]
+        return model.handler.oip_preprocessed_shape()
 
     @staticmethod
     def _outputs(model) -> list[tuple[str, str, list[int]]]:
-        declared = {o.name: list(o.shape) for o in model.artifact.output.outputs}
-        width = declared.get("logits", declared.get("embedding", [-1, -1]))[-1]
-        return oip_tensors.output_specs(model.task, num_classes=width, embedding_size=width)
+        return model.handler.oip_outputs()
 
     # ------------------------------------------------------------ inference
 
@@ -167,7 +156,10 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return await self._infer(request, context)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        version = parse_version(request.model_version) if request.model_version.isdigit() else 0
+        try:
+            version = parse_version(request.model_version)
+        except InvalidInputError:
+            version = 0  # refused inside, where it is counted
         with self.metrics.track(API, request.model_name, version, self.repo.knows):
             return await self._infer_tracked(request, context)
 
@@ -177,21 +169,18 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
         model = self.repo.get(request.model_name, version)
         wanted = self._wanted_outputs(request, model)
+        predict = requests.predict_params(
+            top_k=requests.whole_number("top_k", params.get("top_k")),
+            score_threshold=requests.real_number("score_threshold", params.get("score_threshold")),
+            max_detections=requests.whole_number("max_detections", params.get("max_detections")),
+            return_raw=model.handler.oip_needs_raw([name for name, _ in wanted]),
+        )
+        deadline = requests.deadline(context, timeout_us=requests.whole_number("timeout", params.get("timeout")))
+        priority = requests.whole_number("priority", params.get("priority")) or 0
         images = oip_tensors.images_from_request(
-            request, model=model.name, max_images=self.config.max_images_per_request
+            request, model=model.name, max_images=self.config.max_images_per_request,
+            max_elements=self.config.max_tensor_elements,
         )
-        predict = PredictParams(
-            top_k=int(params.get("top_k") or 5),
-            return_raw=any(name in ("logits", "probabilities") for name, _ in wanted),
-            score_threshold=float(params["score_threshold"]) if "score_threshold" in params else 0.5,
-            max_detections=int(params.get("max_detections") or 100),
-        )
-        deadline = deadline_of(context)
-        timeout_us = params.get("timeout")
-        if timeout_us:
-            own = asyncio.get_running_loop().time() + int(timeout_us) / 1e6
-            deadline = own if deadline is None else min(deadline, own)
-        priority = int(params.get("priority") or 0)
         async with self.repo.lease(model.name, version) as served_model:
             served = await served_model.predict(
                 images, predict, deadline=deadline,
@@ -203,7 +192,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         response.parameters["compute_us"].int64_param = int(served.compute_seconds * 1e6)
         response.parameters["batch_size"].int64_param = served.batch_size
         response.parameters["total_us"].int64_param = int((time.perf_counter() - started) * 1e6)
-        for tensor in oip_tensors.build_outputs(served_model.task, served.predictions, wanted, served_model.labels):
+        for tensor in oip_tensors.build_outputs(served_model.handler, served.predictions, wanted):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.data)
         return response
@@ -216,13 +205,15 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         for output in request.outputs:
             if output.name not in known:
                 raise InvalidInputError(
-                    f"unexpected inference output {output.name!r} for model {model.name!r}; "
+                    f"unexpected inference output {requests.shown(output.name)} for model {model.name!r}; "
                     f"outputs are {', '.join(known)}"
                 )
             k = parameter_value(output.parameters["classification"]) if "classification" in output.parameters else 0
-            if k and output.name not in ("logits", "probabilities"):
-                raise InvalidInputError(f"output {output.name!r} does not support the classification parameter")
-            wanted.append((output.name, int(k or 0)))
+            k = requests.whole_number("classification", k) or 0
+            if k and not model.handler.oip_class_count_ok(output.name):
+                raise InvalidInputError(
+                    f"output {requests.shown(output.name)} does not support the classification parameter")
+            wanted.append((output.name, k))
         return wanted
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
@@ -263,12 +254,14 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                     task = asyncio.get_running_loop().create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    task.add_done_callback(retrieve_exception)  # it fails only to write, to a client that has gone
             except ShuttingDownError:
                 if tasks:  # answer what was read, then end the stream
-                    await asyncio.gather(*tasks)
+                    await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             if tasks:
-                await asyncio.gather(*tasks)
+                # An answer fails only to be written, when the client has gone.
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
@@ -280,6 +273,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         version = parse_version(request.version)
         models = self.repo.models()
         if request.name:
+            requests.model_name(request.name)
             check_model_access(request.name)
         if request.name and request.name not in models:
             raise ModelNotFoundError(f"model {request.name!r} is not served here (served models: "
@@ -333,7 +327,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                                     reason=slot.reason if slot.state is not ModelState.READY else "")
         if not request.ready:
             for name in sorted(self.repo.unloaded):
-                response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
+                if model_allowed(name):
+                    response.models.add(name=name, state="UNAVAILABLE", reason="unloaded on request")
         return response
 
     @rpc

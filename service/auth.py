@@ -21,7 +21,9 @@ Health checks (and the protocol's ServerLive/ServerReady) stay open so
 orchestrators can probe. A missing or unknown token is UNAUTHENTICATED; a
 known token without the scope, or a model-limited token naming another
 model, is PERMISSION_DENIED. The file is read again on SIGHUP and when it
-changes; a file that does not parse leaves the previous tokens in force.
+changes; a file that does not parse (say, half written) leaves the previous
+tokens in force, but a missing file fails closed: deleting it revokes every
+token until it is back.
 """
 
 from __future__ import annotations
@@ -78,13 +80,17 @@ class TokenStore:
         self.reload(strict=True)
 
     def reload(self, *, strict: bool = False) -> None:
-        """Read the file; on a bad file raise (strict) or keep the old tokens."""
+        """Read the file; on a bad file raise (strict) or keep the old tokens;
+        on a missing one accept no token."""
         try:
             stat = self.path.stat()
             entries = parse_tokens(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, ValueError) as exc:
             if strict:
                 raise ConfigError(f"tokens file {self.path}: {exc}") from None
+            if isinstance(exc, FileNotFoundError):
+                self._revoke_all()
+                return
             log.error("tokens file %s could not be read again (%s); the previous tokens stay in force",
                       self.path, exc)
             return
@@ -101,10 +107,21 @@ class TokenStore:
         self._checked = now
         try:
             stat = self.path.stat()
+        except FileNotFoundError:
+            self._revoke_all()
+            return
         except OSError:
             return
         if (stat.st_mtime_ns, stat.st_size) != self._stamp:
             self.reload()
+
+    def _revoke_all(self) -> None:
+        """The file is gone: fail closed (it is read again when it is back)."""
+        with self._lock:
+            if self._stamp is None and not self._entries:
+                return
+            self._entries, self._stamp = [], None
+        log.error("tokens file %s is missing: no token is accepted until it is back", self.path)
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal whose token this is (compared in constant time), or None."""

@@ -16,7 +16,9 @@ item, in order.
   and in order.
 * Items whose request was cancelled or whose deadline passed are dropped
   before their batch runs; when the batch function fails, every item in the
-  batch gets the error.
+  batch gets the error. A batch function may also return an exception in
+  place of one item's result: that item alone fails (an image that does not
+  decode fails its own request, not its batch).
 
 With a `latency_budget` (a `LatencyBudget`, see service/latency_budget.py)
 batches close by that policy instead of `max_delay`: the batcher feeds it
@@ -104,6 +106,13 @@ class _Launch:
         self.ahead = ahead
         self.predicted_end = predicted_end
         self.oldest_enqueued = oldest_enqueued
+
+
+def retrieve_exception(future: asyncio.Future) -> None:
+    """Done callback: mark a future's exception as seen (it is raised, or
+    dropped on purpose, elsewhere), so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class DynamicBatcher:
@@ -228,6 +237,9 @@ class DynamicBatcher:
         self._arrival.set()
 
         gathered = asyncio.gather(*(w.future for w in works))
+        # A batch can fail in the same moment the caller is cancelled; then no
+        # one awaits `gathered`, and asyncio would log its error at ERROR.
+        gathered.add_done_callback(retrieve_exception)
         try:
             if deadline is None:
                 await gathered
@@ -362,7 +374,11 @@ class DynamicBatcher:
             # the waiting requests wake up to answer their clients.
             self._slots.release()
             for work, value, waited in zip(batch, results, queue_seconds):
-                if not work.future.done():
+                if work.future.done():
+                    continue
+                if isinstance(value, BaseException):
+                    work.future.set_exception(value)
+                else:
                     work.future.set_result(ItemResult(value, waited, compute, len(batch)))
         finally:
             if failed:

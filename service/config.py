@@ -37,6 +37,7 @@ PER_MODEL_FIELDS = (
     "max_queue_size",
     "preferred_batch_sizes",
     "instances_per_device",
+    "jpeg_draft",
     "load_timeout_seconds",
 )
 
@@ -84,7 +85,11 @@ class ServeConfig:
     cpu_threads: int = setting(0, "torch intra-op threads per model instance on the CPU (0: auto, the usable "
                                "CPUs (affinity, capped by a container's CPU limit) divided among the instances of "
                                "--runner process; torch's default with --runner thread)")
-    decode_threads: int = setting(0, "threads decoding and preprocessing images (0: min(8, CPUs))")
+    decode_threads: int = setting(0, "threads decoding and preprocessing images next to each model instance (0: "
+                                  "auto, the instance's --cpu-threads on the CPU, min(8, CPUs) beside a GPU)")
+    jpeg_draft: bool = setting(False, "decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it is at least "
+                               "twice the size the model resizes to (much less CPU per large image; pixels change "
+                               "slightly, see docs/request-path.md); per model in the TOML file too")
     max_batch_size: int = setting(32, "largest device batch")
     max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
     preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"help": "batch sizes to prefer when the queue holds fewer than the maximum (comma-separated)"})
@@ -97,6 +102,9 @@ class ServeConfig:
     max_stream_in_flight: int = setting(64, "most frames of one stream id waiting for an answer (and requests of "
                                         "one protocol stream); a client not reading its answers is read from no more")
     max_streams_per_connection: int = setting(16, "most streaming calls one client connection may hold open")
+    max_concurrent_rpcs: int = setting(
+        1000, "most calls handled at once (a stream counts while open; health checks are never "
+        "refused); beyond, a new call gets UNAVAILABLE at once (retry with backoff)")
     max_tensor_elements: int = setting(120_000_000, "most elements in one raw image tensor")
     max_artifact_bytes: int = setting(2 * 1024 * MIB - 1, "largest artifact file the loader reads")
     poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
@@ -108,11 +116,17 @@ class ServeConfig:
     trusted_keys: str = setting("", "directory of Ed25519 public keys (*.pub, from `framewire keygen`); a signed "
                                 "artifact must verify with one of them")
     require_signed: bool = setting(False, "refuse artifacts that are not signed by a trusted key (needs --trusted-keys)")
+    serve_path_identity: bool = setting(
+        False, "serve an artifact whose recorded name and version differ from its path "
+        "(<repo>/<model>/<version>/) as its path says, instead of refusing it (not with --require-signed)")
     drain_seconds: float = setting(30.0, "on SIGTERM/SIGINT, how long in-flight work may take to finish")
     max_connection_age_seconds: float = setting(
         0.0, "ask clients to reconnect after this long (0: never), so client-side load balancing "
         "reaches replicas added later; calls in flight, streams too, are not cut")
     reflection: bool = setting(True, "enable gRPC server reflection (grpcurl can list and call)")
+    model_health: bool = setting(
+        True, "answer the health service for framewire.model.<name> per model; health checks need no token, "
+        "so these tell anyone which models are served (--no-model-health turns them off)")
     metrics_port: int = setting(9090, "port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off)")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on (0.0.0.0 for every interface)")
     gpu_sample_seconds: float = setting(1.0, "how often to read GPU utilisation, memory, power and temperature from NVML")
@@ -153,6 +167,7 @@ class ServeConfig:
         need(self.max_images_per_request >= 1, "max_images_per_request", "must be positive")
         need(self.max_stream_in_flight >= 1, "max_stream_in_flight", "must be positive")
         need(self.max_streams_per_connection >= 1, "max_streams_per_connection", "must be positive")
+        need(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", "must be positive")
         need(self.max_tensor_elements >= 1, "max_tensor_elements", "must be positive")
         need(self.max_artifact_bytes >= 1, "max_artifact_bytes", "must be positive")
         need(self.poll_seconds >= 0, "poll_seconds", "must be 0 (no polling) or more")
@@ -167,6 +182,8 @@ class ServeConfig:
         need(not self.require_signed or bool(self.trusted_keys), "require_signed",
              "needs --trusted-keys: a directory of the public keys to trust")
         need(not self.trusted_keys or Path(self.trusted_keys).is_dir(), "trusted_keys", "is not a directory")
+        need(not (self.serve_path_identity and self.require_signed), "serve_path_identity",
+             "cannot go with --require-signed: a signed artifact is served only as the name and version it was signed with")
         for model, overrides in self.model_overrides.items():
             unknown = sorted(set(overrides) - set(PER_MODEL_FIELDS))
             if unknown:

@@ -6,6 +6,7 @@ model path turns them into tensors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,25 @@ from .errors import InvalidInputError
 
 #: Element sizes of the raw tensor dtypes clients may send.
 TENSOR_DTYPES = {"uint8": np.dtype("uint8"), "float32": np.dtype("<f4")}
+#: An image tensor has at most this many dimensions ([N, H, W, C]).
+MAX_TENSOR_DIMS = 4
+
+
+def tensor_elements(shape, *, max_elements: int, what: str = "tensor") -> int:
+    """The element count of a tensor shape, counted exactly (no overflow);
+    INVALID_ARGUMENT for a negative dimension, too many dimensions or more
+    elements than --max-tensor-elements."""
+    dims = list(shape)
+    if len(dims) > MAX_TENSOR_DIMS:
+        raise InvalidInputError(f"{what} has {len(dims)} dimensions; an image tensor has at most {MAX_TENSOR_DIMS}")
+    if any(d < 0 for d in dims):
+        raise InvalidInputError(f"{what} shape {dims} has a negative dimension")
+    elements = math.prod(dims)
+    if elements > max_elements:
+        raise InvalidInputError(
+            f"{what} of shape {dims} has {elements} elements; the limit is {max_elements} (--max-tensor-elements)"
+        )
+    return elements
 
 
 @dataclass(frozen=True)
@@ -44,13 +64,7 @@ class ImageInput:
                 f"tensor dtype {dtype} is not accepted for images; send UINT8 [H, W, 3] RGB "
                 "or FLOAT32 [3, H, W] preprocessed"
             )
-        if any(d < 0 for d in shape):
-            raise InvalidInputError(f"tensor shape {list(shape)} has a negative dimension")
-        elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if elements > max_elements:
-            raise InvalidInputError(
-                f"tensor of shape {list(shape)} has {elements} elements; the limit is {max_elements}"
-            )
+        elements = tensor_elements(shape, max_elements=max_elements)
         itemsize = TENSOR_DTYPES[dtype].itemsize
         if len(data) != elements * itemsize:
             raise InvalidInputError(

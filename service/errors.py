@@ -95,3 +95,13 @@ class OverBudgetError(ServiceError):
     def __init__(self, message: str, retry_after: float):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+_BY_CODE = {"INVALID_ARGUMENT": InvalidInputError, "RESOURCE_EXHAUSTED": LimitExceededError,
+            "UNAVAILABLE": ModelUnavailableError}
+
+
+def error_from_code(code: str, message: str) -> ServiceError:
+    """The error a (code, message) pair names, as it crossed a process
+    boundary: the status code the client sees is the one it was raised with."""
+    return _BY_CODE.get(code, InferenceError)(message)

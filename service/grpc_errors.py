@@ -16,6 +16,15 @@ def status_code(error: ServiceError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
 
 
+#: Longest message sent or logged for a refused request: client strings are
+#: bounded where they enter a message; this catches anything missed.
+MAX_MESSAGE_CHARS = 2000
+
+
+def bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "... (cut)"
+
+
 def rpc(method):
     """Servicer decorator: a ServiceError becomes its status code and message."""
 
@@ -27,7 +36,8 @@ def rpc(method):
             # One line per refused request, with its request id (the log
             # filter adds it): what an operator greps for when a client
             # reports an error.
-            log.info("%s -> %s: %s", method.__name__, exc.code, exc.message)
-            await context.abort(status_code(exc), exc.message)
+            message = bounded(exc.message)
+            log.info("%s -> %s: %s", method.__name__, exc.code, message)
+            await context.abort(status_code(exc), message)
 
     return wrapper

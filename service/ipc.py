@@ -1,18 +1,24 @@
 """Talking to a model worker process, without pickle.
 
-Messages on the worker's stdin/stdout are length-prefixed: a JSON header,
-then an optional binary payload. Image batches travel through a shared
-memory buffer (a file under /dev/shm, mapped by both processes and unlinked
-as soon as the worker has mapped it, so nothing leaks if either side dies).
+Messages are length-prefixed: a JSON header, then an optional binary
+payload, over any pair of byte streams (today a worker's stdin/stdout).
+Requests carry an `id` their reply repeats, so several may be in flight on
+one connection. Image batches travel through shared memory buffers, one per
+in-flight slot of a connection (a file under /dev/shm, mapped by both
+processes and unlinked as soon as the worker has mapped it, so nothing
+leaks if either side dies); messages carry offsets into them.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
 import struct
 import tempfile
+import threading
+from concurrent.futures import Future
 from typing import BinaryIO
 
 _LENGTHS = struct.Struct("<II")
@@ -83,3 +89,64 @@ def map_buffer(path: str, size: int) -> mmap.mmap:
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
+
+
+class Connection:
+    """The front end's side of one worker connection: requests by id, and a
+    reader thread that hands each reply to the request that asked for it.
+    When the other end goes away every pending and later request fails with
+    WorkerGone."""
+
+    def __init__(self, inp: BinaryIO, out: BinaryIO, name: str = "worker"):
+        self._inp = inp
+        self._out = out
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._gone: WorkerGone | None = None
+        self._reader = threading.Thread(target=self._read_replies, name=f"{name}-replies", daemon=True)
+        self._reader.start()
+
+    def request(self, header: dict, payload: bytes = b"") -> Future:
+        """Send a request; the future resolves to its reply (header, payload)."""
+        future: Future = Future()
+        with self._lock:
+            if self._gone is not None:
+                future.set_exception(self._gone)
+                return future
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+            try:
+                write_message(self._out, {**header, "id": request_id}, payload)
+            except (OSError, ValueError) as exc:
+                self._pending.pop(request_id, None)
+                future.set_exception(WorkerGone(f"the model worker's pipe is closed ({exc})"))
+        return future
+
+    def send(self, header: dict) -> None:
+        """A message that has no reply (stop)."""
+        with self._lock:
+            write_message(self._out, header)
+
+    def _read_replies(self) -> None:
+        try:
+            while True:
+                header, payload = read_message(self._inp)
+                with self._lock:
+                    future = self._pending.pop(header.get("id"), None)
+                if future is not None:
+                    future.set_result((header, payload))
+        except (WorkerGone, OSError, ValueError) as exc:
+            gone = exc if isinstance(exc, WorkerGone) else WorkerGone(str(exc))
+            with self._lock:
+                self._gone = gone
+                pending, self._pending = list(self._pending.values()), {}
+            for future in pending:
+                future.set_exception(gone)
+
+    @property
+    def alive(self) -> bool:
+        return self._gone is None
+
+    def join(self, timeout: float | None = None) -> None:
+        self._reader.join(timeout)

@@ -57,15 +57,14 @@ class LoadBudget:
 
     def cancel(self) -> None:
         """Stop the load now (the server is stopping)."""
-        with self._lock:
-            self.cancelled = True
-            procs = list(self._procs)
-        for proc in procs:
-            _kill(proc)
+        self._stop("cancelled")
 
     def _expire(self) -> None:
+        self._stop("expired")
+
+    def _stop(self, why: str) -> None:
         with self._lock:
-            self.expired = True
+            setattr(self, why, True)
             procs = list(self._procs)
         for proc in procs:
             _kill(proc)

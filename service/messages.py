@@ -7,6 +7,7 @@ import numpy as np
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 
+from . import requests
 from .domain import ImageInput, ImagePrediction, PredictParams, Served
 from .errors import InvalidInputError
 from .repository import ModelState, VersionSlot
@@ -43,36 +44,18 @@ def image_input(image: pb.Image, *, max_elements: int, where: str = "image") -> 
 
 
 def predict_params(options: pb.PredictOptions) -> PredictParams:
-    if options.top_k > 1000:
-        raise InvalidInputError(f"top_k={options.top_k} is too large; at most 1000")
-    if not 0.0 <= options.score_threshold <= 1.0:
-        raise InvalidInputError(f"score_threshold={options.score_threshold} must be within [0, 1]")
-    return PredictParams(
-        top_k=options.top_k or 5,
+    return requests.predict_params(
+        top_k=options.top_k,
+        score_threshold=options.score_threshold if options.HasField("score_threshold") else None,
+        max_detections=options.max_detections,
         return_raw=options.return_raw,
-        score_threshold=options.score_threshold if options.HasField("score_threshold") else 0.5,
-        max_detections=options.max_detections or 100,
     )
 
 
-def prediction(pred: ImagePrediction) -> pb.Prediction:
+def prediction(pred: ImagePrediction, handler) -> pb.Prediction:
+    """A prediction as the native message; the model's task handler sets its result."""
     out = pb.Prediction(image_width=pred.width, image_height=pred.height)
-    if pred.classes is not None:
-        out.classification.classes.extend(
-            pb.ClassScore(index=c.index, label=c.label, score=c.score, logit=c.logit) for c in pred.classes
-        )
-    elif pred.embedding is not None:
-        out.embedding.values.extend(pred.embedding)
-    elif pred.detections is not None:
-        out.detections.SetInParent()
-        for d in pred.detections:
-            x1, y1, x2, y2 = d.box
-            out.detections.detections.add(
-                box=pb.Box(x_min=x1, y_min=y1, x_max=x2, y_max=y2),
-                label_index=d.label_index,
-                label=d.label,
-                score=d.score,
-            )
+    handler.fill_prediction(pred, out)
     for name, array in pred.raw.items():
         array = np.ascontiguousarray(array)
         out.raw_outputs.add(

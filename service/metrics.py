@@ -16,6 +16,7 @@ Names carry their unit. Per model and version (labels `model`, `version`):
 | `framewire_executions_total` | counter | device batches run (inferences / executions = average batch) |
 | `framewire_batch_size` | histogram | images per device batch (its sum equals the inferences) |
 | `framewire_queue_depth` | gauge | images waiting now |
+| `framewire_payload_bytes_total` | counter | bytes of image payloads shipped to the device side (shared memory with worker processes): encoded files as sent, client pixels as sent |
 | `framewire_queue_capacity` | gauge | images the queue holds at most (`--max-queue-size`) |
 | `framewire_model_state` | gauge | 1 for the version's current `state` |
 
@@ -37,7 +38,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import make_wsgi_app, start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -48,9 +49,9 @@ from .gpu import GpuSampler
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 MODEL_LABELS = ("model", "version")
-#: Label used for requests naming a model the server does not serve, so a
-#: client cannot create unbounded label values.
-UNKNOWN_MODEL = "_unknown"
+#: Label used for requests naming a model, or a version, the server does not
+#: have, so a client cannot create unbounded label values.
+UNKNOWN_MODEL = UNKNOWN_VERSION = "_unknown"
 
 
 class ServerMetrics:
@@ -109,8 +110,11 @@ class ServerMetrics:
         return family.labels(*labels)
 
     @contextmanager
-    def track(self, api: str, model: str, version: int, known: Callable[[str], bool]):
-        """Count one request and time it, with the status code it ends with."""
+    def track(self, api: str, model: str, version: int, known: Callable[..., bool]):
+        """Count one request and time it, with the status code it ends with.
+
+        `known(model)` and `known(model, version)` say whether the server has
+        them; the labels name only what it has (else `_unknown`)."""
         start = time.perf_counter()
         code = "OK"
         try:
@@ -125,8 +129,10 @@ class ServerMetrics:
             code = "INTERNAL"
             raise
         finally:
-            name = model if known(model) else UNKNOWN_MODEL
-            self.request(api, name, version, code, time.perf_counter() - start)
+            name, shown = (model, version) if known(model) else (UNKNOWN_MODEL, version)
+            if version and (name == UNKNOWN_MODEL or not known(model, version)):
+                shown = UNKNOWN_VERSION
+            self.request(api, name, shown, code, time.perf_counter() - start)
 
     def request(self, api: str, model: str, version: int | str, code: str, seconds: float) -> None:
         labels = (model, str(version) if version else "")
@@ -169,6 +175,8 @@ class _LiveCollector:
                                   labels=list(MODEL_LABELS))
         state = GaugeMetricFamily("framewire_model_state", "1 for the version's current state.",
                                   labels=[*MODEL_LABELS, "state"])
+        payload = CounterMetricFamily("framewire_payload_bytes", "Bytes of image payloads shipped to the device side.",
+                                      labels=list(MODEL_LABELS))
         capacity = GaugeMetricFamily("framewire_queue_capacity", "Images the batcher queue holds at most "
                                      "(--max-queue-size); more are refused.", labels=list(MODEL_LABELS))
         for name, slots in self.models().items():
@@ -177,11 +185,13 @@ class _LiveCollector:
                 for candidate in ("LOADING", "READY", "UNAVAILABLE", "DRAINING"):
                     state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
                 if slot.served is not None:
-                    depth.add_metric(labels, slot.served.batcher.queue_depth)
-                    capacity.add_metric(labels, slot.served.batcher.max_queue_size)
+                    depth.add_metric(labels, slot.served.queue_depth)
+                    capacity.add_metric(labels, slot.served.queue_capacity)
+                    payload.add_metric(labels, slot.served.payload_bytes)
         yield depth
         yield capacity
         yield state
+        yield payload
         if self.gpu is None or not self.gpu.available:
             return
         yield from gpu_families(self.gpu.readings)

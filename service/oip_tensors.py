@@ -8,12 +8,8 @@ Inputs (exactly one per request, batch dimension first):
 | `encoded_images` | BYTES    | [N] or [N, 1]  | JPEG/PNG/WebP/BMP files                    |
 | `preprocessed`   | FP32     | [N, C, H, W]   | already at the model's input size          |
 
-Outputs by task: classification `logits`, `probabilities` (FP32 [N, K]),
-`top_k_indices` (INT64 [N, k]), `top_k_scores` (FP32 [N, k]),
-`top_k_labels` (BYTES [N, k]); embedding `embedding` (FP32 [N, D]);
-detection `boxes` (FP32 [N, M, 4], original pixels), `scores` (FP32 [N, M]),
-`labels` (INT64 [N, M]), `label_names` (BYTES [N, M]), padded to the most
-detections M, with `counts` (INT32 [N]) saying how many are real.
+Outputs depend on the task; each task handler (`service.tasks`) declares
+and encodes its own (README, "The Open Inference Protocol").
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .domain import ImageInput, ImagePrediction
+from .domain import ImageInput, ImagePrediction, tensor_elements
 from .errors import InvalidInputError
 
 INPUTS = {
@@ -31,38 +27,6 @@ INPUTS = {
     "encoded_images": ("BYTES", "[N] encoded JPEG/PNG/WebP/BMP"),
     "preprocessed": ("FP32", "[N, C, H, W] preprocessed"),
 }
-
-#: (name, datatype, shape without the batch dimension) per task.
-OUTPUTS = {
-    "classification": [
-        ("logits", "FP32", [-1]),
-        ("probabilities", "FP32", [-1]),
-        ("top_k_indices", "INT64", [-1]),
-        ("top_k_scores", "FP32", [-1]),
-        ("top_k_labels", "BYTES", [-1]),
-    ],
-    "embedding": [("embedding", "FP32", [-1])],
-    "detection": [
-        ("boxes", "FP32", [-1, 4]),
-        ("scores", "FP32", [-1]),
-        ("labels", "INT64", [-1]),
-        ("label_names", "BYTES", [-1]),
-        ("counts", "INT32", []),
-    ],
-}
-
-
-def output_specs(task: str, num_classes: int = -1, embedding_size: int = -1) -> list[tuple[str, str, list[int]]]:
-    """A task's outputs with known sizes filled in."""
-    specs = []
-    for name, datatype, shape in OUTPUTS[task]:
-        if name in ("logits", "probabilities") and num_classes > 0:
-            shape = [num_classes]
-        elif name == "embedding" and embedding_size > 0:
-            shape = [embedding_size]
-        specs.append((name, datatype, list(shape)))
-    return specs
-
 
 def decode_bytes_elements(raw: bytes, name: str) -> list[bytes]:
     """BYTES tensor data: each element a 4-byte little-endian length, then the bytes."""
@@ -85,7 +49,7 @@ def encode_bytes_elements(values) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def images_from_request(request, *, model: str, max_images: int) -> list[ImageInput]:
+def images_from_request(request, *, model: str, max_images: int, max_elements: int) -> list[ImageInput]:
     """The request's one image input as ImageInputs, checked against its spec."""
     if not request.inputs:
         raise InvalidInputError(f"the request has no inputs; send one of {', '.join(INPUTS)} (see ModelMetadata)")
@@ -118,7 +82,7 @@ def images_from_request(request, *, model: str, max_images: int) -> list[ImageIn
         )
     if tensor.name == "encoded_images":
         return _encoded(tensor, shape, raw)
-    return _arrays(tensor, shape, raw)
+    return _arrays(tensor, shape, raw, max_elements)
 
 
 def _encoded(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
@@ -132,11 +96,12 @@ def _encoded(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
     return [ImageInput.encoded(e) for e in elements]
 
 
-def _arrays(tensor, shape: list[int], raw: bytes | None) -> list[ImageInput]:
+def _arrays(tensor, shape: list[int], raw: bytes | None, max_elements: int) -> list[ImageInput]:
     name = tensor.name
     if len(shape) != 4 or any(d < 1 for d in shape) or (name == "images" and shape[3] != 3):
-        raise InvalidInputError(f"input {name!r} has shape {shape}; it must be {INPUTS[name][1]}")
-    elements = int(np.prod(shape, dtype=np.int64))
+        raise InvalidInputError(f"input {name!r} has shape {shape[:8]}; it must be {INPUTS[name][1]}")
+    tensor_elements(shape[1:], max_elements=max_elements, what=f"input {name!r} (one image)")
+    elements = tensor_elements(shape, max_elements=shape[0] * max_elements, what=f"input {name!r}")
     dtype = np.dtype("uint8") if name == "images" else np.dtype("<f4")
     if raw is not None:
         if len(raw) != elements * dtype.itemsize:
@@ -167,68 +132,7 @@ class OutputTensor:
     data: bytes
 
 
-def build_outputs(task: str, predictions: list[ImagePrediction], wanted: list[tuple[str, int]],
-                  labels: list[str]) -> list[OutputTensor]:
-    """The requested outputs (name, classification k or 0) for a batch of predictions."""
-    return [_output(task, predictions, name, k, labels) for name, k in wanted]
-
-
-def _output(task: str, preds: list[ImagePrediction], name: str, class_count: int, labels: list[str]) -> OutputTensor:
-    n = len(preds)
-    if task == "classification":
-        if name in ("logits", "probabilities"):
-            logits = np.stack([p.raw["logits"] for p in preds]).astype(np.float32)
-            values = logits if name == "logits" else _softmax(logits)
-            if class_count:
-                return _classification_strings(name, values, class_count, labels)
-            return OutputTensor(name, "FP32", list(values.shape), values.tobytes())
-        k = min(len(c) for c in (p.classes for p in preds))
-        if name == "top_k_indices":
-            data = np.array([[c.index for c in p.classes[:k]] for p in preds], dtype="<i8")
-            return OutputTensor(name, "INT64", [n, k], data.tobytes())
-        if name == "top_k_scores":
-            data = np.array([[c.score for c in p.classes[:k]] for p in preds], dtype="<f4")
-            return OutputTensor(name, "FP32", [n, k], data.tobytes())
-        labels = [c.label.encode() for p in preds for c in p.classes[:k]]
-        return OutputTensor(name, "BYTES", [n, k], encode_bytes_elements(labels))
-    if task == "embedding":
-        data = np.array([p.embedding for p in preds], dtype="<f4")
-        return OutputTensor(name, "FP32", list(data.shape), data.tobytes())
-    counts = [len(p.detections) for p in preds]
-    m = max(counts) if counts else 0
-    if name == "counts":
-        return OutputTensor(name, "INT32", [n], np.array(counts, dtype="<i4").tobytes())
-    if name == "label_names":
-        values = [(p.detections[j].label.encode() if j < len(p.detections) else b"") for p in preds for j in range(m)]
-        return OutputTensor(name, "BYTES", [n, m], encode_bytes_elements(values))
-    if name == "boxes":
-        data = np.zeros((n, m, 4), dtype="<f4")
-        for i, p in enumerate(preds):
-            for j, d in enumerate(p.detections):
-                data[i, j] = d.box
-        return OutputTensor(name, "FP32", [n, m, 4], data.tobytes())
-    dtype, attr = ("<f4", "score") if name == "scores" else ("<i8", "label_index")
-    data = np.zeros((n, m), dtype=dtype)
-    for i, p in enumerate(preds):
-        for j, d in enumerate(p.detections):
-            data[i, j] = getattr(d, attr)
-    return OutputTensor(name, "FP32" if name == "scores" else "INT64", [n, m], data.tobytes())
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _classification_strings(name: str, values: np.ndarray, k: int, labels: list[str]) -> OutputTensor:
-    """The classification extension: the top k as "value:index:label" strings."""
-    k = min(k, values.shape[1])
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    strings = []
-    for row, indices in enumerate(order):
-        for index in indices.tolist():
-            text = f"{values[row, index]:f}:{index}"
-            if index < len(labels):
-                text += f":{labels[index]}"
-            strings.append(text.encode())
-    return OutputTensor(name, "BYTES", [values.shape[0], k], encode_bytes_elements(strings))
+def build_outputs(handler, predictions: list[ImagePrediction], wanted: list[tuple[str, int]]) -> list[OutputTensor]:
+    """The requested outputs (name, classification k or 0) for a batch of
+    predictions, as the model's task handler encodes them."""
+    return [handler.oip_output(name, predictions, k) for name, k in wanted]

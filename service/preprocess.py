@@ -1,10 +1,15 @@
 """Images to model inputs, exactly as the artifact records.
 
-Decoding (`decode_image`) checks format, encoded size and pixel count from
-the header before any pixel is decoded, applies EXIF orientation and returns
-RGB uint8 HWC. `prepare` resizes, crops and normalises per the artifact's
-preprocessing with torchvision's functional ops, on the CPU or on the
-device, so a served prediction equals the exporter's.
+* `read_header` is the front end's check: format, encoded size, pixel count
+  and EXIF orientation from the header alone, so a decompression bomb costs
+  nothing and no pixel is decoded where requests arrive.
+* `PreprocessSpec.resize_target` and `.geometry` say, from an image's size
+  alone, what it is resized to and how model-input pixels map back to it
+  (the front end needs the geometry for boxes; the device side resizes
+  every decoded image, full or reduced, to exactly that size).
+* `decode_image` decodes fully (RGB uint8 HWC, EXIF orientation applied);
+  `prepare` resizes, crops and normalises one image with torchvision's
+  tensor ops on any device. Batches are prepared by `pixels`.
 """
 
 from __future__ import annotations
@@ -67,6 +72,27 @@ class PreprocessSpec:
         """Whether every image comes out at the model's height x width."""
         return self.resize_mode != pb.RESIZE_MODE_NONE
 
+    def resize_target(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to before the
+        crop, as torchvision's Resize computes it (the image's own size when
+        the model does not resize)."""
+        if self.resize_mode == pb.RESIZE_MODE_SHORTER_SIDE:
+            size = self.resize_shorter
+            if width <= height:
+                return int(size * height / width), size
+            return size, int(size * width / height)
+        if self.resize_mode == pb.RESIZE_MODE_EXACT:
+            return self.height, self.width
+        return height, width
+
+    def geometry(self, height: int, width: int) -> "Geometry":
+        """How an image of this size maps onto the model input."""
+        rh, rw = self.resize_target(height, width)
+        if self.resize_mode == pb.RESIZE_MODE_SHORTER_SIDE:
+            return Geometry(height, width, rh / height, rw / width, _crop_offset(rh, self.height),
+                            _crop_offset(rw, self.width))
+        return Geometry(height, width, rh / height, rw / width, 0, 0)
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -87,6 +113,57 @@ class Geometry:
         return ox(x1), oy(y1), ox(x2), oy(y2)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an encoded image's header says; `height` and `width` are as
+    displayed (after its EXIF orientation)."""
+
+    format: str
+    height: int
+    width: int
+    orientation: int = 1
+
+
+#: EXIF orientations that swap height and width.
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def read_header(data, *, max_pixels: int, max_bytes: int) -> ImageHeader:
+    """Check an encoded image from its header alone; no pixel is decoded.
+
+    Raises InvalidInputError with what to fix: empty data, too many bytes, an
+    unknown format, or a header claiming more than `max_pixels`.
+    """
+    img = _open(data, max_bytes=max_bytes)
+    with img:
+        width, height = img.size
+        check_pixels(height, width, max_pixels)
+        # The base class reads EXIF from the header; PNG's own getexif would
+        # decode the whole image to look for a chunk after the pixels.
+        orientation = Image.Image.getexif(img).get(0x0112, 1)
+        if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+            orientation = 1
+        if orientation in TRANSPOSING_ORIENTATIONS:
+            height, width = width, height
+        return ImageHeader(img.format, height, width, orientation)
+
+
+def _open(data, *, max_bytes: int):
+    if not len(data):
+        raise InvalidInputError("image is empty (0 bytes); send JPEG, PNG, WebP or BMP bytes")
+    if len(data) > max_bytes:
+        raise InvalidInputError(
+            f"encoded image is {len(data)} bytes; the limit is {max_bytes} (--max-image-bytes)"
+        )
+    try:
+        return Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+    except Exception:  # PIL raises UnidentifiedImageError, OSError, ValueError, SyntaxError
+        raise InvalidInputError(
+            f"image data ({len(data)} bytes, starting {bytes(data[:8]).hex()}) is not a readable "
+            "JPEG, PNG, WebP or BMP file"
+        ) from None
+
+
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int) -> np.ndarray:
     """Encoded JPEG/PNG/WebP/BMP bytes to an RGB uint8 HWC array.
 
@@ -94,19 +171,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int) -> np.ndarray:
     unknown or corrupt format, or a header claiming more than `max_pixels`
     (checked before decoding, so decompression bombs cost nothing).
     """
-    if not data:
-        raise InvalidInputError("image is empty (0 bytes); send JPEG, PNG, WebP or BMP bytes")
-    if len(data) > max_bytes:
-        raise InvalidInputError(
-            f"encoded image is {len(data)} bytes; the limit is {max_bytes} (--max-image-bytes)"
-        )
-    try:
-        img = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
-    except Exception:  # PIL raises UnidentifiedImageError, OSError, ValueError, SyntaxError
-        raise InvalidInputError(
-            f"image data ({len(data)} bytes, starting {data[:8].hex()}) is not a readable "
-            "JPEG, PNG, WebP or BMP file"
-        ) from None
+    img = _open(data, max_bytes=max_bytes)
     with img:
         width, height = img.size
         check_pixels(height, width, max_pixels)

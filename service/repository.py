@@ -31,6 +31,7 @@ from .config import ConfigError, ServeConfig, parse_version_policy
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .load_budget import LoadBudget
 from .model import ServedModel
+from .requests import model_name
 from .worker_runner import WorkerStartError
 
 log = logging.getLogger("framewire.repository")
@@ -168,6 +169,7 @@ class ModelRepository:
         return self._resolve(name, version).served
 
     def _resolve(self, name: str, version: int) -> VersionSlot:
+        model_name(name)
         check_model_access(name)
         if self._closing:
             raise ShuttingDownError("server is shutting down; retry on another replica")
@@ -206,6 +208,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Drain and unload every version of `name`; it stays unloaded (polling
         leaves it alone) until `load(name)`."""
+        model_name(name)
         async with self._poll_lock:
             slots = list(self._slots.get(name, {}).values())
             if not slots and name not in self._unloaded:
@@ -227,6 +230,7 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Load (or reload) `name` from the repository now; raises unless a
         version of it is READY afterwards."""
+        model_name(name)
         if self.config.models and name not in self.config.models:
             raise ModelNotFoundError(
                 f"model {name!r} is not among the models this server serves (--models {','.join(self.config.models)})"
@@ -256,9 +260,9 @@ class ModelRepository:
             if versions
         }
 
-    def knows(self, name: str) -> bool:
-        """Whether `name` is a model this server has (in any state)."""
-        return name in self._slots
+    def knows(self, name: str, version: int = 0) -> bool:
+        """Whether `name` (and `version`, when given) is a model this server has (in any state)."""
+        return name in self._slots and (not version or version in self._slots[name])
 
     def served(self) -> list[ServedModel]:
         return [s.served for v in self._slots.values() for s in v.values() if s.served is not None]
@@ -345,12 +349,8 @@ class ModelRepository:
         self._loading.add(budget)
         try:
             served = await asyncio.get_running_loop().run_in_executor(None, self._build_warm, slot.path, budget)
-            if (served.name, served.version) != (slot.name, slot.version):
-                log.warning(
-                    "%s says it is %s version %d; serving it as %s version %d (its directory)",
-                    slot.path, served.name, served.version, slot.name, slot.version,
-                )
-                served.name, served.version = slot.name, slot.version
+            # Only with --serve-path-identity (checked and logged where it was built).
+            served.name, served.version = slot.name, slot.version
             served.start()
         except ArtifactError as exc:
             self._fail(slot, exc.reason)
@@ -376,10 +376,11 @@ class ModelRepository:
         awaiting it was cancelled (a server stopping while it starts)."""
         try:
             served = self._build(path, budget)
+            served.load()
             try:
                 served.warm_up()
             except BaseException:
-                served.runner.close()
+                served.unload()
                 raise
             return served
         except BaseException:

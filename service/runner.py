@@ -1,12 +1,22 @@
-"""Running batches on model instances: devices, dtype, staging, OOM splits.
+"""Runners: where a model version's batches are formed and run.
 
-One instance of the network per device by default (`instances_per_device`
-more); each batch goes to a free instance. A batch is *staged* (stacked,
-copied to the device in the serving dtype and memory format; on CUDA from
-pinned memory on a side stream) before an instance is taken, so with a
-pipeline depth of 1 the next batch is copied while the device runs the
-current one. A CUDA out-of-memory error splits the batch in halves and
-retries; only a single image that does not fit fails.
+The declared interface (`Runner`) is all the model path and the servicers
+use: `load` the network on every instance (blocking; a separate step from
+`warm_up`), `start` taking traffic, `submit` one request's items and get
+their results in order, `queue_depth`, `pids`, `close`. Each batch is
+reported to `on_batch` (statistics and metrics). Where a batch is formed
+is the runner's own business: both runners here form them in this process
+with a `DynamicBatcher` (`BatchedRunner`); a runner that batches next to
+the device keeps the same interface.
+
+* `ThreadRunner` (`--runner thread`): instances of the network in this
+  process, one thread each.
+* `ProcessRunner` (`--runner process`, in `worker_runner`): instances in
+  worker processes, fed through shared memory.
+
+An item is a `BatchItem`: the image's compact `Payload` and what is needed
+to answer it (geometry, params). Its result is an `Answer`, or the error of
+that image alone (one that does not decode fails its own request only).
 """
 
 from __future__ import annotations
@@ -17,16 +27,24 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
-from .errors import InferenceError, LimitExceededError
+from .batcher import BatchRecord, DynamicBatcher, ItemResult
+from .device_model import BatchOutcome, DeviceModel, load_network
+from .domain import ImagePrediction, PredictParams
+from .payloads import Payload, gather
+from .preprocess import Geometry
 
 log = logging.getLogger("framewire.runner")
 
-DTYPES = ("float32", "float16", "bfloat16")
 
-#: Turns a batch's output (on the CPU) into one result per image.
-Finish = Callable[[Any], list]
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a request, on its way to a batch."""
+
+    payload: Payload
+    geometry: Geometry
+    params: PredictParams
 
 
 @dataclass(frozen=True)
@@ -47,199 +65,227 @@ class WorkerStatus:
     restarts: int = 0
 
 
-@dataclass
-class Staged:
-    """A batch on its device, ready for an instance."""
+@dataclass(frozen=True)
+class Answer:
+    """One image's prediction, and the device-side time of its batch."""
 
-    device: Any
-    inputs: Any  # a [B, C, H, W] tensor, or a list of [C, H, W] tensors (detection)
-    ready: Any = None  # a CUDA event recorded after the copy
-    host: Any = None  # keeps pinned host memory alive until the copy is done
-    size: int = 0
+    prediction: ImagePrediction
+    preprocess_seconds: float
+    compute_seconds: float
 
 
-class Instance:
-    """One copy of the network on one device, with its own thread."""
+class Runner(Protocol):
+    """The declared runner interface; see the module doc."""
 
-    def __init__(self, module, device, index: int):
-        self.module = module
-        self.device = device
-        self.index = index
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"instance-{device}-{index}")
-
-
-class ModelRunner:
-    """Builds instances of a loaded model and runs staged batches on them."""
-
-    def __init__(self, loaded, *, devices: tuple[str, ...], dtype: str, instances_per_device: int = 1,
-                 channels_last: bool = True, cuda_graphs: bool = False):
-        import torch
-
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
-        self.name = f"{loaded.name}:{loaded.version}"
-        self.task = loaded.task
-        self.devices = [torch.device(d) for d in devices]
-        self.dtype = getattr(torch, dtype)
-        self.dtype_name = dtype
-        self.channels_last = channels_last
-        self.cuda_graphs = cuda_graphs
-        self.instances: list[Instance] = []
-        #: Never called: in-process instances are never reloaded from the file.
-        self.on_stale: Callable[[str], None] | None = None
-        self._free: dict[Any, asyncio.Queue] = {}
-        self._streams: dict[Any, Any] = {}
-        self._busy: dict[Any, int] = {}
-        self._stage_pool = ThreadPoolExecutor(max_workers=max(1, len(self.devices)), thread_name_prefix="stage")
-        for device in self.devices:
-            for i in range(instances_per_device):
-                module = copy.deepcopy(loaded.module) if (self.instances or len(self.devices) > 1) else loaded.module
-                self.instances.append(Instance(self._place(module, device), device, i))
-            if device.type == "cuda":
-                self._streams[device] = torch.cuda.Stream(device)
+    name: str
+    handler: Any
+    device_label: str
+    dtype_name: str
+    instance_count: int
+    #: Called with a BatchRecord after every batch (statistics, metrics).
+    on_batch: Callable[[BatchRecord], None] | None
+    #: Called with a reason when the version can no longer be served from the
+    #: bytes it was loaded from (a restarted worker found its file changed).
+    on_stale: Callable[[str], None] | None
 
     @property
-    def device_label(self) -> str:
-        return ",".join(str(d) for d in self.devices)
+    def queue_depth(self) -> int: ...
 
-    def _place(self, module, device):
-        import torch
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of image payloads shipped to the device side since load
+        (shared memory with worker processes)."""
 
-        module = module.to(device=device, dtype=self.dtype)
-        if self.channels_last and self.task != "detection":
-            module = module.to(memory_format=torch.channels_last)
-        return module
+    def load(self) -> None: ...
 
-    # --------------------------------------------------------------- blocking
+    def warm_up(self, sizes: list[int]) -> None: ...
 
-    def warm_up(self, sizes: list[int], example_shape: tuple[int, int, int]) -> None:
-        """Run each batch size once on every instance (blocking)."""
-        import torch
+    def start(self) -> None: ...
 
-        if not sizes:
-            return
-        for instance in self.instances:
-            for size in sizes:
-                if self.task == "detection":
-                    items = [torch.rand(example_shape) for _ in range(size)]
-                else:
-                    items = [torch.zeros(example_shape) for _ in range(size)]
-                staged = self.stage(items, instance.device)
-                self.forward(instance, staged)
-            if self.cuda_graphs and instance.device.type == "cuda" and self.task != "detection":
-                from .cuda_graphs import graph_module
+    async def submit(self, items: Sequence[BatchItem], *, deadline: float | None = None,
+                     priority: int = 0) -> list[ItemResult]: ...
 
-                instance.module = graph_module(
-                    instance.module, device=instance.device, dtype=self.dtype, sample_shape=example_shape,
-                    buckets=sizes, channels_last=self.channels_last, name=self.name,
-                )
-        log.info("%s warmed up at batch sizes %s on %s", self.name, sizes, self.device_label)
+    def pids(self) -> set[int]: ...
 
-    def stage(self, items: list, device) -> Staged:
-        """Gather a batch on `device` in the serving dtype and layout (one copy
-        per image on the CPU; on CUDA from pinned memory on a side stream)."""
-        import torch
+    def workers(self) -> list[WorkerStatus]: ...
 
-        if self.task == "detection":
-            tensors = [t.to(device, non_blocking=True).to(self.dtype) for t in items]
-            return Staged(device, tensors, size=len(items))
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        shape = (len(items), *items[0].shape)
-        if device.type != "cuda":
-            x = torch.empty(shape, dtype=self.dtype, memory_format=layout)
-            for i, item in enumerate(items):
-                x[i].copy_(item)
-            return Staged(device, x, size=len(items))
-        host = torch.empty(shape, dtype=items[0].dtype, pin_memory=True)
-        for i, item in enumerate(items):
-            host[i].copy_(item)
-        stream = self._streams[device]
-        with torch.cuda.stream(stream):
-            x = host.to(device, non_blocking=True).to(self.dtype).contiguous(memory_format=layout)
-            ready = torch.cuda.Event()
-            ready.record(stream)
-        return Staged(device, x, ready, host, len(items))
+    def release(self) -> None: ...
 
-    def forward(self, instance: Instance, staged: Staged, finish: Finish | None = None) -> list:
-        """Run a staged batch. Returns `finish(output)` (default: per-image outputs
-        on the CPU in float32); `output` is the batch's output moved to the CPU."""
-        import torch
+    async def close(self, *, drain: bool = True) -> None: ...
 
-        if staged.ready is not None:
-            current = torch.cuda.current_stream(staged.device)
-            current.wait_event(staged.ready)
-            for tensor in staged.inputs if isinstance(staged.inputs, list) else [staged.inputs]:
-                tensor.record_stream(current)
-        with torch.inference_mode():
-            if staged.device.type == "cuda":
-                with torch.cuda.device(staged.device):
-                    output = self._forward_split(instance, staged.inputs)
-            else:
-                output = self._forward_split(instance, staged.inputs)
-            return (finish or _unbind)(output)
 
-    def _forward_split(self, instance: Instance, inputs):
-        import torch
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How a runner forms batches (from ServeConfig, per model)."""
 
-        try:
-            out = instance.module(inputs)
-        except torch.OutOfMemoryError:
-            size = len(inputs)
-            if _on_cuda(inputs):
-                torch.cuda.empty_cache()
-            if size == 1:
-                raise LimitExceededError(
-                    f"model {self.name} ran out of device memory on a single image; send a "
-                    "smaller image or give the model a larger device"
-                ) from None
-            half = size // 2
-            log.warning("%s: out of memory at batch %d; splitting into %d + %d", self.name, size, half, size - half)
-            first = self._forward_split(instance, inputs[:half])
-            second = self._forward_split(instance, inputs[half:])
-            return first + second if isinstance(first, list) else torch.cat([first, second])
-        if self.task == "detection":
-            return [{k: v.to("cpu") for k, v in d.items()} for d in out]
-        if not isinstance(out, torch.Tensor) or out.shape[0] != len(inputs):
-            raise InferenceError(f"model {self.name} returned {type(out).__name__} for a batch of {len(inputs)}")
-        return out.float().to("cpu")
+    max_batch_size: int
+    max_delay: float
+    max_queue_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    pipeline_depth: int = 0
 
-    # ------------------------------------------------------------------ async
+    @classmethod
+    def from_config(cls, config, *, max_batch_size: int, on_cuda: bool) -> "BatchingSettings":
+        depth = config.pipeline_depth if config.pipeline_depth >= 0 else (1 if on_cuda else 0)
+        return cls(max_batch_size, config.max_queue_delay, config.max_queue_size,
+                   tuple(s for s in config.preferred_batch_sizes if s <= max_batch_size), depth)
+
+
+def answers(handler, outcome: BatchOutcome, items: Sequence[BatchItem]) -> list:
+    """One Answer per item of a batch, or the item's own error."""
+    results: list[Any] = [outcome.errors.get(row) for row in range(len(items))]
+    if outcome.rows:
+        chosen = [items[r] for r in outcome.rows]
+        predictions = handler.answer(outcome.output, [i.geometry for i in chosen], [i.params for i in chosen])
+        for row, prediction in zip(outcome.rows, predictions):
+            results[row] = Answer(prediction, outcome.preprocess_seconds, outcome.compute_seconds)
+    return results
+
+
+class BatchedRunner:
+    """A runner that forms batches in this process; subclasses run them (`_run_batch`)."""
+
+    def __init__(self, name: str, handler, batching: BatchingSettings, *, concurrent_batches: int,
+                 on_batch: Callable[[BatchRecord], None] | None = None):
+        self.name = name
+        self.handler = handler
+        self.batching = batching
+        self.on_batch = on_batch
+        self._batcher = DynamicBatcher(
+            self._run_batch, max_batch_size=batching.max_batch_size, max_delay=batching.max_delay,
+            max_queue_size=batching.max_queue_size, max_concurrent_batches=concurrent_batches,
+            preferred_batch_sizes=batching.preferred_batch_sizes, name=name, on_batch=self._report,
+        )
+
+    def _report(self, record: BatchRecord) -> None:
+        if self.on_batch is not None:
+            self.on_batch(record)
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a batch."""
+        return self._batcher.queue_depth
 
     def start(self) -> None:
-        """Create the free-instance queues (call from the event loop)."""
-        for device in self.devices:
-            self._free[device] = asyncio.Queue()
-            self._busy[device] = 0
+        """Start forming batches (call from the event loop, after `load`)."""
+        self._batcher.start()
+
+    async def submit(self, items: Sequence[BatchItem], *, deadline: float | None = None,
+                     priority: int = 0) -> list[ItemResult]:
+        """Queue a request's items; their results in order (values are Answers)."""
+        return await self._batcher.submit(items, deadline=deadline, priority=priority)
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Stop taking items, run (drain) or fail the queued ones, then release the instances."""
+        await self._batcher.close(drain=drain)
+        await asyncio.get_running_loop().run_in_executor(None, self.release)
+
+    async def _run_batch(self, items: list[BatchItem]) -> list:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Release the instances (blocking); `close` calls it once drained."""
+        raise NotImplementedError
+
+
+class _Instance:
+    """One DeviceModel with the thread it runs on."""
+
+    def __init__(self, model: DeviceModel, index: int):
+        self.model = model
+        self.device = model.device
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"instance-{model.device}-{index}")
+
+
+class ThreadRunner(BatchedRunner):
+    """Instances of the network in this process (`--runner thread`).
+
+    `settings` holds one WorkerSettings per device; `data` is the artifact's
+    bytes as the front end read them. A load that hangs could not be stopped
+    in this process, so `load` first rebuilds the network once in a child
+    process under the budget, from the same bytes. On CUDA a batch is decoded
+    and staged on a side stream before an instance is free, so it overlaps
+    the previous batch's compute (pipeline depth 1).
+    """
+
+    def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
+                 data: bytes, budget, on_batch=None, trust=None, name: str = "model"):
+        super().__init__(name, handler, batching, on_batch=on_batch,
+                         concurrent_batches=len(settings) * instances_per_device + batching.pipeline_depth)
+        first = settings[0]
+        self.settings = settings
+        self.instances_per_device = instances_per_device
+        self.instance_count = len(settings) * instances_per_device
+        self.device_label = ",".join(s.device for s in settings)
+        self.dtype_name = first.dtype
+        self.trust = trust
+        #: Never called: in-process instances are never reloaded from the file.
+        self.on_stale: Callable[[str], None] | None = None
+        self.payload_bytes = 0
+        self._data = data
+        self._budget = budget
+        self.instances: list[_Instance] = []
+        self._decode_pool = ThreadPoolExecutor(max_workers=first.decode_threads or min(8, os.cpu_count() or 1),
+                                               thread_name_prefix="decode")
+        self._stage_pool = ThreadPoolExecutor(max_workers=len(settings), thread_name_prefix="stage")
+        self._free: dict[Any, asyncio.Queue] = {}
+        self._busy: dict[Any, int] = {}
+
+    def load(self) -> None:
+        """Load the artifact and place an instance per device and per `instances_per_device`."""
+        from framewire.exporter import ArtifactError
+        from framewire.exporter.child_load import load_in_child
+        from framewire.exporter.errors import ArtifactLoadTimeoutError
+
+        first, budget = self.settings[0], self._budget
+        try:
+            load_in_child(self._data, first.artifact, timeout=budget.remaining(), max_bytes=first.max_artifact_bytes,
+                          trusted_keys=first.trusted_keys, require_signed=first.require_signed, watch=budget.watch)
+        except ArtifactError:
+            why = budget.failure()
+            if why is not None:
+                raise ArtifactLoadTimeoutError(why, first.artifact) from None
+            raise
+        loaded = load_network(first, trust=self.trust, data=self._data)
+        self._data = None
+        for device_settings in self.settings:
+            for i in range(self.instances_per_device):
+                module = loaded.module if not self.instances else copy.deepcopy(loaded.module)
+                model = DeviceModel(module, self.handler, device_settings, self._decode_pool, name=self.name)
+                self.instances.append(_Instance(model, i))
+
+    def warm_up(self, sizes: list[int]) -> None:
         for instance in self.instances:
-            self._free[instance.device].put_nowait(instance)
+            instance.model.warm_up(sizes)
 
-    async def run(self, items: list, finish: Finish | None = None) -> list:
-        """Stage a batch, take a free instance and run it; `finish` runs in the
-        instance's thread on the batch's output (see `forward`).
+    def start(self) -> None:
+        for instance in self.instances:
+            self._free.setdefault(instance.device, asyncio.Queue()).put_nowait(instance)
+            self._busy.setdefault(instance.device, 0)
+        super().start()
 
-        On the CPU staging and running are one step in the instance's thread;
-        on CUDA the batch is staged (copied) before an instance is free, so the
-        copy overlaps the previous batch's compute.
-        """
+    async def _run_batch(self, items: list[BatchItem]) -> list:
         loop = asyncio.get_running_loop()
-        device = min(self.devices, key=lambda d: self._busy[d])
+        batch = gather([item.payload for item in items])
+        self.payload_bytes += sum(item.payload.nbytes for item in items)
+        device = min(self._free, key=lambda d: self._busy[d])
         self._busy[device] += 1
         try:
-            staged = None
+            prepared = None
             if device.type == "cuda":
-                staged = await loop.run_in_executor(self._stage_pool, self.stage, items, device)
+                stager = next(i.model for i in self.instances if i.device == device)
+                prepared = await loop.run_in_executor(self._stage_pool, stager.prepare, batch)
             instance = await self._free[device].get()
             try:
-                return await loop.run_in_executor(instance.executor, self._run_on, instance, staged, items, finish)
+                return await loop.run_in_executor(instance.executor, self._run_on, instance, batch, prepared, items)
             finally:
                 self._free[device].put_nowait(instance)
         finally:
             self._busy[device] -= 1
 
-    def _run_on(self, instance: Instance, staged: Staged | None, items: list, finish: Finish | None) -> list:
-        if staged is None:
-            staged = self.stage(items, instance.device)
-        return self.forward(instance, staged, finish)
+    def _run_on(self, instance: _Instance, batch, prepared, items) -> list:
+        outcome = instance.model.run(batch) if prepared is None else instance.model.forward(prepared)
+        return answers(self.handler, outcome, items)
 
     def pids(self) -> set[int]:
         """Worker processes (none: instances run in this process)."""
@@ -250,17 +296,9 @@ class ModelRunner:
         return [WorkerStatus(instance=n, device=str(i.device), state="in process", pid=os.getpid())
                 for n, i in enumerate(self.instances)]
 
-    def close(self) -> None:
+    def release(self) -> None:
         for instance in self.instances:
             instance.executor.shutdown(wait=True)
         self._stage_pool.shutdown(wait=True)
+        self._decode_pool.shutdown(wait=True)
         self.instances.clear()
-
-
-def _unbind(output) -> list:
-    return output if isinstance(output, list) else list(output.unbind(0))
-
-
-def _on_cuda(inputs) -> bool:
-    first = inputs[0] if isinstance(inputs, list) else inputs
-    return getattr(first, "is_cuda", False)

@@ -33,6 +33,7 @@ from .api_native import NativeServicer
 from .api_oip import SERVICE_NAME as OIP_SERVICE
 from .api_oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
+from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
@@ -74,9 +75,9 @@ class FramewireServer:
         import torch
 
         if config.runner == "process":
-            # Networks run in worker processes; here torch only preprocesses,
-            # one image per decode thread. One intra-op thread each keeps
-            # OpenMP teams from spinning on cores the workers need.
+            # Networks, decoding and preprocessing run in worker processes;
+            # here torch only turns outputs into answers. One intra-op thread
+            # keeps OpenMP teams from spinning on cores the workers need.
             torch.set_num_threads(1)
         elif config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
@@ -87,8 +88,8 @@ class FramewireServer:
                      "; unsigned artifacts are refused" if config.require_signed else "")
         log.info("devices: %s (%s)%s", self.plan.label, self.plan.dtype,
                  f"; CPU fallback: {self.plan.fallback_reason}" if self.plan.fallback_reason else "")
-        workers = config.decode_threads or min(8, os.cpu_count() or 1)
-        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        # Checks the image headers of large requests off the event loop.
+        self.admission_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="admit")
         self.state = ServerState()
         self.repo = ModelRepository(config, self._build_model, on_change=self._health_changed)
         self.gpu = GpuSampler(nvml if nvml is not None else load_nvml(), interval=config.gpu_sample_seconds,
@@ -113,7 +114,8 @@ class FramewireServer:
         interceptors = [LastResortInterceptor()]
         if self.tokens is not None:
             interceptors.insert(0, AuthInterceptor(self.tokens))
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
+        interceptors.insert(0, CallLimitInterceptor(config.max_concurrent_rpcs))
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options + PENDING_CALL_OPTIONS)
         self.streams = StreamLimiter(config.max_streams_per_connection)
         self.native = NativeServicer(self.repo, config, self.plan, self.state, self.metrics, self.gpu, self.streams,
                                      status=self.status)
@@ -130,7 +132,7 @@ class FramewireServer:
 
     def _build_model(self, path: Path, budget: LoadBudget) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
-        return build_served_model(path, model_config, self.plan, self.decode_pool, self.metrics, self.trust,
+        return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool,
                                   budget)
 
     def _our_pids(self) -> set[int]:
@@ -205,7 +207,7 @@ class FramewireServer:
             await asyncio.gather(self._health_task, return_exceptions=True)
         self.gpu.stop()
         self.metrics.close()
-        self.decode_pool.shutdown(wait=True)
+        self.admission_pool.shutdown(wait=True)
         log.info("stopped")
 
     def _health_changed(self) -> None:
@@ -224,6 +226,8 @@ class FramewireServer:
         for name in ("", *self.service_names):
             await self.health.set(name, serving if up else not_serving)
         await self.health.set(LIVENESS_SERVICE, serving)
+        if not self.config.model_health:
+            return
         models = self.repo.models()
         names = {MODEL_HEALTH_PREFIX + n for n in models}
         for name in names | self._health_names:

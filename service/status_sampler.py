@@ -133,7 +133,7 @@ def version_figures(slot, trusted_keys: bool) -> VersionFigures:
         artifact=ArtifactFigures(path=served.path, weights_sha256=artifact.weights_sha256.hex(),
                                  signer=artifact.signature.key_id,
                                  signature_checked=trusted_keys and bool(artifact.signature.key_id)),
-        queue_depth=served.batcher.queue_depth, queue_capacity=served.batcher.max_queue_size,
+        queue_depth=served.queue_depth, queue_capacity=served.queue_capacity,
         max_batch_size=served.max_batch_size,
         requests_ok=stats.request_success, requests_failed=stats.request_failure,
         images=stats.inference_count, batches=stats.execution_count,

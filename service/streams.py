@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import AsyncIterable, AsyncIterator, TypeVar
 
+from .batcher import retrieve_exception
 from .errors import LimitExceededError, ShuttingDownError
 
 T = TypeVar("T")
@@ -25,6 +26,11 @@ class StreamLimiter:
         self.per_connection = per_connection
         self._open: Counter[str] = Counter()
         self._draining: asyncio.Event | None = None
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open now, on every connection."""
+        return sum(self._open.values())
 
     @contextmanager
     def open(self, peer: str):
@@ -68,6 +74,9 @@ class StreamLimiter:
                 if self.draining:
                     raise ShuttingDownError(DRAINING_MESSAGE)
                 reading = asyncio.ensure_future(iterator.__anext__())
+                # Cancelled twice, the call may leave this read to end on its own
+                # (StopAsyncIteration); its exception is then nobody's to raise.
+                reading.add_done_callback(retrieve_exception)
                 await asyncio.wait({reading, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
                     raise ShuttingDownError(DRAINING_MESSAGE)

@@ -1,48 +1,222 @@
-"""The model worker process: one instance of one model version on one device.
+"""The model worker process: model versions hosted next to one device.
 
-    python -m framewire.service.worker --artifact PATH --device cpu ...
+    python -m framewire.service.worker [LABEL ...]
 
-It loads the artifact with the framewire loader, warms up, says `ready`,
-then runs batches the front-end places in shared memory, one at a time, and
-answers on stdout (see `ipc`). Running the network in its own process keeps
-the front-end's event loop (gRPC, decoding) from holding the GIL the
-network's Python dispatch needs, and keeps a crashing model from taking the
-server down. It ignores SIGINT and SIGTERM: the front-end decides when it
-stops (a `stop` message, or its pipe closing when the front-end exits).
+Arguments only label the process for `ps` and `top` (the front end passes
+the model id and artifact path). Everything the worker does arrives as
+messages on stdin, answered on stdout (see `ipc`; each request's `id`
+comes back in its reply):
+
+| request                          | reply                                                       |
+| -------------------------------- | ----------------------------------------------------------- |
+| `load` {settings}                | `loaded` {model, task, dtype, device}, or `failed` {kind, message} |
+| `warm` {model, sizes}            | `warmed`, or `failed`                                       |
+| `buffer` {slot, path, size}      | `buffer_ok`: the connection's shared memory for one slot    |
+| `run` {model, slot, batch}       | `done` {rows, errors, output, preprocess_us, compute_us} + output bytes, or `error` {kind, message} |
+| `unload` {model}                 | `unloaded`                                                  |
+| `stop`                           | (exits)                                                     |
+
+`settings` is a `WorkerSettings` message; models are keyed by its
+`model_id`, so one worker can host several. A `run`'s batch is a
+`payloads.pack` header: offsets into the slot's shared memory, where the
+front end wrote compact payloads (encoded bytes, client pixels). Batches
+go through two threads: one decodes and preprocesses (`DeviceModel.prepare`),
+the other runs the network and replies, so on CUDA a batch is decoded
+while the previous one computes. Images that fail to decode are reported
+per row; the rest of the batch is answered.
+
+Running the network in its own process keeps the front end's event loop
+from holding the GIL the network's Python dispatch needs, and keeps a
+crashing model from taking the server down. The worker ignores SIGINT and
+SIGTERM: the front end decides when it stops (a `stop` message, or its
+pipe closing when the front end exits).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 
 from .ipc import WorkerGone, map_buffer, read_message, write_message
 
 log = logging.getLogger("framewire.worker")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m framewire.service.worker")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--cuda-graphs", action="store_true")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--max-artifact-bytes", type=int, default=2**31 - 1)
-    p.add_argument("--warmup-sizes", default="", help="comma-separated batch sizes")
-    p.add_argument("--warmup-shape", default="", help="C,H,W")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--log-format", default="text")
-    p.add_argument("--trusted-keys", default="")
-    p.add_argument("--require-signed", action="store_true")
-    p.add_argument("--expect-sha256", default="",
-                   help="sha256 of the file the version was loaded from; any other bytes are refused")
-    return p.parse_args(argv)
+class WorkerHost:
+    """The worker's models, shared memory and batch pipeline; see the module doc."""
+
+    def __init__(self, inp, out):
+        self.inp = inp
+        self.out = out
+        self.models: dict = {}
+        self.buffers: dict[int, object] = {}
+        self.decode_pool = None
+        self._write_lock = threading.Lock()
+        self._configured = False
+        self._to_prepare: queue.Queue = queue.Queue()
+        self._to_compute: queue.Queue = queue.Queue()
+        for target, name in ((self._prepare_loop, "prepare"), (self._compute_loop, "compute")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def reply(self, header: dict, payload: bytes = b"") -> None:
+        with self._write_lock:
+            write_message(self.out, header, payload)
+
+    def serve(self) -> int:
+        """Answer messages until `stop` or the pipe closes."""
+        handlers = {"load": self._load, "warm": self._warm, "buffer": self._buffer, "run": self._run,
+                    "unload": self._unload}
+        while True:
+            try:
+                header, _ = read_message(self.inp)
+            except WorkerGone:
+                return 0
+            op = header.get("op")
+            if op == "stop":
+                return 0
+            handler = handlers.get(op)
+            if handler is None:
+                self.reply({"op": "error", "id": header.get("id"), "kind": "internal",
+                            "message": f"unexpected message {op!r}"})
+                continue
+            handler(header)
+
+    # ------------------------------------------------------------ control
+
+    def _configure(self, settings) -> None:
+        """Process-wide settings, from the first model loaded."""
+        if self._configured:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from .logs import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format)
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
+        threads = settings.decode_threads or (min(8, os.cpu_count() or 1) if settings.on_cuda
+                                              else max(1, settings.cpu_threads or torch.get_num_threads()))
+        self.decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._configured = True
+
+    def _load(self, header: dict) -> None:
+        from framewire.exporter import ArtifactError
+        from framewire.exporter.loader import read_artifact_bytes
+
+        from .worker_settings import SettingsError, WorkerSettings
+
+        request_id = header.get("id")
+        try:
+            settings = WorkerSettings.from_json(header.get("settings"))
+            # The bytes are read and compared before torch is imported: a file
+            # that changed is refused in milliseconds.
+            data = read_artifact_bytes(settings.artifact, max_bytes=settings.max_artifact_bytes)
+            found = hashlib.sha256(data).hexdigest()
+            if settings.expect_sha256 and found != settings.expect_sha256:
+                self.reply({"op": "failed", "id": request_id, "kind": "changed",
+                            "message": changed_message(settings.expect_sha256, found)})
+                return
+            from .device_model import DeviceModel, load_network, trust_policy
+            from .tasks import task_handler
+
+            self._configure(settings)
+            loaded = load_network(settings, trust=trust_policy(settings), data=data)
+            del data
+            handler = task_handler(loaded.artifact)
+            model = DeviceModel(loaded.module, handler, settings, self.decode_pool, name=settings.model_id)
+        except ArtifactError as exc:
+            self.reply({"op": "failed", "id": request_id, "kind": "artifact", "message": exc.reason})
+            return
+        except SettingsError as exc:
+            self.reply({"op": "failed", "id": request_id, "kind": "internal", "message": str(exc)})
+            return
+        except Exception as exc:  # report why; the front end marks the model UNAVAILABLE
+            log.exception("loading %s failed", header.get("settings", {}).get("artifact"))
+            self.reply({"op": "failed", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        self.models[settings.model_id] = model
+        self.reply({"op": "loaded", "id": request_id, "model": settings.model_id, "task": handler.name,
+                    "dtype": settings.dtype, "device": model.device_label})
+
+    def _warm(self, header: dict) -> None:
+        model = self.models.get(header.get("model"))
+        try:
+            if model is None:
+                raise KeyError(f"model {header.get('model')!r} is not loaded here")
+            model.warm_up([int(s) for s in header.get("sizes", [])])
+        except Exception as exc:
+            log.exception("warming up %s failed", header.get("model"))
+            self.reply({"op": "failed", "id": header.get("id"), "kind": "internal",
+                        "message": f"warm-up failed: {type(exc).__name__}: {exc}"})
+            return
+        self.reply({"op": "warmed", "id": header.get("id")})
+
+    def _buffer(self, header: dict) -> None:
+        self.buffers[int(header["slot"])] = map_buffer(header["path"], int(header["size"]))
+        self.reply({"op": "buffer_ok", "id": header.get("id")})
+
+    def _unload(self, header: dict) -> None:
+        self.models.pop(header.get("model"), None)
+        self.reply({"op": "unloaded", "id": header.get("id")})
+
+    # ------------------------------------------------------------ batches
+
+    def _run(self, header: dict) -> None:
+        from .payloads import unpack
+
+        model = self.models.get(header.get("model"))
+        buffer = self.buffers.get(header.get("slot"))
+        if model is None or buffer is None:
+            what = "model" if model is None else "shared memory slot"
+            self.reply({"op": "error", "id": header.get("id"), "kind": "internal",
+                        "message": f"no {what} for this batch ({header.get('model')!r}, slot {header.get('slot')})"})
+            return
+        self._to_prepare.put((header["id"], model, unpack(header["batch"], buffer)))
+
+    def _prepare_loop(self) -> None:
+        while True:
+            request_id, model, batch = self._to_prepare.get()
+            try:
+                prepared = model.prepare(batch)
+            except Exception as exc:
+                self._fail(request_id, exc)
+                continue
+            finally:
+                del batch
+            self._to_compute.put((request_id, model, prepared))
+
+    def _compute_loop(self) -> None:
+        while True:
+            request_id, model, prepared = self._to_compute.get()
+            try:
+                outcome = model.forward(prepared)
+                del prepared
+                output, payload = model.handler.encode_output(outcome.output) if outcome.rows else ({}, b"")
+            except Exception as exc:
+                self._fail(request_id, exc)
+                continue
+            self.reply({
+                "op": "done", "id": request_id, "rows": outcome.rows, "output": output,
+                "errors": {str(r): [e.code, e.message] for r, e in outcome.errors.items()},
+                "preprocess_us": int(outcome.preprocess_seconds * 1e6),
+                "compute_us": int(outcome.compute_seconds * 1e6),
+            }, payload)
+
+    def _fail(self, request_id, exc: Exception) -> None:
+        from .errors import LimitExceededError
+
+        if isinstance(exc, LimitExceededError):
+            self.reply({"op": "error", "id": request_id, "kind": "limit", "message": exc.message})
+            return
+        log.exception("batch failed", exc_info=exc)  # the batch fails; the worker goes on
+        self.reply({"op": "error", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
 
 
 def changed_message(expected: str, found: str) -> str:
@@ -60,119 +234,13 @@ def main(argv=None) -> int:
     # stdout carries the protocol; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    inp = sys.stdin.buffer
-    args = parse_args(argv)
-    from .logs import configure_logging
-
-    configure_logging(args.log_level, args.log_format)
-
-    from framewire.exporter import ArtifactError, load_model
-    from framewire.exporter.loader import read_artifact_bytes
-
-    # The bytes are read and compared before torch is imported: a file that
-    # changed is refused in milliseconds.
-    try:
-        data = read_artifact_bytes(args.artifact, max_bytes=args.max_artifact_bytes)
-    except ArtifactError as exc:
-        write_message(out, {"op": "failed", "kind": "artifact", "message": exc.reason})
-        return 1
-    found = hashlib.sha256(data).hexdigest()
-    if args.expect_sha256 and found != args.expect_sha256:
-        write_message(out, {"op": "failed", "kind": "changed", "message": changed_message(args.expect_sha256, found)})
-        return 1
-
-    import torch
-
-    from .runner import ModelRunner
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        from framewire.exporter.signing import TrustPolicy
-
-        trust = TrustPolicy.from_directory(args.trusted_keys, args.require_signed) if args.trusted_keys else None
-        loaded = load_model(args.artifact, data=data, max_bytes=args.max_artifact_bytes, trust=trust)
-        del data
-        runner = ModelRunner(loaded, devices=(args.device,), dtype=args.dtype, channels_last=args.channels_last,
-                             cuda_graphs=args.cuda_graphs)
-        if args.warmup_sizes:
-            sizes = [int(s) for s in args.warmup_sizes.split(",")]
-            shape = tuple(int(s) for s in args.warmup_shape.split(","))
-            runner.warm_up(sizes, shape)
-    except ArtifactError as exc:
-        write_message(out, {"op": "failed", "kind": "artifact", "message": exc.reason})
-        return 1
-    except Exception as exc:  # report why, then exit: the front-end marks the model UNAVAILABLE
-        log.exception("loading %s failed", args.artifact)
-        write_message(out, {"op": "failed", "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
-        return 1
-    write_message(out, {"op": "ready", "task": runner.task, "dtype": runner.dtype_name, "device": runner.device_label})
-    return serve_batches(runner, inp, out)
-
-
-def serve_batches(runner, inp, out) -> int:
-    import numpy as np
-    import torch
-
-    from .errors import LimitExceededError
-
-    instance = runner.instances[0]
-    buffer = None
-    while True:
-        try:
-            header, _ = read_message(inp)
-        except WorkerGone:
-            return 0
-        op = header.get("op")
-        if op == "stop":
-            return 0
-        if op == "buffer":
-            buffer = map_buffer(header["path"], header["size"])
-            write_message(out, {"op": "buffer_ok"})
-            continue
-        if op != "run" or buffer is None:
-            write_message(out, {"op": "error", "kind": "internal", "message": f"unexpected message {op!r}"})
-            continue
-        try:
-            items = [
-                torch.from_numpy(np.frombuffer(buffer, np.float32, int(np.prod(t["shape"])), t["offset"]).reshape(t["shape"]))
-                for t in header["tensors"]
-            ]
-            staged = runner.stage(items, instance.device)
-            del items
-            output = runner.forward(instance, staged, finish=lambda o: o)
-            reply, payload = encode_output(output)
-        except LimitExceededError as exc:
-            write_message(out, {"op": "error", "kind": "limit", "message": exc.message})
-            continue
-        except Exception as exc:  # the batch fails; the worker goes on
-            log.exception("batch failed")
-            write_message(out, {"op": "error", "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
-            continue
-        write_message(out, reply, payload)
-
-
-def encode_output(output) -> tuple[dict, bytes]:
-    """A batch's output as a header and the raw bytes it describes."""
-    import torch
-
-    if isinstance(output, list):  # detection: per image boxes, labels, scores
-        parts, items = [], []
-        for d in output:
-            boxes = d["boxes"].float().contiguous().numpy()
-            labels = d["labels"].to(dtype=torch.int64).contiguous().numpy()
-            scores = d["scores"].float().contiguous().numpy()
-            items.append(len(scores))
-            parts += [boxes.tobytes(), labels.tobytes(), scores.tobytes()]
-        return {"op": "done", "kind": "detections", "counts": items}, b"".join(parts)
-    array = output.float().contiguous().numpy()
-    return {"op": "done", "kind": "tensor", "shape": list(array.shape)}, array.tobytes()
+    return WorkerHost(sys.stdin.buffer, out).serve()
 
 
 def exit_now(code: int) -> None:
     """Exit without the interpreter's teardown of torch (about a second per
     worker, paid on every unload and shutdown). Replies are already flushed,
-    the front end owns the shared buffer, and the OS reclaims the rest."""
+    the front end owns the shared buffers, and the OS reclaims the rest."""
     logging.shutdown()
     sys.stderr.flush()
     os._exit(code)

@@ -1,6 +1,8 @@
 """Which worker processes of a model version take traffic.
 
-A batch goes to a free worker that is alive. A worker found dead (killed
+A worker holds up to `slots` batches at once (its shared-memory slots), so
+the pool hands out lanes: (worker, slot). A batch goes to a free lane of a
+worker that is alive. A worker found dead (killed
 while idle, or dying under a batch) leaves the rotation at once and is
 restarted in the background, in its own thread: batches go to the live
 workers meanwhile, and when none is live a batch fails at once with
@@ -39,30 +41,37 @@ class NoLiveWorkerError(ServiceError):
 class WorkerPool:
     """Free, busy and restarting workers of one model version (see the module doc).
 
-    A worker has `index`, `executor` (its one thread), `alive()` and
-    `spawn()` (start and warm up; raises an exception with a `kind`)."""
+    A worker has `index`, `slots`, `executor` (a thread of its own, for
+    restarts), `alive()` and `spawn()` (start and warm up; raises an
+    exception with a `kind`)."""
 
     def __init__(self, name: str, workers: list, *, on_stale: Callable[[str], None]):
         self.name = name
         self.workers = list(workers)
         self.on_stale = on_stale
         self._loop = asyncio.get_running_loop()
-        self._free: deque = deque(self.workers)
+        # Slot-major: a second batch goes to another worker before it doubles up on one.
+        self._free: deque = deque((w, s) for s in range(max((w.slots for w in self.workers), default=0))
+                                  for w in self.workers if s < w.slots)
+        self._busy: set = set()
+        self._restarting: set = set()
         self._live = len(self.workers)
         self._waiters: deque[asyncio.Future] = deque()
         self._closed = threading.Event()
 
     @property
     def restarting(self) -> int:
-        return len(self.workers) - self._live
+        return len(self._restarting)
 
     async def take(self):
-        """A live, free worker; waits while live ones are busy, fails at once when none is live."""
+        """A free lane (worker, slot) of a live worker; waits while live ones
+        are busy, fails at once when none is live."""
         while True:
             while self._free:
-                worker = self._free.popleft()
+                worker, slot = self._free.popleft()
                 if worker.alive():
-                    return worker
+                    self._busy.add((worker, slot))
+                    return worker, slot
                 self._lose(worker)
             if self._live == 0:
                 raise NoLiveWorkerError(
@@ -73,10 +82,13 @@ class WorkerPool:
             self._waiters.append(waiter)
             await waiter
 
-    def give_back(self, worker) -> None:
-        """Return a worker after its batch; a dead one is restarted."""
+    def give_back(self, worker, slot: int) -> None:
+        """Return a lane after its batch; a dead worker is restarted."""
+        self._busy.discard((worker, slot))
+        if worker in self._restarting:
+            return  # it rejoins with all its idle lanes
         if worker.alive():
-            self._free.append(worker)
+            self._free.append((worker, slot))
             self._wake()
         else:
             self._lose(worker)
@@ -92,6 +104,10 @@ class WorkerPool:
                 waiter.set_result(None)
 
     def _lose(self, worker) -> None:
+        if worker in self._restarting:
+            return
+        self._restarting.add(worker)
+        self._free = deque(lane for lane in self._free if lane[0] is not worker)
         self._live -= 1
         self._wake()  # waiters see whether any worker is still live
         if self._closed.is_set():
@@ -123,6 +139,7 @@ class WorkerPool:
             return
 
     def _rejoin(self, worker) -> None:
+        self._restarting.discard(worker)
         self._live += 1
-        self._free.append(worker)
+        self._free.extend((worker, s) for s in range(worker.slots) if (worker, s) not in self._busy)
         self._wake()

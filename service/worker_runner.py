@@ -1,10 +1,21 @@
-"""The front-end side of model worker processes (see `worker`).
+"""The front end's side of model worker processes (see `worker`).
 
-`ProcessRunner` has the interface of the in-process `ModelRunner` as the
-model path uses it (`instances`, `warm_up`, `start`, `run`, `close`): each
-instance is a worker process; a batch is written into the instance's shared
-buffer and run there. A worker that dies fails its batch with UNAVAILABLE;
-`WorkerPool` restarts it in the background while the others serve.
+`ProcessRunner` implements the declared runner interface (`runner.Runner`)
+with one worker process per instance. It forms batches here and ships each
+to a worker with a free slot: the batch's compact payloads are written into
+the slot's shared memory (`payloads.pack`), the `run` message carries the
+offsets, and the reply carries the outputs, per-row decode errors and the
+worker's timings. A worker has `1 + pipeline depth` slots, so on CUDA it
+decodes the next batch while the current one computes.
+
+Loading is explicit: `load` starts every worker and sends each its
+`load` message (a `WorkerSettings`), `warm_up` its `warm` message, both
+under the version's load budget (--load-timeout-seconds): a worker that
+overruns it is killed and the version alone fails. A worker refuses a file
+whose bytes are not the ones the version was loaded from. A worker that
+dies fails its batches in flight with UNAVAILABLE; `WorkerPool` restarts it
+in the background (loaded and warmed, under a budget of its own) while the
+other workers serve.
 """
 
 from __future__ import annotations
@@ -14,19 +25,19 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-
-from .errors import InferenceError, LimitExceededError, ServiceError
-from .ipc import SharedBuffer, WorkerGone, read_message, write_message
+from .errors import InferenceError, LimitExceededError, ServiceError, error_from_code
+from .device_model import BatchOutcome
+from .ipc import Connection, SharedBuffer, WorkerGone
 from .load_budget import LoadBudget
-from .runner import Finish, WorkerStatus, _unbind
+from .payloads import pack, packed_size
+from .runner import BatchedRunner, BatchingSettings, WorkerStatus, answers
 from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
 
-FLOAT_BYTES = 4
+WORKER_COMMAND = [sys.executable, "-m", "framewire.service.worker"]
 
 
 class WorkerCrashedError(ServiceError):
@@ -46,70 +57,99 @@ class WorkerStartError(Exception):
         self.message = message
 
 
-class ModelWorker:
-    """One worker process and the thread that talks to it."""
+class WorkerProcess:
+    """One worker process, its connection and its shared-memory slots."""
 
-    def __init__(self, name: str, command: list[str], index: int, load_timeout: float = 120.0):
+    def __init__(self, name: str, index: int, settings, slots: int, handler, load_timeout: float = 120.0):
         self.name = name
-        self.command = command
+        self.handler = handler
         self.index = index
+        self.settings = settings
+        self.slots = slots
         self.load_timeout = load_timeout
-        self.budget: LoadBudget | None = None
-        self._stopping = False
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
+        self.warm_sizes: list[int] = []
         self.proc: subprocess.Popen | None = None
-        self.buffer: SharedBuffer | None = None
-        self.view: Any = None
+        self.connection: Connection | None = None
+        self.buffers: dict[int, SharedBuffer] = {}
         self.info: dict = {}
-        self.restarts = 0
+        self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
+        self.budget: LoadBudget | None = None
+        self.restarts = 0  # starts after the first (a worker that died)
         self.warm = False
         self.stopped = False
+        self._stopping = False
+        #: Restarts run here (WorkerPool), never on the event loop.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
 
-    # Everything below runs in this worker's thread (or at start-up).
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.connection.alive
 
-    def spawn(self, budget: LoadBudget | None = None) -> None:
-        """Start the process and wait until it has loaded and warmed up; the
-        budget (by default `load_timeout` seconds) kills it if it takes longer."""
-        self.budget = budget = budget or LoadBudget(self.load_timeout)
+    def start(self, budget: LoadBudget) -> None:
+        """Start the process and load the model (blocking); past the budget the process is killed."""
+        self.budget = budget
         if self._stopping:
             budget.cancel()
         if self.proc is not None:  # a process ran before: this is a restart
             self.restarts += 1
         self.warm = False
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # The arguments only label the process (ps, top): what it hosts comes in messages.
+        label = [self.settings.model_id, self.settings.artifact]
+        self.proc = subprocess.Popen([*WORKER_COMMAND, *label], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
+        self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
+        self._drop_buffers()
+        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading", budget)
+        if header.get("op") != "loaded":
+            self._stop_process()
+            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
+        self.info = header
+
+    def warm_up(self, sizes: list[int], budget: LoadBudget) -> None:
+        """Run each batch size once in the worker (blocking); then it is ready."""
+        self.warm_sizes = list(sizes)
+        if sizes:
+            header = self._control({"op": "warm", "model": self.settings.model_id, "sizes": sizes}, "warming up",
+                                   budget)
+            if header.get("op") != "warmed":
+                raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+        self.warm = True
+        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
+
+    def spawn(self) -> None:
+        """Start again, loaded and warm, under a budget of its own (WorkerPool's restart)."""
+        self._stop_process()
+        budget = LoadBudget(self.load_timeout)
+        self.start(budget)
+        self.warm_up(self.warm_sizes, budget)
+
+    def _control(self, header: dict, doing: str, budget: LoadBudget) -> dict:
         try:
             with budget.watch(self.proc):
-                header, _ = read_message(self.proc.stdout)
+                reply, _ = self.connection.request(header).result()
         except WorkerGone:
             code = self.proc.wait()
             why = budget.failure()
             if why is not None:
                 raise WorkerStartError("timeout", why) from None
-            raise WorkerStartError("internal", f"the model worker exited with code {code} while loading") from None
-        if header.get("op") != "ready":
-            self.proc.wait()
-            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
-        self.info = header
-        self._drop_buffer()
-        self.warm = True
-        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, header.get("device"))
+            raise WorkerStartError("internal", f"the model worker exited with code {code} while {doing}") from None
+        return reply
 
     def cancel_loading(self) -> None:
-        """Kill the process if it is still loading, now and in any later spawn (the runner is closing)."""
+        """Kill the process if it is still loading, now and in any later start (the runner is closing)."""
         self._stopping = True
         if self.budget is not None:
             self.budget.cancel()
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def run_batch(self, items: list, finish: Finish | None) -> list:
+    def run(self, slot: int, payloads: list) -> BatchOutcome:
+        """Run one batch in `slot` (blocking; from the runner's I/O threads)."""
         try:
-            header, payload = self._roundtrip(items)
-        except (WorkerGone, BrokenPipeError, OSError):
+            buffer = self._buffer(slot, packed_size(payloads))
+            layout = pack(payloads, buffer.map)
+            self.shared_bytes += layout["bytes"]
+            header, payload = self.connection.request(
+                {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout}).result()
+        except (WorkerGone, OSError):
             code = self.proc.wait() if self.proc else None
-            self._drop_buffer()
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
                 "it is restarting, retry"
@@ -117,43 +157,33 @@ class ModelWorker:
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
             raise error(header.get("message", "the model failed"))
-        output = decode_output(header, payload)
-        return (finish or _unbind)(output)
+        rows = [int(r) for r in header["rows"]]
+        errors = {int(r): error_from_code(code, message) for r, (code, message) in header["errors"].items()}
+        output = self.handler.decode_output(header["output"], payload) if rows else None
+        return BatchOutcome(output, rows, errors, header["preprocess_us"] / 1e6, header["compute_us"] / 1e6)
 
-    def _roundtrip(self, items: list) -> tuple[dict, bytes]:
-        shapes = [tuple(t.shape) for t in items]
-        sizes = [int(np.prod(s)) for s in shapes]
-        total = sum(sizes) * FLOAT_BYTES
-        if self.buffer is None or self.buffer.size < total:
-            self._new_buffer(max(total, int(total * 1.5)))
-        tensors, offset = [], 0
-        for item, shape, size in zip(items, shapes, sizes):
-            start = offset // FLOAT_BYTES
-            np.copyto(self.view[start : start + size].reshape(shape), item.numpy())
-            tensors.append({"offset": offset, "shape": list(shape)})
-            offset += size * FLOAT_BYTES
-        write_message(self.proc.stdin, {"op": "run", "tensors": tensors})
-        return read_message(self.proc.stdout)
-
-    def _new_buffer(self, size: int) -> None:
-        self._drop_buffer()
-        self.buffer = SharedBuffer(size)
+    def _buffer(self, slot: int, size: int) -> SharedBuffer:
+        buffer = self.buffers.get(slot)
+        if buffer is not None and buffer.size >= size:
+            return buffer
+        if buffer is not None:
+            buffer.close()
+        buffer = self.buffers[slot] = SharedBuffer(max(size, int(size * 1.5)))
         try:
-            write_message(self.proc.stdin, {"op": "buffer", "path": self.buffer.path, "size": self.buffer.size})
-            header, _ = read_message(self.proc.stdout)
-            if header.get("op") != "buffer_ok":
-                raise WorkerGone(f"worker refused the buffer: {header}")
+            reply, _ = self.connection.request(
+                {"op": "buffer", "slot": slot, "path": buffer.path, "size": buffer.size}).result()
+            if reply.get("op") != "buffer_ok":
+                raise WorkerGone(f"worker refused the buffer: {reply}")
         finally:
-            self.buffer.unlink()
-        self.view = np.frombuffer(self.buffer.map, dtype=np.float32)
+            buffer.unlink()
+        return buffer
 
-    def _drop_buffer(self) -> None:
-        self.view = None
-        if self.buffer is not None:
-            self.buffer.close()
-            self.buffer = None
+    def _drop_buffers(self) -> None:
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.buffers.clear()
 
-    def status(self, device: str) -> WorkerStatus:
+    def status(self) -> WorkerStatus:
         """What operators see of this worker (read from any thread)."""
         proc = self.proc
         if self.stopped:
@@ -162,126 +192,118 @@ class ModelWorker:
             state = "running" if self.warm else "starting"
         else:
             state = "restarting"  # WorkerPool starts a dead worker again in the background
-        return WorkerStatus(instance=self.index, device=device, state=state,
+        return WorkerStatus(instance=self.index, device=self.settings.device, state=state,
                             pid=proc.pid if proc is not None else 0, restarts=self.restarts)
 
     def stop(self, timeout: float = 30) -> None:
         self.stopped = True
         if self.alive():
             try:
-                write_message(self.proc.stdin, {"op": "stop"})
+                self.connection.send({"op": "stop"})
                 self.proc.stdin.close()
                 self.proc.wait(timeout)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self._drop_buffer()
+                pass
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None:
+            for stream in (self.proc.stdin, self.proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._drop_buffers()
 
 
-def decode_output(header: dict, payload: bytes):
-    """A worker's reply as a float32 tensor [B, ...] or a list of detection dicts."""
-    import torch
+class ProcessRunner(BatchedRunner):
+    """Instances of a model as worker processes (see the module doc).
 
-    if header.get("kind") == "tensor":
-        return torch.frombuffer(bytearray(payload), dtype=torch.float32).reshape(header["shape"])
-    out, offset = [], 0
-    for n in header["counts"]:
-        boxes = np.frombuffer(payload, np.float32, n * 4, offset).reshape(n, 4)
-        offset += n * 16
-        labels = np.frombuffer(payload, np.int64, n, offset)
-        offset += n * 8
-        scores = np.frombuffer(payload, np.float32, n, offset)
-        offset += n * 4
-        out.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels), "scores": torch.tensor(scores)})
-    return out
+    `settings` holds one WorkerSettings per device; `instances_per_device`
+    workers are started for each.
+    """
 
-
-class ProcessRunner:
-    """Instances of a model as worker processes (see the module doc)."""
-
-    def __init__(self, name: str, artifact_path: str, *, task: str, devices: tuple[str, ...], dtype: str,
-                 instances_per_device: int = 1, channels_last: bool = True, cpu_threads: int = 0,
-                 max_artifact_bytes: int = 2**31 - 1, log_level: str = "info", log_format: str = "text",
-                 trusted_keys: str = "", require_signed: bool = False, cuda_graphs: bool = False,
-                 load_timeout: float = 120.0, load_budget: LoadBudget | None = None, file_sha256: str = ""):
-        """`load_budget` bounds the first start of every worker (together);
-        a restart gets `load_timeout` seconds of its own. `file_sha256` is the
-        digest of the bytes the version was loaded from: a worker (a restarted
-        one too) refuses any other bytes, and `on_stale(reason)` is called."""
-        self.name = name
+    def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
+                 on_batch=None, name: str = "model", load_timeout: float = 120.0,
+                 load_budget: LoadBudget | None = None):
+        """`load_budget` bounds the first start and warm-up of every worker
+        (together); a restart gets `load_timeout` seconds of its own."""
+        slots = 1 + batching.pipeline_depth
+        count = len(settings) * instances_per_device
+        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots)
+        self.instance_count = count
+        self.device_label = ",".join(s.device for s in settings)
+        self.dtype_name = settings[0].dtype
         #: Called (from a worker thread) when a restarted worker finds that the
         #: version's file no longer holds the bytes it was loaded from.
         self.on_stale: Callable[[str], None] | None = None
         self._budget = load_budget or LoadBudget(load_timeout)
-        self.task = task
-        self.dtype_name = dtype
-        self.devices = devices
-        self._base = [
-            sys.executable, "-m", "framewire.service.worker", "--artifact", str(artifact_path),
-            "--dtype", dtype, "--channels-last" if channels_last else "--no-channels-last",
-            "--threads", str(cpu_threads), "--max-artifact-bytes", str(max_artifact_bytes),
-            "--log-level", log_level, "--log-format", log_format,
-            *(["--trusted-keys", trusted_keys] if trusted_keys else []),
-            *(["--require-signed"] if require_signed else []),
-            *(["--cuda-graphs"] if cuda_graphs else []),
-            *(["--expect-sha256", file_sha256] if file_sha256 else []),
-        ]
-        self.instances = [
-            ModelWorker(name, [], i, load_timeout)
-            for i, _ in enumerate(d for d in devices for _ in range(instances_per_device))
-        ]
-        self._instance_devices = [d for d in devices for _ in range(instances_per_device)]
+        self.processes = [WorkerProcess(name, i, s, slots, handler, load_timeout)
+                        for i, s in enumerate(s for s in settings for _ in range(instances_per_device))]
+        self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
         self._pool: WorkerPool | None = None
 
     @property
-    def device_label(self) -> str:
-        return ",".join(self.devices)
+    def payload_bytes(self) -> int:
+        """Payload bytes written to shared memory since load."""
+        return sum(w.shared_bytes for w in self.processes)
 
-    def warm_up(self, sizes: list[int], example_shape: tuple[int, ...]) -> None:
-        """Start every worker; each loads the model and runs `sizes` before it is ready."""
-        warm = ["--warmup-sizes", ",".join(map(str, sizes)), "--warmup-shape", ",".join(map(str, example_shape))]
-        for worker, device in zip(self.instances, self._instance_devices):
-            worker.command = [*self._base, "--device", device, *(warm if sizes else [])]
+    def load(self) -> None:
+        """Start every worker and load the model in each (blocking)."""
         started = []
         try:
-            for worker in self.instances:
-                worker.spawn(self._budget)
+            for worker in self.processes:
+                worker.start(self._budget)
                 started.append(worker)
         except BaseException:
             for worker in started:
                 worker.stop()
             raise
 
+    def warm_up(self, sizes: list[int]) -> None:
+        """Warm every worker up, all at once (blocking)."""
+        futures = [self._io.submit(worker.warm_up, sizes, self._budget) for worker in self.processes]
+        for future in futures:
+            future.result()
+
     def start(self) -> None:
         """Put the warm workers into rotation (call from the event loop)."""
-        self._pool = WorkerPool(self.name, self.instances, on_stale=self._stale)
+        self._pool = WorkerPool(self.name, self.processes, on_stale=self._stale)
+        super().start()
 
-    async def run(self, items: list, finish: Finish | None = None) -> list:
-        """Run a batch on a free live worker (see WorkerPool)."""
-        worker = await self._pool.take()
+    async def _run_batch(self, items: list) -> list:
+        worker, slot = await self._pool.take()
         try:
-            return await asyncio.get_running_loop().run_in_executor(worker.executor, worker.run_batch, items, finish)
+            return await asyncio.get_running_loop().run_in_executor(self._io, self._run_on, worker, slot, items)
         finally:
-            self._pool.give_back(worker)
+            self._pool.give_back(worker, slot)
 
     def _stale(self, why: str) -> None:
         if self.on_stale is not None:
             self.on_stale(why)
 
+    def _run_on(self, worker: WorkerProcess, slot: int, items: list) -> list:
+        return answers(self.handler, worker.run(slot, [item.payload for item in items]), items)
+
     def pids(self) -> set[int]:
         """Process ids of the running workers."""
-        return {w.proc.pid for w in self.instances if w.alive()}
+        return {w.proc.pid for w in self.processes if w.alive()}
 
     def workers(self) -> list[WorkerStatus]:
         """Every worker process: its pid, state and restarts."""
-        return [w.status(d) for w, d in zip(self.instances, self._instance_devices)]
+        return [w.status() for w in self.processes]
 
-    def close(self) -> None:
+    def release(self) -> None:
         if self._pool is not None:
             self._pool.close()
-        for worker in self.instances:  # a worker still loading is killed, not waited for
+        for worker in self.processes:  # a worker still loading is killed, not waited for
             worker.cancel_loading()
-        stopping = [worker.executor.submit(worker.stop) for worker in self.instances]  # all at once
-        for worker, stopped in zip(self.instances, stopping):
+        stopping = [self._io.submit(worker.stop) for worker in self.processes]  # all at once
+        for stopped in stopping:
             stopped.result()
+        for worker in self.processes:
             worker.executor.shutdown(wait=True)
+        self._io.shutdown(wait=True)

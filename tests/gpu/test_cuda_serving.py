@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 
 import numpy as np
@@ -11,9 +10,11 @@ import torch
 
 from framewire.client import Client
 from framewire.exporter import load_model
-from framewire.exporter.loader import LoadedModel
+from framewire.service.device_model import DeviceModel
+from framewire.service.pixels import Prepared
 from framewire.service.preprocess import PreprocessSpec, prepare
-from framewire.service.runner import ModelRunner
+from framewire.service.tasks import task_handler
+from framewire.service.worker_settings import WorkerSettings
 from framewire.v1 import artifact_pb2 as pb
 from support.images import CAT_CLASSES, encode, random_image
 from support.server import RunningServer
@@ -77,16 +78,10 @@ def test_a_real_out_of_memory_error_splits_the_batch():
     free, _ = torch.cuda.mem_get_info()
     module = AllocatesPerImage(int(free * 0.3))  # 4 images need 120% of free memory, 2 need 60%
     artifact = pb.ModelArtifact(name="oom", version=1, task=pb.TASK_CLASSIFICATION)
-    runner = ModelRunner(LoadedModel("oom.fwa", artifact, module.eval(), 0), devices=("cuda:0",),
-                         dtype="float32", channels_last=False)
+    settings = WorkerSettings(model_id="oom:1", artifact="oom.fwa", device="cuda:0", channels_last=False)
+    model = DeviceModel(module.eval(), task_handler(artifact), settings, cf.ThreadPoolExecutor(1), name="oom:1")
     items = [torch.randn(3, 2, 2) for _ in range(4)]
-
-    async def main():
-        runner.start()
-        return await runner.run(items)
-
-    outputs = asyncio.run(main())
-    runner.close()
+    outputs = model.forward(Prepared(torch.stack(items).to("cuda:0"), [0, 1, 2, 3])).output
     assert module.batches[0] == 4 and all(b <= 2 for b in module.batches[1:])
     assert len(outputs) == 4
     with torch.inference_mode():

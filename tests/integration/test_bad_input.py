@@ -136,6 +136,109 @@ def test_the_client_raises_a_typed_error(client):
     assert info.value.code == INVALID and info.value.request_id
 
 
+def test_client_strings_are_bounded_in_requests_and_in_the_log(server, stub, caplog):
+    """A 3 MiB model name (or version, stream id) is INVALID_ARGUMENT with a short
+    message, and the log does not grow by anything like it."""
+    import logging
+
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+
+    caplog.set_level(logging.INFO)
+    huge = "m" * (3 * 1024 * 1024)
+    code, message = raw(stub.Predict, predict(model=huge))
+    assert code == INVALID and "is not a model name: at most 128 characters" in message and len(message) < 400
+    code, message = raw(stub.GetModel, pb.GetModelRequest(model="tiny" + "!" * 10))
+    assert code == INVALID and "is not a model name" in message
+
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 * 2**20)]) as channel:
+        protocol = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request in (oip.ModelInferRequest(model_name=huge),
+                        oip.ModelInferRequest(model_name="tiny", model_version="1" * 100_000)):
+            code, message = raw(protocol.ModelInfer, request)
+            assert code == INVALID and len(message) < 400, message
+        code, message = raw(protocol.RepositoryModelLoad, oip.RepositoryModelLoadRequest(model_name=huge))
+        assert code == INVALID and len(message) < 400
+
+    image = pb.Image(encoded=encode(random_image(1)))
+    frames = [pb.StreamFrame(stream_id="s" * 100_000, frame_number=0, model="tiny", image=image),
+              pb.StreamFrame(stream_id="cam", frame_number=0, model="tiny", image=image)]
+    answers = list(stub.StreamPredict(iter(frames), timeout=60))
+    by_id = {a.stream_id[:3]: a for a in answers}
+    assert by_id["sss"].status.code == INVALID.value[0] and "stream id" in by_id["sss"].status.message
+    assert len(by_id["sss"].stream_id) <= 128
+    assert by_id["cam"].status.code == 0
+    assert sum(len(r.getMessage()) for r in caplog.records) < 20_000
+
+
+def test_a_shape_whose_element_count_overflows(server, stub):
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+
+    code, message = raw(stub.Predict, predict(image=tensor_image(apb.DATA_TYPE_UINT8, [2**32, 2**32, 3], b"")))
+    assert code == INVALID and "has 55340232221128654848 elements; the limit is" in message
+    with grpc.insecure_channel(server.address) as channel:
+        request = oip.ModelInferRequest(model_name="tiny", raw_input_contents=[b""])
+        request.inputs.add(name="images", datatype="UINT8", shape=[1, 2**32, 2**32, 3])
+        code, message = raw(grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request)
+    assert code == INVALID and "has 55340232221128654848 elements; the limit is" in message
+
+
+def protocol_request(**parameters):
+    from framewire.oip import grpc_service_pb2 as oip
+
+    request = oip.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="encoded_images", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        encode(random_image(4)))
+    for name, (kind, value) in parameters.items():
+        setattr(request.parameters[name], kind, value)
+    return request
+
+
+@pytest.mark.parametrize("parameters, says", [
+    ({"top_k": ("string_param", "abc")}, "parameter top_k must be a whole number; got the string 'abc'"),
+    ({"top_k": ("double_param", float("inf"))}, "parameter top_k must be a whole number; got inf"),
+    ({"top_k": ("int64_param", 5000)}, "top_k=5000 is too large; at most 1000"),
+    ({"top_k": ("int64_param", -1)}, "parameter top_k must be 0 or more; got -1"),
+    ({"timeout": ("string_param", "x")}, "parameter timeout must be a whole number; got the string 'x'"),
+    ({"score_threshold": ("string_param", "x")}, "parameter score_threshold must be a number; got the string 'x'"),
+    ({"score_threshold": ("double_param", float("nan"))}, "score_threshold=nan must be within [0, 1]"),
+    ({"max_detections": ("bool_param", True)}, "parameter max_detections must be a whole number; got True"),
+    ({"priority": ("double_param", 1.5)}, "parameter priority must be a whole number; got 1.5"),
+])
+def test_protocol_parameters_of_the_wrong_type_or_range(server, caplog, parameters, says):
+    """Checked exactly as the native API checks its options: INVALID_ARGUMENT, no traceback."""
+    import logging
+
+    from framewire.oip import grpc_service_pb2_grpc
+
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(server.address) as channel:
+        code, message = raw(grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer,
+                            protocol_request(**parameters))
+    assert code == INVALID and says in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("method, message_type", [
+    ("/framewire.v1.ModelInference/Predict", "framewire.v1.PredictRequest"),
+    ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
+    ("/framewire.v1.ModelInference/StreamPredict", "framewire.v1.StreamFrame"),
+])
+def test_malformed_protobuf_bytes(server, method, message_type):
+    with grpc.insecure_channel(server.address) as channel:
+        if "Stream" in method:
+            call = channel.stream_stream(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as info:
+                list(call(iter([b"\xff\xff\xff\xff"]), timeout=30))
+            code, message = info.value.code(), info.value.details()
+        else:
+            call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            code, message = raw(call, b"\xff\xff\xff\xff")
+    assert code == INVALID, message
+    assert f"the request is not a valid {message_type} message" in message
+
+
 def test_an_image_over_the_clients_message_limit_names_both_limits_and_is_not_sent(server):
     from framewire.client import Client
 

@@ -104,3 +104,24 @@ def test_a_multi_image_request_spans_batches(tiny_repo):
         for got, want in zip(batch, singles):
             np.testing.assert_allclose(got.raw["logits"], want.raw["logits"], atol=1e-5)
         assert tiny_stats(c).max_batch_size_seen == 4
+
+
+def test_a_corrupt_image_fails_only_its_own_request_in_a_shared_batch(tiny_repo):
+    # A batch closes at exactly three images, so the three requests share one.
+    with RunningServer(repo=str(tiny_repo), max_batch_size=3, max_queue_delay_us=60_000_000) as server:
+        good = encode(random_image(1, 120, 160), "JPEG")
+        images = [good, good[: len(good) // 2], encode(random_image(2), "JPEG")]
+
+        def one(image):
+            with Client(server.address, retries=0) as c:
+                try:
+                    return c.predict(image, model="tiny")
+                except FramewireError as exc:
+                    return exc
+
+        with cf.ThreadPoolExecutor(3) as pool:
+            first, corrupt, last = pool.map(one, images)
+    assert isinstance(corrupt, FramewireError) and corrupt.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "JPEG data is corrupt or truncated" in str(corrupt)
+    assert first.classes and last.classes
+    assert first.timing["batch_size"] == last.timing["batch_size"] == 3

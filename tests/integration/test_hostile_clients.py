@@ -8,6 +8,8 @@ afterwards.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import concurrent.futures as cf
 import io
 import queue
@@ -211,32 +213,78 @@ def test_streams_that_stop_reading_do_not_stall_other_clients(tiny_repo):
                 channel.close()
 
 
-def test_one_connection_may_hold_only_so_many_streams(tiny_repo):
-    with RunningServer(repo=str(tiny_repo), max_streams_per_connection=3) as server:
-        channel = grpc.insecure_channel(server.address)
-        stub = inference_pb2_grpc.ModelInferenceStub(channel)
-        feeds, calls = [], []
-        image = pb.Image(encoded=encode(random_image(6)))
-        try:
-            for i in range(4):
-                feed: queue.Queue = queue.Queue()
-                feed.put(pb.StreamFrame(stream_id=f"c{i}", frame_number=0, image=image, model="tiny"))
-                feeds.append(feed)
-                calls.append(stub.StreamPredict(iter(feed.get, None)))
-            for call in calls[:3]:
-                assert next(call).status.code == 0
-            with pytest.raises(grpc.RpcError) as info:
-                next(calls[3])
-            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "--max-streams-per-connection" in info.value.details()
-        finally:
-            for feed in feeds:
-                feed.put(None)
-            channel.close()
+@pytest.fixture(scope="module")
+def limited(tiny_repo):
+    """A server with small limits on streams, tensors and calls in flight."""
+    with RunningServer(repo=str(tiny_repo), max_streams_per_connection=3, max_tensor_elements=1000,
+                       max_concurrent_rpcs=100) as server:
+        yield server
 
 
-def test_tensor_element_limit(tiny_repo):
-    with RunningServer(repo=str(tiny_repo), max_tensor_elements=1000) as server, \
-            Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
+def test_one_connection_may_hold_only_so_many_streams(limited):
+    channel = grpc.insecure_channel(limited.address)
+    stub = inference_pb2_grpc.ModelInferenceStub(channel)
+    feeds, calls = [], []
+    image = pb.Image(encoded=encode(random_image(6)))
+    try:
+        for i in range(4):
+            feed: queue.Queue = queue.Queue()
+            feed.put(pb.StreamFrame(stream_id=f"c{i}", frame_number=0, image=image, model="tiny"))
+            feeds.append(feed)
+            calls.append(stub.StreamPredict(iter(feed.get, None)))
+        for call in calls[:3]:
+            assert next(call).status.code == 0
+        with pytest.raises(grpc.RpcError) as info:
+            next(calls[3])
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-streams-per-connection" in info.value.details()
+    finally:
+        for feed in feeds:
+            feed.put(None)
+        channel.close()
+
+
+def test_tensor_element_limit(limited):
+    with Client(limited.address, retries=0) as c, pytest.raises(FramewireError) as info:
         c.predict(np.zeros((40, 40, 3), np.uint8), model="tiny")
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "the limit is 1000" in info.value.message
+
+
+def test_3000_concurrent_calls_get_answers_or_a_retryable_refusal_never_cancelled(limited):
+    """Past --max-concurrent-rpcs a call is refused at once with UNAVAILABLE (which
+    clients retry); none is CANCELLED by gRPC's queue of calls not yet taken up;
+    health checks are never refused."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    request = pb.PredictRequest(model="tiny", image=pb.Image(encoded=encode(random_image(5, 16, 16))))
+
+    async def flood() -> tuple[list, list]:
+        async with grpc.aio.insecure_channel(limited.address) as channel:
+            stub = inference_pb2_grpc.ModelInferenceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def one(i: int):
+                try:
+                    await stub.Predict(request, timeout=120)
+                    return grpc.StatusCode.OK, ""
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code(), exc.details()
+
+            async def probe():
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=120)
+                return answer.status
+
+            calls = [one(i) for i in range(3000)]
+            probes = [probe() for _ in range(20)]
+            answers = await asyncio.gather(*calls, *probes)
+            return answers[:3000], answers[3000:]
+
+    answers, probes = asyncio.run(flood())
+    codes = collections.Counter(code for code, _ in answers)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes[grpc.StatusCode.OK] > 0 and codes[grpc.StatusCode.UNAVAILABLE] > 0, codes
+    refusal = next(details for code, details in answers if code == grpc.StatusCode.UNAVAILABLE)
+    assert "its limit (--max-concurrent-rpcs); retry with backoff" in refusal or "queue of model" in refusal
+    assert set(probes) == {health_pb2.HealthCheckResponse.SERVING}
+    with Client(limited.address, retries=0) as c:  # and it goes on serving
+        assert c.predict(encode(random_image(6)), model="tiny").version == 1

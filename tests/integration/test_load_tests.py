@@ -41,6 +41,11 @@ def test_every_mode_loads_a_running_server(target, tmp_path, workload):
     (result,) = report["results"]
     assert result["images"] > 0 and result["images_per_second"] > 0 and not result["errors"]
     assert result["latency_ms"]["p50"] > 0 and result["server"]["inferences"] >= result["images"]
+    per_image = result["server"]["payload_bytes_per_image"]
+    if "uint8:32" in workload:
+        assert per_image == 32 * 32 * 3  # client pixels cross as they came: H x W x 3 bytes
+    else:
+        assert per_image > 0
 
 
 def test_rate_mode_reports_goodput_refusals_and_timeouts(target, tmp_path):
@@ -85,11 +90,26 @@ def test_camera_mode_counts_frames(target, tmp_path):
 def test_a_full_run_with_its_own_server_baseline_and_plot(tiny_repo, tmp_path):
     out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
     done = run("sweep", "--artifact", str(tiny_repo / "tiny" / "1" / "model.fwa"), "--concurrency", "1,4",
-               "--duration", "2", "--warmup", "0.5", "--input", "uint8:32", "--baseline-batches", "1,4",
-               "--processes", "1", "--out", str(out), "--plot", str(plot))
+               "--duration", "2", "--warmup", "0.5", "--input", "jpeg:64x48", "--baseline-batches", "1,4",
+               "--baseline-seconds", "0.5", "--processes", "1", "--out", str(out), "--plot", str(plot))
     report = json.loads(out.read_text())
     assert report["baseline_images_per_second"] > 0 and len(report["baseline"]) == 2
+    assert report["baseline_same_work_images_per_second"] > 0 and len(report["baseline_same_work"]) == 2
     assert [r["point"]["clients"] for r in report["results"]] == [1, 4]
-    assert all(r["ratio"] > 0 for r in report["results"])
+    assert all(r["ratio"] > 0 and r["ratio_same_work"] > 0 for r in report["results"])
+    for r in report["results"]:  # the server's own CPU, front end and workers apart
+        assert r["server"]["frontend_ms_per_image"] > 0 and r["server"]["workers_ms_per_image"] > 0
+        assert r["server"]["worker_processes"] >= 1
+    assert "server CPU per image: front end" in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ratio" in done.stdout and "in-process baseline" in done.stdout
+
+
+def test_decode_alone(tiny_repo, tmp_path):
+    out = tmp_path / "decode.json"
+    done = run("decode", "--artifact", str(tiny_repo / "tiny" / "1" / "model.fwa"), "--input", "jpeg:640x480",
+               "--batch-sizes", "1,4", "--duration", "0.5", "--jpeg-draft", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert [p["batch_size"] for p in report["decode"]] == [1, 4] and all(
+        p["images_per_second"] > 0 for p in report["decode"])
+    assert report["jpeg_draft"] and "frames/s" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import torch
 
 from framewire.client import Client
 from framewire.exporter import load_model
-from framewire.service.preprocess import PreprocessSpec, decode_image, prepare
+from framewire.service.preprocess import PreprocessSpec, prepare
 from framewire.v1 import inference_pb2 as pb
 from support.images import CAT_CLASSES, encode, random_image
 
@@ -32,11 +33,17 @@ def test_predict_sees_a_cat_and_says_who_served_it(client, chelsea_jpeg):
     assert len(pred.classes) == 5 and pred.classes[0].score >= pred.classes[1].score
 
 
-def test_served_logits_equal_the_exporters(client, chelsea, demo_artifact):
+def test_served_logits_equal_the_canonical_torchvision_pipeline(client, chelsea, demo_artifact):
+    from PIL import Image
+    from torchvision import transforms as T
+
     png = encode(chelsea, "PNG")
     served = client.predict(png, model="efficientnet_lite0", return_raw=True).raw["logits"]
     loaded = load_model(demo_artifact)
-    x, _ = prepare(decode_image(png, max_pixels=10**8, max_bytes=10**8), PreprocessSpec.from_artifact(loaded.artifact))
+    spec = PreprocessSpec.from_artifact(loaded.artifact)
+    canonical = T.Compose([T.Resize(spec.resize_shorter), T.CenterCrop((spec.height, spec.width)), T.ToTensor(),
+                           T.Normalize(spec.mean, spec.std)])
+    x = canonical(Image.open(io.BytesIO(png)).convert("RGB"))
     with torch.inference_mode():
         expected = loaded.module(x[None])[0].numpy()
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-4)

@@ -102,6 +102,29 @@ def test_gpu_and_process_metrics(loaded_server):
     assert "process_cpu_seconds_total" in samples
 
 
+def test_clients_cannot_create_metric_series(loaded_server):
+    """Label values come only from what the server serves: versions and model
+    names a client makes up all count under one fixed value."""
+    made_up = range(1000, 1100)
+    with Client(loaded_server.address, retries=0) as c:
+        for version in made_up:
+            with pytest.raises(FramewireError):
+                c.predict(b"\xff\xd8", model="tiny", version=version)
+    tc = triton.InferenceServerClient(loaded_server.address)
+    tensor = triton.InferInput("images", [1, 8, 8, 3], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    for version in ("7", "99999999999999999999999"):
+        for name in ("tiny", "made_up_model"):
+            with pytest.raises(triton.InferenceServerException):
+                tc.infer(name, [tensor], model_version=version)
+    samples = scrape(loaded_server.metrics_url)
+    labelled = [s for name, found in samples.items() if name.startswith("framewire_") for s in found]
+    assert {s.labels["version"] for s in labelled if "version" in s.labels} <= {"", "1", "_unknown"}
+    assert {s.labels["model"] for s in labelled if "model" in s.labels} <= {"tiny", "_unknown"}
+    assert value(samples, "framewire_requests_total", model="tiny", version="_unknown", api="native",
+                 code="NOT_FOUND") == len(made_up)
+
+
 def test_without_nvml_there_are_no_gpu_metrics_and_nothing_fails(tiny_repo):
     with RunningServer(repo=str(tiny_repo)) as server:
         samples = scrape(server.metrics_url)

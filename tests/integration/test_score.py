@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from framewire.score import score_images
+from framewire.score import ScoreError, score_images
 from framewire.sources import discover_images
 from support.images import encode, random_image
 from support.server import ServerProcess
@@ -237,6 +237,41 @@ def test_embedding_models_write_their_vectors(image_folder, tmp_path):
     for row in rows:
         assert len(json.loads(row["embedding"])) == 16
         assert (row["labels"], row["label"], row["detections"], row["error"]) == ("", "", "", "")
+
+
+def test_a_server_not_up_yet_is_waited_for_and_one_without_the_model_is_left_out(tiny_repo, image_folder,
+                                                                                 tmp_path):
+    import socket
+    import threading
+
+    from support.artifacts import export_tiny
+    from support.server import RunningServer
+
+    other_repo = tmp_path / "other-repo"
+    export_tiny(other_repo, "other", 1)
+    with socket.socket() as probe:  # a free port for the server that comes up during the run
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late: list[ServerProcess] = []
+    starter = threading.Thread(target=lambda: late.append(ServerProcess("--repo", str(tiny_repo), *SERVE_ARGS,
+                                                                        port=port)))
+    paths = discover_images(image_folder)[:20]
+    with RunningServer(repo=str(other_repo), runner="thread") as without_model:
+        starter.start()  # `framewire serve` takes seconds to start: the run begins with nobody on that port
+        try:
+            summary = score_images(paths, model="tiny", servers=[without_model.address, f"127.0.0.1:{port}"],
+                                   out=tmp_path / "r.jsonl", wait_ready=180)
+        finally:
+            starter.join()
+            for server in late:
+                server.close()
+    assert (summary.scored, summary.failed) == (20, 0)
+    assert dict(summary.servers) == {f"127.0.0.1:{port}": 20}
+
+    start = time.monotonic()
+    with pytest.raises(ScoreError, match=f"no server can score with model 'tiny': 127.0.0.1:{port}: UNAVAILABLE"):
+        score_images(paths, model="tiny", servers=f"127.0.0.1:{port}", out=tmp_path / "r2.jsonl", wait_ready=1)
+    assert time.monotonic() - start < 30  # gave up once `wait_ready` was up
 
 
 # Last of the tests that use the replicas: it kills one (a later user would start it again).

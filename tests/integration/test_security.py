@@ -21,6 +21,7 @@ from support.artifacts import export_tiny
 from support.certs import CertificateAuthority
 from support.images import encode, random_image
 from support.server import RunningServer
+from support.waiting import wait_until
 
 IMAGE = encode(random_image(1))
 
@@ -119,7 +120,7 @@ def guarded(tmp_path_factory, tiny_repo):
         + token_entry("limited", tokens["limited"][1], ["infer"], ["tiny"])
         + token_entry("ops", tokens["ops"][1], ["admin", "infer"], [])
     )
-    with RunningServer(repo=str(repo), tokens_file=str(path)) as server:
+    with RunningServer(repo=str(repo), tokens_file=str(path), model_health=False) as server:
         yield server, {name: value[0] for name, value in tokens.items()}, path
 
 
@@ -197,6 +198,33 @@ def test_a_model_limited_token_cannot_use_another_model(guarded):
     assert [m.name for m in client.get_model_repository_index(headers=headers).models] == ["tiny"]
 
 
+def test_the_repository_index_hides_unloaded_models_from_a_token_limited_to_others(guarded):
+    server, tokens, _ = guarded
+    admin, admin_headers = oip(server, tokens["ops"])
+    admin.unload_model("other", headers=admin_headers)
+    try:
+        client, headers = oip(server, tokens["limited"])
+        assert [m.name for m in client.get_model_repository_index(headers=headers).models] == ["tiny"]
+        listed = {(m.name, m.state) for m in admin.get_model_repository_index(headers=admin_headers).models}
+        assert ("other", "UNAVAILABLE") in listed  # an unrestricted token still sees it
+    finally:
+        admin.load_model("other", headers=admin_headers)
+
+
+def test_per_model_health_can_be_turned_off_so_probes_cannot_list_models(guarded):
+    """Health checks need no token; with --no-model-health a served and an unknown
+    model's health service name get the same answer."""
+    server, _, _ = guarded
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("framewire.model.tiny", "framewire.model.no_such_model"):
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, service
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_health_checks_stay_open(guarded):
     server, _, _ = guarded
     with grpc.insecure_channel(server.address) as channel:
@@ -255,6 +283,32 @@ def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded):
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         path.write_text(original)
+
+
+def test_deleting_the_tokens_file_fails_closed(guarded):
+    """A missing tokens file accepts no token (deleting it revokes them all);
+    restoring it brings its tokens back. Health checks stay open meanwhile."""
+    server, tokens, path = guarded
+    wait_until_accepted(server, tokens["reader"])
+    aside = path.with_name(path.name + ".aside")
+    path.rename(aside)
+    try:
+        with native(server, tokens["reader"]) as c:
+            def refused():
+                try:
+                    c.predict(IMAGE, model="tiny")
+                except FramewireError as exc:
+                    assert exc.code == grpc.StatusCode.UNAUTHENTICATED, exc
+                    return True
+                return False
+
+            wait_until(refused, timeout=10, what="the tokens to be refused")
+        with grpc.insecure_channel(server.address) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        aside.rename(path)
+    wait_until_accepted(server, tokens["reader"])
 
 
 def test_plaintext_off_loopback_is_warned_about(tiny_repo, caplog):

@@ -118,3 +118,24 @@ def test_signing_covers_preprocessing_floats_to_the_bit(keys, tiny_repo, tmp_pat
     artifacts.write(artifact, path)
     with pytest.raises(ArtifactSignatureError):
         read_artifact(path, trust=TrustPolicy.from_directory(keys / "trusted"))
+
+
+def test_a_signed_artifact_is_served_only_as_the_model_and_version_it_was_signed_as(keys, tiny_repo, tmp_path):
+    """Replayed under another name, or under a newer version of its own model: refused."""
+    repo, path = signed_copy(tiny_repo, tmp_path, keys / "trusted" / "release.key")
+    for name, version in (("other", 7), ("tiny", 2)):
+        (repo / name / str(version)).mkdir(parents=True)
+        shutil.copy(path, repo / name / str(version) / "model.fwa")
+    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted"), require_signed=True,
+                       version_policy="all") as server:
+        found = states(server)
+        assert found[("tiny", 1)][0] == pb.MODEL_STATE_READY
+        for key in (("other", 7), ("tiny", 2)):
+            state, reason = found[key]
+            assert state == pb.MODEL_STATE_UNAVAILABLE
+            assert (f"the artifact signed as model 'tiny' version 1, but its path says model {key[0]!r} version "
+                    f"{key[1]}; with --require-signed an artifact is served only as the name and version it was "
+                    "signed with") in reason
+        with Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
+            c.predict(encode(random_image(1)), model="other")
+        assert info.value.code.name == "UNAVAILABLE"

@@ -254,3 +254,82 @@ def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames
     after = results[outage[-1] + 1:]
     assert sum(r.ok for r in after) >= 20  # the new server answers the frames that follow
     assert all(r.prediction.model == "tiny" for r in after if r.ok)
+
+
+def test_client_stream_keeps_given_frame_numbers_and_one_result_type(fast_server, frames):
+    from framewire.stream import FrameResult
+
+    with Client(fast_server.address) as client:
+        results = list(client.stream([(10, frames[0]), (11, frames[1]), (40, frames[2])], model="tiny", top_k=2))
+        assert [r.frame_number for r in results] == [10, 11, 40]
+        assert all(isinstance(r, FrameResult) and r.ok and not r.skipped for r in results)
+        assert all(len(r.prediction.classes) == 2 for r in results)
+        with pytest.raises(ValueError, match="frame_number=3 does not follow frame 4"):
+            list(client.stream([(4, frames[0]), (3, frames[1])], model="tiny"))
+
+
+def test_client_stream_to_no_server_reports_every_frame_then_raises_after_its_retries(frames):
+    import socket
+
+    from framewire.client import FramewireError
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{probe.getsockname()[1]}"
+    results = []
+    start = time.monotonic()
+    with Client(nobody, retries=1, timeout=5) as client, pytest.raises(FramewireError) as info:
+        for result in client.stream(frames[:20], model="tiny"):
+            results.append(result)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message.startswith(f"stream to {nobody} ended: ")
+    assert time.monotonic() - start < 30  # one reconnect, not a retry without end
+    assert [r.frame_number for r in results] == list(range(len(results))) and results
+    assert all(r.status in ("failed", "dropped") and r.prediction is None for r in results)
+
+
+def test_clients_cancelling_streams_mid_flight_log_no_error(fast_server, caplog):
+    """Streams cancelled by their clients while answers are still being computed
+    and written, on both APIs: the server drops them quietly (no ERROR, no
+    "exception was never retrieved") and goes on serving."""
+    import asyncio
+    import gc
+    import logging
+
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+    from framewire.v1 import inference_pb2 as pb
+    from framewire.v1 import inference_pb2_grpc
+
+    caplog.set_level(logging.INFO)
+    image = encode(random_image(3, 48, 64))
+    frames = [pb.StreamFrame(stream_id=f"c{i % 3}", frame_number=i, model="tiny", image=pb.Image(encoded=image))
+              for i in range(30)]
+    request = oip.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="encoded_images", datatype="BYTES", shape=[1]).contents.bytes_contents.append(image)
+
+    async def cancel_after(call, answers: int) -> None:
+        seen = 0
+        async for _ in call:
+            seen += 1
+            if seen >= answers:
+                call.cancel()
+                return
+
+    async def storm() -> None:
+        async with grpc.aio.insecure_channel(fast_server.address) as channel:
+            native = inference_pb2_grpc.ModelInferenceStub(channel)
+            protocol = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(4):
+                await asyncio.gather(
+                    *(cancel_after(native.StreamPredict(iter(frames)), 1 + i % 5) for i in range(12)),
+                    *(cancel_after(protocol.ModelStreamInfer(iter([request] * 30)), 1 + i % 5) for i in range(12)),
+                    return_exceptions=True)
+
+    fast_server.call(storm(), timeout=120)  # on the server's own loop: gRPC's asyncio client wants one loop
+    wait_until(lambda: fast_server.server.streams.open_streams == 0, 30, "the cancelled streams to end")
+    fast_server.call(asyncio.to_thread(gc.collect))  # surfaces futures whose exceptions nobody retrieved
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems[:3]
+    with Client(fast_server.address) as client:
+        assert client.predict(image, model="tiny").version == 1

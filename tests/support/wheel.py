@@ -2,11 +2,15 @@
 into a fresh virtual environment, with no network.
 
 `build_wheel` builds the wheel from a copy of the source tree (so the
-checkout gains no build/ or egg-info); `fresh_venv` makes an environment
-and installs the wheel without its dependencies; `provide` puts chosen
-distributions of the running interpreter's environment into it (by symlink,
-through a .pth file), so a test decides exactly which packages are there:
-the client's dependencies only, or those plus an extra's.
+checkout gains no build/ or egg-info). `fresh_venv` makes an environment,
+puts into it the distributions the wheel requires (its core ones, plus an
+extra's when asked), taken from the running interpreter's environment (by
+symlink, through a .pth file: nothing is downloaded or copied), and then
+installs the wheel with pip, not editable and with no index: pip resolves
+the wheel's requirements (and the extra's) against what was put there and
+fails if any is missing or of a version the wheel does not accept. So a
+test decides exactly which packages are there. What is reused is the test
+environment's installed packages; what is installed is the wheel itself.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ def build_wheel(out: Path) -> Path:
 
 
 def requirements(wheel: Path, extra: str | None = None) -> list[str]:
-    """The distribution names the wheel requires (its core ones, or an extra's)."""
+    """The distribution names the wheel requires on this interpreter: its
+    core ones, or an extra's."""
+    from packaging.requirements import Requirement
+
     with zipfile.ZipFile(wheel) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(name).decode()
@@ -44,11 +51,12 @@ def requirements(wheel: Path, extra: str | None = None) -> list[str]:
     for line in metadata.splitlines():
         if not line.startswith("Requires-Dist:"):
             continue
-        spec = line.split(":", 1)[1]
-        marker = spec.split(";", 1)[1] if ";" in spec else ""
-        wanted = f"extra == \"{extra}\"" in marker if extra else "extra ==" not in marker
+        requirement = Requirement(line.split(":", 1)[1].strip())
+        marker = requirement.marker
+        core = marker is None or marker.evaluate({"extra": ""})
+        wanted = (not core and marker.evaluate({"extra": extra})) if extra else core
         if wanted:
-            names.append(re.match(r"\s*([A-Za-z0-9_.-]+)", spec).group(1))
+            names.append(requirement.name)
     return names
 
 
@@ -74,18 +82,20 @@ class Venv:
         environment."""
         from packaging.requirements import Requirement
 
-        pending, seen = list(distributions), set()
+        pending = [(name, "") for name in distributions]
+        seen: set[tuple[str, str]] = set()
         while pending:
-            name = pending.pop()
-            key = re.sub(r"[-_.]+", "-", name).lower()
+            name, extra = pending.pop()
+            key = (re.sub(r"[-_.]+", "-", name).lower(), extra)
             if key in seen:
                 continue
             seen.add(key)
             dist = importlib.metadata.distribution(name)
             for text in dist.requires or ():
                 requirement = Requirement(text)
-                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                    pending.append(requirement.name)
+                if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                    # What a requirement's extras bring counts too (torch needs cuda-toolkit[cublas,...]).
+                    pending += [(requirement.name, wanted) for wanted in ("", *requirement.extras)]
             base = Path(dist.locate_file(""))
             tops = {Path(str(f)).parts[0] for f in dist.files or () if not str(f).startswith("..")}
             for top in tops:
@@ -94,9 +104,14 @@ class Venv:
                     target.symlink_to(base / top)
 
 
-def fresh_venv(path: Path, wheel: Path) -> Venv:
-    """A new environment holding the wheel and nothing it depends on."""
+def fresh_venv(path: Path, wheel: Path, extra: str | None = None) -> Venv:
+    """A new environment holding the wheel (with `extra`) and, from the
+    running environment, exactly the distributions that needs."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(path / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300, capture_output=True)
-    return Venv(path)
+    venv = Venv(path)
+    venv.provide(*requirements(wheel), *(requirements(wheel, extra) if extra else ()))
+    target = f"{wheel}[{extra}]" if extra else str(wheel)
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--quiet",
+                           "--no-index", "--no-cache-dir", target], timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, f"pip install {target} failed:\n{done.stdout}{done.stderr}"
+    return venv

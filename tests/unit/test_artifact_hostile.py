@@ -304,3 +304,33 @@ def test_errors_name_the_file(tmp_path, graph_artifact):
     with pytest.raises(ArtifactVersionError) as info:
         read_artifact(path)
     assert info.value.path == str(path) and str(path) in str(info.value)
+
+
+def memory_growth_loading(path) -> tuple[str, int]:
+    """Load `path` in a fresh process: (how it ended, how far its peak resident
+    memory rose above the peak it had before loading, in bytes)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "import torch, torchvision, safetensors.torch\n"
+        "from framewire.exporter import ArtifactError, load_model\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        f"    load_model({str(path)!r}); print('loaded')\n"
+        "except ArtifactError as exc:\n"
+        "    print(type(exc).__name__, exc.reason)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    *said, growth_kib = out.strip().splitlines()
+    return "\n".join(said), int(growth_kib) * 1024
+
+
+def test_builder_arguments_that_disagree_with_the_weights_are_refused_before_allocating(tmp_path, registry_artifact):
+    """num_classes=250000 would make a 512 MB classifier before the weights' shapes were compared."""
+    path = tampered(tmp_path, registry_artifact, lambda a: setattr(a.registry.kwargs["num_classes"], "int_value", 250_000))
+    said, growth = memory_growth_loading(path)
+    assert said.startswith("WeightsMismatchError") and "'fc.weight' is (3, 512)" in said and "(250000, 512)" in said
+    assert growth < 256 * 2**20, f"refusing took {growth / 2**20:.0f} MiB"

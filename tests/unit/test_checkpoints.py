@@ -14,17 +14,18 @@ from framewire.exporter.checkpoints import read_weights
 from framewire.exporter.errors import CheckpointError, UnsafeCheckpointError
 
 
-def hostile_checkpoint(path, marker) -> None:
-    """A real torch zip checkpoint whose data.pkl calls builtins.open(marker, 'w').
+def hostile_checkpoint(path, marker, call: str = "builtins.open") -> None:
+    """A real torch zip checkpoint whose data.pkl calls `call`(marker, 'w').
 
-    The pickle opcodes are written by hand: PROTO 2, GLOBAL builtins.open,
+    The pickle opcodes are written by hand: PROTO 2, GLOBAL module name,
     MARK, two BINUNICODE strings, TUPLE, REDUCE, STOP.
     """
     torch.save({"w": torch.zeros(2)}, path)
     def text(s: str) -> bytes:
         raw = s.encode()
         return b"X" + len(raw).to_bytes(4, "little") + raw
-    payload = b"\x80\x02cbuiltins\nopen\n(" + text(str(marker)) + text("w") + b"tR."
+    module, name = call.rsplit(".", 1)
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"(" + text(str(marker)) + text("w") + b"tR."
     with zipfile.ZipFile(path) as src:
         entries = [(info, src.read(info.filename)) for info in src.infolist()]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
@@ -49,9 +50,26 @@ def test_export_refuses_a_checkpoint_that_needs_unpickling(tmp_path, capsys):
     rc = cli(["export", "torchvision/resnet18", "--repo", str(tmp_path / "repo"), "--weights", str(ckpt)])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "full unpickling" in err and "such as open)" in err and "safetensors" in err
+    assert "references open, so unpickling it would run code" in err and "safetensors" in err
     assert not marker.exists()
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("call, named", [("posix.system", "posix.system"), ("os.system", "os.system"),
+                                         ("builtins.open", "open"), ("builtins.eval", "eval")])
+def test_the_refusal_names_the_global_and_never_advises_turning_the_check_off(tmp_path, call, named):
+    """torch words these errors differently ("Unsupported global: GLOBAL open ...",
+    "unsupported GLOBAL posix.system ..."), each wrapped in advice to load with
+    weights_only=False; framewire's message names what the file would call."""
+    ckpt, marker = tmp_path / "evil.pt", tmp_path / "m"
+    hostile_checkpoint(ckpt, marker, call)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_weights(ckpt)
+    message = info.value.reason
+    assert f"references {named}, so unpickling it would run code" in message
+    assert "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')" in message
+    assert "weights_only" not in message and "False" not in message and "safe_globals" not in message
+    assert not marker.exists()
 
 
 def test_read_weights_raises_the_unsafe_error(tmp_path):

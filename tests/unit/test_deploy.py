@@ -481,3 +481,64 @@ def test_hadolint_finds_nothing_in_the_dockerfile(tmp_path):
     )
     linted = subprocess.run([HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+# ------------------------------------------- metrics: where they are served vs scraped
+
+
+def serve_config(argv: list[str], env: dict[str, str]):
+    """The settings `framewire <argv>` would serve with, parsed by framewire itself."""
+    from framewire.cli import build_parser
+    from framewire.service.config import load_config
+
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve", argv
+    return load_config(args, environ=env)
+
+
+def container_config(container: dict):
+    """What the image (ENTRYPOINT framewire, CMD) serves with, given a container's args and env."""
+    entrypoint = container.get("command") or exec_form(final_stage_value("ENTRYPOINT"))
+    assert entrypoint == ["framewire"], entrypoint
+    argv = container.get("args") or exec_form(final_stage_value("CMD"))
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return serve_config(argv, env)
+
+
+def assert_serves_metrics_on(config, port: int, where: str) -> None:
+    from framewire.service.server import is_loopback
+
+    assert config.metrics_port == port, f"{where}: metrics are scraped on {port} but served on {config.metrics_port}"
+    assert not is_loopback(config.metrics_host), (
+        f"{where}: metrics are scraped from outside the container but served on {config.metrics_host} "
+        "(set --metrics-host 0.0.0.0)")
+
+
+def test_the_image_serves_metrics_where_docker_publishes_them():
+    exposed = {int(p.split("/")[0]) for name, args in stages()[-1] if name == "EXPOSE" for p in args.split()}
+    config = serve_config(exec_form(final_stage_value("CMD")), {})
+    assert config.metrics_port in exposed
+    assert_serves_metrics_on(config, config.metrics_port, "Dockerfile.gpu CMD")
+
+
+def test_each_pod_serves_metrics_where_its_service_monitor_scrapes(cluster, deployments):
+    (monitor,) = of_kind(cluster, "ServiceMonitor")
+    scraped_port_names = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for deployment in deployments:
+        container = serving_container(deployment)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        (service,) = [s for s in of_kind(cluster, "Service") if selects(s["spec"]["selector"], labels)]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            if port["name"] in scraped_port_names:
+                target = port["targetPort"]
+                assert_serves_metrics_on(container_config(container), ports.get(target, target),
+                                         deployment["metadata"]["name"])
+
+
+def test_the_kserve_runtime_serves_metrics_where_its_annotations_point(kserve):
+    (runtime,) = of_kind(kserve, "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    port = int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"])
+    assert_serves_metrics_on(container_config(container), port, "ServingRuntime framewire")
+
