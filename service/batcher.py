@@ -26,8 +26,15 @@ each admitted request and each batch's compute time, asks it before queueing
 a request (one that cannot finish within its budget is refused at once with
 OverBudgetError, nothing of it queued) and while a batch forms (close now, at
 what size, or wait). Queued items that can no longer finish within their
-budget get OverBudgetError and are not run. `budget_status()` shows what it
-learned and did. Without a budget nothing of this runs.
+budget get OverBudgetError and are not run. A request submitted with a
+`latest_of` key supersedes the items of the previous request with that key
+still waiting for a batch: they get SupersededError and are not run (a
+camera's newest frame wins over its stale ones). One exception keeps it learning:
+the curve learns only from batches that run, so when the device is idle and
+nothing waits, a request is admitted and run even when predicted late (a
+probe, of at most one batch); a curve made too pessimistic by a cold
+warm-up or a passing slowdown would otherwise refuse everything for ever. `budget_status()`
+shows what it learned and did. Without a budget nothing of this runs.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from .errors import (
     QueueFullError,
     ServiceError,
     ShuttingDownError,
+    SupersededError,
 )
 from .latency_budget import BudgetStatus, LatencyBudget
 
@@ -73,9 +81,10 @@ class BatchRecord:
 
 
 class _Work:
-    __slots__ = ("item", "future", "enqueued", "deadline", "budget_deadline", "priority", "seq", "taken", "dropped")
+    __slots__ = ("item", "future", "enqueued", "deadline", "budget_deadline", "priority", "seq", "taken", "dropped",
+                 "probe")
 
-    def __init__(self, item, future, enqueued, deadline, priority, seq, budget_deadline=None):
+    def __init__(self, item, future, enqueued, deadline, priority, seq, budget_deadline=None, probe=False):
         self.item = item
         self.future = future
         self.enqueued = enqueued
@@ -85,6 +94,7 @@ class _Work:
         self.seq = seq
         self.taken = False
         self.dropped = False
+        self.probe = probe
 
     @property
     def waiting(self) -> bool:
@@ -162,6 +172,9 @@ class DynamicBatcher:
         self._budget = latency_budget
         self._launches: list[_Launch] = []
         self._refused = 0
+        self._latest: dict[Any, list[_Work]] = {}
+        self._superseded = 0
+        self._probes = 0
         self._dropped_over_budget = 0
         self._missed = 0
         self._budget_batches = 0
@@ -200,14 +213,17 @@ class DynamicBatcher:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def submit(self, items: Sequence[Any], *, deadline: float | None = None, priority: int = 0) -> list[ItemResult]:
+    async def submit(self, items: Sequence[Any], *, deadline: float | None = None, priority: int = 0,
+                     latest_of: Any = None) -> list[ItemResult]:
         """Queue `items`; return their results in order.
 
         `deadline` is in the event loop's clock (`loop.time()`). Raises
         QueueFullError when the items do not fit, DeadlineExceededError when
         the deadline passes first, ShuttingDownError while closing,
         OverBudgetError (with a budget) when they cannot be answered within
-        it, or what the batch function raised.
+        it, SupersededError (with a budget) when a later request with the
+        same `latest_of` key came while they waited, or what the batch
+        function raised.
         """
         if self._closing:
             raise ShuttingDownError(f"model {self.name} is unloading; retry, another version will answer")
@@ -224,16 +240,18 @@ class DynamicBatcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceededError(f"deadline passed before model {self.name} could queue the request")
-        budget_deadline = None
+        budget_deadline, probe = None, False
         if self._budget is not None:
-            budget_deadline = self._admit(now, len(items), deadline)
+            budget_deadline, probe = self._admit(now, len(items), deadline)
         works = []
         for item in items:
-            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq), budget_deadline)
+            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq), budget_deadline, probe)
             heapq.heappush(self._heap, work)
             self._fifo.append(work)
             works.append(work)
         self._live += len(works)
+        if latest_of is not None and self._budget is not None:
+            self._supersede(latest_of, works)
         self._arrival.set()
 
         gathered = asyncio.gather(*(w.future for w in works))
@@ -253,6 +271,9 @@ class DynamicBatcher:
         except BaseException:
             self._abandon(works)
             raise
+        finally:
+            if latest_of is not None and self._latest.get(latest_of) is works:
+                del self._latest[latest_of]
         return [w.future.result() for w in works]
 
     # ---------------------------------------------------------------- internals
@@ -409,6 +430,8 @@ class DynamicBatcher:
             batch_size_limit=budget.size_limit(self.max_batch_size),
             last_batch_size=self._last_size,
             refused=self._refused,
+            probes=self._probes,
+            superseded=self._superseded,
             dropped_over_budget=self._dropped_over_budget,
             batches=self._budget_batches,
             predicted_seconds_sum=self._predicted_sum,
@@ -422,29 +445,47 @@ class DynamicBatcher:
         running = [(launch.start, launch.size) for launch in self._launches]
         return self._budget.lanes_free_at(now, running)
 
-    def _admit(self, now: float, count: int, deadline: float | None) -> float:
-        """The budget deadline of a request admitted now; raises OverBudgetError when refused."""
+    def _admit(self, now: float, count: int, deadline: float | None) -> tuple[float, bool]:
+        """(budget deadline, probe) of a request admitted now; raises OverBudgetError when refused."""
         budget = self._budget
         own = budget.item_deadline(now, deadline)
         verdict = budget.admission(now, count=count, deadline=own, waiting=self._live,
                                    lanes_free_at=self._lanes(now), max_batch_size=self.max_batch_size)
+        if (not verdict.admitted and self._live == 0 and not self._launches and own > now
+                and count <= budget.size_limit(self.max_batch_size)):
+            # Idle: run it anyway, so the curve learns whether it is still this slow.
+            self._probes += 1
+            budget.record_arrivals(now, count)
+            return own, True
         if not verdict.admitted:
             self._refused += 1
             wait = "" if verdict.predicted_finish is None else \
                 f": it would be answered in {(verdict.predicted_finish - now) * 1000:.0f} ms"
-            tightened = "" if own - now >= budget.seconds else " (tightened by the request's deadline)"
+            tightened = "" if deadline is None or deadline >= now + budget.seconds else \
+                " (tightened by the request's deadline)"
             raise OverBudgetError(
                 f"model {self.name} cannot answer within the latency budget of {(own - now) * 1000:.0f} ms"
                 f"{tightened}{wait}; retry in {verdict.retry_after * 1000:.0f} ms",
                 verdict.retry_after,
             )
         budget.record_arrivals(now, count)
-        return own
+        return own, False
+
+    def _supersede(self, key: Any, works: list[_Work]) -> None:
+        """Latest wins: the previous request of `key` gives up its items still waiting."""
+        for work in self._latest.get(key, ()):
+            if work.waiting:
+                self._superseded += 1
+                work.future.set_exception(SupersededError(
+                    f"skipped: a newer request of the same stream reached model {self.name} while this one "
+                    "still waited for a batch"))
+                self._drop(work)
+        self._latest[key] = works
 
     def _drop_over_budget(self, now: float) -> None:
         start_at = self._lanes(now)[0]
         for work in self._fifo:
-            if work.waiting and self._budget.is_lost(now, work.budget_deadline, start_at):
+            if work.waiting and not work.probe and self._budget.is_lost(now, work.budget_deadline, start_at):
                 self._dropped_over_budget += 1
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "
@@ -458,7 +499,7 @@ class DynamicBatcher:
         start_at = self._lanes(now)[0]
         kept = []
         for work in batch:
-            if self._budget.misses(work.budget_deadline, start_at, len(batch)):
+            if not work.probe and self._budget.misses(work.budget_deadline, start_at, len(batch)):
                 self._dropped_over_budget += 1
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "

@@ -217,6 +217,10 @@ class BudgetStatus:
     batch_size_limit: int
     last_batch_size: int
     refused: int
+    #: Requests run although predicted late, because the device was idle (see DynamicBatcher).
+    probes: int
+    #: Items skipped because a newer request of the same stream came (latest-frame-wins).
+    superseded: int
     dropped_over_budget: int
     batches: int
     predicted_seconds_sum: float

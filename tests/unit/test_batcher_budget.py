@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from framewire.service.batcher import DynamicBatcher, ItemResult
-from framewire.service.errors import OverBudgetError, ServiceError
+from framewire.service.errors import OverBudgetError, ServiceError, SupersededError
 from framewire.service.latency_budget import ArrivalRate, ComputeTimeCurve, LatencyBudget
 from support.virtual_time import run_virtual
 
@@ -290,14 +290,46 @@ def test_the_warm_up_prior_shapes_admission_before_any_batch_ran():
     assert run_virtual(burst(())) == (0, 8, [32])
 
 
-def test_a_budget_below_one_image_refuses_at_once_with_a_prior():
+def test_a_budget_below_one_image_runs_one_probe_at_a_time_and_refuses_the_rest():
     async def main():
-        b = budgeted(FakeDevice(), budget_ms=15)
-        with pytest.raises(OverBudgetError, match="would be answered in 22 ms"):
-            await b.submit([1])
+        device = FakeDevice()
+        b = budgeted(device, budget_ms=15)
+        # The device is idle and nothing waits: the first request runs although
+        # predicted late (22 ms), so the curve keeps learning.
+        first = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.001)
+        with pytest.raises(OverBudgetError, match=r"budget of 15 ms: it would be answered in 43 ms; retry in 28 ms"):
+            await b.submit([2])
+        await first
+        status = b.budget_status()
         await b.close()
+        return status.probes, status.refused, status.missed, device.sizes()
 
-    run_virtual(main())
+    assert run_virtual(main()) == (1, 1, 1, [1])
+
+
+def test_a_curve_made_too_pessimistic_recovers_through_probes():
+    async def main():
+        device = FakeDevice()
+        curve = ComputeTimeCurve()
+        curve.add_prior(1, 0.200)  # a cold warm-up: ten times the real 22 ms
+        policy = LatencyBudget(100 * MS, curve=curve, margin=0.0)
+        b = DynamicBatcher(device, max_batch_size=8, max_delay=0.0, max_queue_size=100, name="m",
+                           latency_budget=policy)
+        b.start()
+        for i in range(6):
+            await b.submit([i])
+            await asyncio.sleep(0.05)
+        learned = b.budget_status()
+        # With the curve learned, a small burst is admitted whole.
+        burst = await asyncio.gather(*(b.submit([i]) for i in range(3)), return_exceptions=True)
+        await b.close()
+        return learned.probes, learned.refused, learned.curve[0].seconds, burst
+
+    probes, refused, seconds, burst = run_virtual(main())
+    # The prior counts as four measurements: four probes push the median to the real time.
+    assert (probes, refused) == (4, 0) and seconds == pytest.approx(0.022)
+    assert all(isinstance(r, list) for r in burst)
 
 
 def test_a_multi_image_request_is_admitted_or_refused_whole():
@@ -382,3 +414,59 @@ def test_close_runs_the_items_still_waiting_for_their_batch_to_fill():
 
     device, values = run_virtual(main())
     assert values == ["r0", "r1", "r2"] and device.batches[0][0] > 0
+
+
+def test_a_newer_request_of_the_same_stream_supersedes_its_waiting_one():
+    async def main():
+        device = FakeDevice()
+        b = budgeted(device, budget_ms=200)
+        # One batch of 8 other requests keeps the device busy for 36 ms.
+        busy = [asyncio.ensure_future(b.submit([f"x{i}"])) for i in range(8)]
+        await asyncio.sleep(0.001)
+        # Frames 1 and 2 of one camera arrive while the device is busy: frame 1
+        # still waits for a batch when frame 2 comes, so frame 2 wins.
+        frame1 = asyncio.ensure_future(b.submit(["cam-1"], latest_of="cam"))
+        await asyncio.sleep(0.001)
+        frame2 = asyncio.ensure_future(b.submit(["cam-2"], latest_of="cam"))
+        other = asyncio.ensure_future(b.submit(["other-1"], latest_of="other"))
+        results = await asyncio.gather(frame1, frame2, other, *busy, return_exceptions=True)
+        status = b.budget_status()
+        await b.close()
+        return results, status.superseded, [x for _, items in device.batches for x in items]
+
+    (frame1, frame2, other, *busy), superseded, ran = run_virtual(main())
+    assert isinstance(frame1, SupersededError) and frame1.code == "DEADLINE_EXCEEDED"
+    assert frame2[0].value == "rcam-2" and other[0].value == "rother-1" and superseded == 1
+    assert "cam-1" not in ran and all(isinstance(r, list) for r in busy)
+
+
+def test_a_frame_taken_into_a_batch_is_not_superseded():
+    async def main():
+        device = FakeDevice()
+        b = budgeted(device, budget_ms=200)
+        frame1 = asyncio.ensure_future(b.submit(["cam-1"], latest_of="cam"))
+        await asyncio.sleep(0.001)  # the idle device took frame 1 at once
+        frame2 = await b.submit(["cam-2"], latest_of="cam")
+        status = b.budget_status()
+        await b.close()
+        return (await frame1)[0].value, frame2[0].value, status.superseded
+
+    assert run_virtual(main()) == ("rcam-1", "rcam-2", 0)
+
+
+def test_without_a_budget_latest_of_changes_nothing():
+    async def main():
+        device = FakeDevice()
+        b = DynamicBatcher(device, max_batch_size=4, max_delay=0.01, max_queue_size=10, name="m")
+        b.start()
+        out = await asyncio.gather(b.submit(["a"], latest_of="cam"), b.submit(["b"], latest_of="cam"))
+        await b.close()
+        return [r[0].value for r in out]
+
+    assert run_virtual(main()) == ["ra", "rb"]
+
+
+def test_a_refusal_carries_its_retry_hint_as_trailing_metadata():
+    assert OverBudgetError("late", 0.0284).trailers() == (("retry-after-ms", "29"),)
+    assert OverBudgetError("late", 0.0).trailers() == (("retry-after-ms", "0"),)
+    assert SupersededError("newer frame").trailers() == ()
