@@ -229,6 +229,31 @@ class BudgetStatus:
     last_predicted_seconds: float | None
     last_actual_seconds: float | None
 
+    def as_dict(self) -> dict:
+        """The status document's `budget` object (milliseconds, JSON-ready)."""
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 3)
+
+        return {
+            "budget_ms": ms(self.budget_seconds),
+            "curve": [{"batch_size": p.batch_size, "compute_ms": ms(p.seconds), "samples": p.samples,
+                       "measured": p.measured} for p in self.curve],
+            "arrival_rate_per_second": round(self.arrival_rate, 3),
+            "target_batch_size": self.target_batch_size,
+            "batch_size_limit": self.batch_size_limit,
+            "last_batch_size": self.last_batch_size,
+            "batches": self.batches,
+            "mean_predicted_ms": ms(self.predicted_seconds_sum / self.batches) if self.batches else None,
+            "mean_actual_ms": ms(self.actual_seconds_sum / self.batches) if self.batches else None,
+            "last_predicted_ms": ms(self.last_predicted_seconds),
+            "last_actual_ms": ms(self.last_actual_seconds),
+            "refused": self.refused,
+            "dropped_over_budget": self.dropped_over_budget,
+            "superseded": self.superseded,
+            "probes": self.probes,
+            "missed": self.missed,
+        }
+
 
 class LatencyBudget:
     """The budget policy of one model version on one device (see the module doc).

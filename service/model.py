@@ -88,6 +88,11 @@ class ServedModel:
         return self.runner.batching.max_queue_size
 
     @property
+    def budget_status(self):
+        """The latency budget's BudgetStatus (None without a budget)."""
+        return self.runner.budget_status()
+
+    @property
     def payload_bytes(self) -> int:
         """Bytes of image payloads shipped to the device side since load."""
         return self.runner.payload_bytes
