@@ -241,3 +241,30 @@ def test_an_item_that_cannot_finish_even_alone_is_lost():
 def test_policy_settings_are_validated_with_the_bad_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LatencyBudget(**kwargs)
+
+
+def test_the_budget_status_reads_as_milliseconds_and_as_prometheus_families():
+    from framewire.service.latency_budget import BudgetStatus
+    from framewire.service.metrics import budget_families
+
+    curve = ComputeTimeCurve()
+    curve.add_prior(1, 0.010)
+    curve.observe(8, 0.030)
+    status = BudgetStatus(budget_seconds=0.1, curve=curve.points(), arrival_rate=50.0, target_batch_size=2,
+                          batch_size_limit=8, last_batch_size=2, refused=3, probes=1, superseded=4,
+                          dropped_over_budget=5, batches=0, predicted_seconds_sum=0.0, actual_seconds_sum=0.0,
+                          missed=0, last_predicted_seconds=None, last_actual_seconds=None)
+    shown = status.as_dict()
+    assert shown["budget_ms"] == 100.0 and shown["mean_predicted_ms"] is None
+    assert shown["curve"] == [{"batch_size": 1, "compute_ms": 10.0, "samples": 4, "measured": 0},
+                              {"batch_size": 8, "compute_ms": 30.0, "samples": 1, "measured": 1}]
+    families = {f.name: f for f in budget_families([(["m", "1"], status)])}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("framewire_latency_budget_seconds", (("model", "m"), ("version", "1")))] == 0.1
+    assert samples[("framewire_budget_compute_seconds", (("batch_size", "8"), ("model", "m"), ("version", "1")))] \
+        == 0.03
+    assert samples[("framewire_budget_refusals_total", (("model", "m"), ("version", "1")))] == 3
+    assert samples[("framewire_budget_dropped_total", (("model", "m"), ("reason", "superseded"), ("version", "1")))] \
+        == 4
+    # No budgeted version: the families are there, empty.
+    assert all(not f.samples for f in budget_families([]))
