@@ -152,14 +152,14 @@ class BatchedRunner:
     """A runner that forms batches in this process; subclasses run them (`_run_batch`).
 
     With a latency budget, the batcher gets a `LatencyBudget` whose lanes are
-    the model's instances (batches formed ahead by `pipeline_depth` wait for
-    one); the warm-up's compute time per batch size, the fastest instance's,
+    the model's instances (`lanes`; batches formed ahead by `pipeline_depth`
+    wait for one); the warm-up's compute time per batch size, the fastest instance's,
     is its prior. One curve per runner: a runner spread over several devices
     of one kind learns one curve for all of them.
     """
 
     def __init__(self, name: str, handler, batching: BatchingSettings, *, concurrent_batches: int,
-                 on_batch: Callable[[BatchRecord], None] | None = None):
+                 on_batch: Callable[[BatchRecord], None] | None = None, lanes: int | None = None):
         self.name = name
         self.handler = handler
         self.batching = batching
@@ -168,8 +168,8 @@ class BatchedRunner:
         self.warm_seconds: dict[int, list[float]] = {}
         self.latency_budget = None
         if batching.latency_budget is not None:
-            self.latency_budget = LatencyBudget(
-                batching.latency_budget, parallel=max(1, concurrent_batches - batching.pipeline_depth))
+            lanes = lanes if lanes is not None else concurrent_batches - batching.pipeline_depth
+            self.latency_budget = LatencyBudget(batching.latency_budget, parallel=max(1, lanes))
         self._batcher = DynamicBatcher(
             self._run_batch, max_batch_size=batching.max_batch_size, max_delay=batching.max_delay,
             max_queue_size=batching.max_queue_size, max_concurrent_batches=concurrent_batches,
@@ -193,10 +193,14 @@ class BatchedRunner:
 
     def start(self) -> None:
         """Start forming batches (call from the event loop, after `load`)."""
+        self._prime_budget()
+        self._batcher.start()
+
+    def _prime_budget(self) -> None:
+        """The warm-up's times, the fastest instance's per size, as the curve's prior."""
         if self.latency_budget is not None:
             for size, values in sorted(self.warm_seconds.items()):
                 self.latency_budget.curve.add_prior(size, min(values))
-        self._batcher.start()
 
     def budget_status(self) -> BudgetStatus | None:
         """The latency budget's state (None without one)."""

@@ -236,7 +236,7 @@ class ProcessRunner(BatchedRunner):
         (together); a restart gets `load_timeout` seconds of its own."""
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
-        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots)
+        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots, lanes=count)
         self.instance_count = count
         self.device_label = ",".join(s.device for s in settings)
         self.dtype_name = settings[0].dtype
