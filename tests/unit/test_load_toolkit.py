@@ -206,3 +206,10 @@ def test_a_static_only_table_names_the_best_static_setting():
     results = [row("static 0 us", "static", 0.5, 90.0, 30.0), row("static 2000 us", "static", 0.5, 99.0, 50.0)]
     text = compare.table(summary(results, fractions=(0.5,)))
     assert "static 2000 us *best" in text and "no budgeted run (--static-only)" in text
+
+
+def test_the_admission_cost_tool_refuses_every_request_after_the_probe(capsys):
+    from load_tests import admission_cost
+
+    assert admission_cost.main(["200"]) == 0
+    assert "(200 of 200 requests refused)" in capsys.readouterr().out
