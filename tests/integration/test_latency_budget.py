@@ -99,6 +99,24 @@ def test_the_inference_protocol_is_refused_the_same_way(budget_server, image):
     assert all("retry-after-ms" in trailers for code, _, trailers in outcomes if code == "UNAVAILABLE")
 
 
+def test_a_protocol_stream_carries_the_retry_hint_per_refused_request(budget_server, image):
+    def requests():
+        for n in range(120):
+            request = oip.ModelInferRequest(model_name="slow", id=f"r{n}")
+            tensor = request.inputs.add(name="encoded_images", datatype="BYTES", shape=[1])
+            tensor.contents.bytes_contents.append(image)
+            yield request
+
+    with grpc.insecure_channel(budget_server.address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        replies = list(stub.ModelStreamInfer(requests(), timeout=DEADLINE_S))
+    assert sorted(r.infer_response.id for r in replies) == sorted(f"r{n}" for n in range(120))
+    refused = [r for r in replies if r.error_message]
+    assert refused and len(refused) < 120
+    assert all("latency budget" in r.error_message for r in refused)
+    assert all(int(r.infer_response.parameters["retry-after-ms"].string_param) >= 0 for r in refused)
+
+
 def test_a_stream_under_overload_skips_frames_and_answers_the_rest_in_order(budget_server, image):
     # Two cameras send 60 frames each as fast as they can, with 200 others
     # flooding the model: what cannot be done in time is skipped, never late
