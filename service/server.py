@@ -29,9 +29,9 @@ from framewire.exporter.signing import TrustPolicy
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.v1 import inference_pb2, inference_pb2_grpc
 
-from .api_native import NativeServicer
-from .api_oip import SERVICE_NAME as OIP_SERVICE
-from .api_oip import InferenceProtocolServicer
+from .api.native import NativeServicer
+from .api.oip import SERVICE_NAME as OIP_SERVICE
+from .api.oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
 from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig

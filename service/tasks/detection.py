@@ -8,7 +8,7 @@ from framewire.results import Detection
 
 from ..domain import ImagePrediction
 from ..errors import InferenceError, InvalidInputError
-from ..oip_tensors import OutputTensor, encode_bytes_elements
+from ..api.oip_tensors import OutputTensor, encode_bytes_elements
 from ..preprocess import check_pixels
 from .base import TaskHandler
 

@@ -7,10 +7,10 @@ import numpy as np
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 
-from . import requests
-from .domain import ImageInput, ImagePrediction, PredictParams, Served
-from .errors import InvalidInputError
-from .repository import ModelState, VersionSlot
+from .. import requests
+from ..domain import ImageInput, ImagePrediction, PredictParams, Served
+from ..errors import InvalidInputError
+from ..repository import ModelState, VersionSlot
 
 _TENSOR_DTYPES = {apb.DATA_TYPE_UINT8: "uint8", apb.DATA_TYPE_FLOAT32: "float32"}
 _RAW_DTYPES = {np.dtype("float32"): apb.DATA_TYPE_FLOAT32, np.dtype("int64"): apb.DATA_TYPE_INT64}

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from .errors import ServiceError
+from ..errors import ServiceError
 
 log = logging.getLogger("framewire.api")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .domain import ImageInput, ImagePrediction, tensor_elements
-from .errors import InvalidInputError
+from ..domain import ImageInput, ImagePrediction, tensor_elements
+from ..errors import InvalidInputError
 
 INPUTS = {
     "images": ("UINT8", "[N, H, W, 3] RGB"),

@@ -11,19 +11,20 @@ from framewire import __version__
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
-from . import messages, requests
-from .access import model_allowed
-from .batcher import retrieve_exception
-from .config import ServeConfig
-from .devices import DevicePlan, describe_device
-from .domain import PredictParams
-from .errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError, ShuttingDownError
-from .gpu import GpuSampler
+from .. import requests
+from ..access import model_allowed
+from ..batcher import retrieve_exception
+from ..config import ServeConfig
+from ..devices import DevicePlan, describe_device
+from ..domain import PredictParams
+from ..errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError, ShuttingDownError
+from ..gpu import GpuSampler
+from ..metrics import ServerMetrics
+from ..repository import ModelRepository
+from ..status_document import visible_json
+from ..streams import StreamLimiter
+from . import native_messages as messages
 from .grpc_errors import rpc, status_code
-from .metrics import ServerMetrics
-from .repository import ModelRepository
-from .status_document import visible_json
-from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
 API = "native"

@@ -19,16 +19,17 @@ from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
-from . import oip_tensors, requests
-from .access import check_model_access, model_allowed
-from .batcher import retrieve_exception
-from .config import ServeConfig, parse_version_policy
-from .devices import DevicePlan
-from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
+from .. import requests
+from ..access import check_model_access, model_allowed
+from ..batcher import retrieve_exception
+from ..config import ServeConfig, parse_version_policy
+from ..devices import DevicePlan
+from ..errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
+from ..metrics import ServerMetrics
+from ..repository import ModelRepository, ModelState
+from ..streams import StreamLimiter
+from . import oip_tensors
 from .grpc_errors import rpc
-from .metrics import ServerMetrics
-from .repository import ModelRepository, ModelState
-from .streams import StreamLimiter
 
 log = logging.getLogger("framewire.api")
 API = "oip"
