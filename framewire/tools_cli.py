@@ -11,6 +11,7 @@ import threading
 import time
 
 from framewire.connection import add_security_arguments, connection_from_args, connection_options
+from framewire.v1.options import DEFAULT_TOP_K
 
 USAGE_ERROR = 2
 
@@ -53,7 +54,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per request (default %(default)s)")
     p.add_argument("--concurrency", type=_positive_int, default=4,
                    help="requests in flight at once (default %(default)s)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=DEFAULT_TOP_K, help="classes per image (default %(default)s)")
     p.add_argument("--score-threshold", type=float, help="detection models: drop detections below this")
     p.add_argument("--max-detections", type=int, default=0, help="detection models: at most this many per image")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)")
@@ -141,7 +142,7 @@ def _add_stream(sub: argparse._SubParsersAction) -> None:
                         "answered, the source slows down) (default: oldest; none with --fps 0)")
     p.add_argument("--max-age-ms", type=int, default=0,
                    help="skip a frame still waiting this many milliseconds (0: never) (default %(default)s)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per frame (default %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=DEFAULT_TOP_K, help="classes per frame (default %(default)s)")
     p.add_argument("--score-threshold", type=float, help="detection models: drop detections below this")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -19,7 +19,6 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -28,6 +27,7 @@ from framewire.exporter.format import MODEL_NAME_RE
 
 from .access import check_model_access
 from .config import ConfigError, ServeConfig, parse_version_policy
+from .domain import ModelState
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .load_budget import LoadBudget
 from .model import ServedModel
@@ -35,13 +35,6 @@ from .requests import model_name
 from .worker_runner import WorkerStartError
 
 log = logging.getLogger("framewire.repository")
-
-
-class ModelState(str, Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    DRAINING = "DRAINING"
 
 
 Stamp = tuple[int, int, int]

@@ -25,6 +25,7 @@ from ..status_document import visible_json
 from ..streams import StreamLimiter
 from . import native_messages as messages
 from .grpc_errors import rpc, status_code
+from .states import native_state
 
 log = logging.getLogger("framewire.api")
 API = "native"
@@ -158,7 +159,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 continue
             for slot in slots:
                 runtime = response.models.add(
-                    model=slot.name, version=slot.version, state=messages.STATES[slot.state], device=slot.device
+                    model=slot.name, version=slot.version, state=native_state(slot.state), device=slot.device
                 )
                 if slot.served is not None:
                     stats = slot.served.stats

@@ -24,12 +24,14 @@ from ..access import check_model_access, model_allowed
 from ..batcher import retrieve_exception
 from ..config import ServeConfig, parse_version_policy
 from ..devices import DevicePlan
+from ..domain import ModelState
 from ..errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from ..metrics import ServerMetrics
-from ..repository import ModelRepository, ModelState
+from ..repository import ModelRepository
 from ..streams import StreamLimiter
 from . import oip_tensors
 from .grpc_errors import rpc
+from .states import oip_state
 
 log = logging.getLogger("framewire.api")
 API = "oip"
@@ -38,12 +40,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PLATFORM = "framewire"
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics",
               "binary_tensor_data", "parameters", "schedule_policy"]
-STATE_NAMES = {
-    ModelState.LOADING: "LOADING",
-    ModelState.READY: "READY",
-    ModelState.UNAVAILABLE: "UNAVAILABLE",
-    ModelState.DRAINING: "UNLOADING",
-}
 _DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32,
                "BYTES": mc.TYPE_STRING}
 #: Added to an explicit protocol priority so it outranks requests without one.
@@ -324,7 +320,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             for slot in slots:
                 if request.ready and slot.state is not ModelState.READY:
                     continue
-                response.models.add(name=name, version=str(slot.version), state=STATE_NAMES[slot.state],
+                response.models.add(name=name, version=str(slot.version), state=oip_state(slot.state),
                                     reason=slot.reason if slot.state is not ModelState.READY else "")
         if not request.ready:
             for name in sorted(self.repo.unloaded):

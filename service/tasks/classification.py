@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from framewire.results import ClassScore
+from framewire.v1.results import ClassScore
 
 from ..domain import ImagePrediction
 from ..api.oip_tensors import OutputTensor, encode_bytes_elements

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from framewire.results import Detection
+from framewire.v1.results import Detection
 
 from ..domain import ImagePrediction
 from ..errors import InferenceError, InvalidInputError
