@@ -126,10 +126,6 @@ class FramewireServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = [NATIVE_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
 
-    def add_service_name(self, name: str) -> None:
-        """Register a further service's full name (for reflection and health)."""
-        self.service_names.append(name)
-
     def _build_model(self, path: Path, budget: LoadBudget) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
         return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool,
