@@ -119,26 +119,23 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     @rpc
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         model = self.repo.get(request.model, request.version)
-        info = model.describe()
-        artifact = model.artifact
         response = pb.GetModelResponse(
-            name=info["name"],
-            version=info["version"],
-            task=info["task"],
-            input=artifact.input,
-            preprocessing=artifact.preprocessing,
-            outputs=list(artifact.output.outputs),
+            name=model.name,
+            version=model.version,
+            task=model.task,
+            input=model.input_spec,
+            preprocessing=model.preprocessing,
+            outputs=model.outputs,
             label_count=len(model.labels),
-            architecture=info["architecture"],
-            parameter_count=info["parameter_count"],
-            max_batch_size=info["max_batch_size"],
-            serving_dtype=info["serving_dtype"],
+            architecture=model.architecture,
+            parameter_count=model.parameter_count,
+            max_batch_size=model.max_batch_size,
+            serving_dtype=model.serving_dtype,
             versions=[messages.version_status(s) for s in self.repo.models().get(model.name, [])],
-            weights_sha256=artifact.weights_sha256.hex(),
-            signing_key_id=artifact.signature.key_id if artifact.signature.signature else "",
+            weights_sha256=model.weights_sha256,
+            signing_key_id=model.signing_key_id,
+            program_sha256=model.program_sha256,
         )
-        if artifact.WhichOneof("architecture") == "graph":
-            response.program_sha256 = artifact.graph.program_sha256.hex()
         if request.include_labels:
             response.labels.extend(model.labels)
         return response
@@ -161,9 +158,9 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 runtime = response.models.add(
                     model=slot.name, version=slot.version, state=native_state(slot.state), device=slot.device
                 )
-                if slot.served is not None:
-                    stats = slot.served.stats
-                    runtime.queue_depth = slot.served.queue_depth
+                if slot.view is not None:
+                    stats = slot.view.stats
+                    runtime.queue_depth = slot.view.queue_depth
                     runtime.inference_count = stats.inference_count
                     runtime.execution_count = stats.execution_count
                     runtime.request_success_count = stats.request_success

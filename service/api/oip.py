@@ -27,6 +27,7 @@ from ..devices import DevicePlan
 from ..domain import ModelState
 from ..errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
 from ..metrics import ServerMetrics
+from ..model_view import ModelView
 from ..repository import ModelRepository
 from ..streams import StreamLimiter
 from . import oip_tensors
@@ -106,7 +107,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         model = self.repo.get(request.name, parse_version(request.version))
         config = mc.ModelConfig(name=model.name, platform=PLATFORM, backend=PLATFORM,
                                 max_batch_size=model.max_batch_size)
-        kind, args = parse_version_policy(model.config.version_policy)
+        kind, args = parse_version_policy(model.version_policy)
         if kind == "latest":
             config.version_policy.latest.num_versions = args[0]
         elif kind == "all":
@@ -121,21 +122,21 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             config.output.add(name=name, data_type=_DATA_TYPES[datatype], dims=shape)
         on_gpu = self.plan.on_cuda
         config.instance_group.add(
-            name=model.name, count=model.config.instances_per_device,
+            name=model.name, count=model.instances_per_device,
             kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU,
             gpus=[int(d.split(":")[1]) for d in self.plan.devices] if on_gpu else [],
         )
         batching = config.dynamic_batching
-        batching.preferred_batch_size.extend(model.config.preferred_batch_sizes)
-        batching.max_queue_delay_microseconds = model.config.max_queue_delay_us
+        batching.preferred_batch_size.extend(model.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = model.max_queue_delay_us
         batching.preserve_ordering = True
         for key, value in (("task", model.task), ("labels", str(len(model.labels))),
-                           ("serving_dtype", model.dtype_name), ("device", model.device)):
+                           ("serving_dtype", model.serving_dtype), ("device", model.device)):
             config.parameters[key].string_value = value
         return pb.ModelConfigResponse(config=config)
 
     @staticmethod
-    def _input_shape(model, name: str) -> list[int]:
+    def _input_shape(model: ModelView, name: str) -> list[int]:
         if name == "images":
             return [-1, -1, -1, 3]
         if name == "encoded_images":
@@ -143,7 +144,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return model.handler.oip_preprocessed_shape()
 
     @staticmethod
-    def _outputs(model) -> list[tuple[str, str, list[int]]]:
+    def _outputs(model: ModelView) -> list[tuple[str, str, list[int]]]:
         return model.handler.oip_outputs()
 
     # ------------------------------------------------------------ inference
@@ -194,7 +195,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             response.raw_output_contents.append(tensor.data)
         return response
 
-    def _wanted_outputs(self, request: pb.ModelInferRequest, model) -> list[tuple[str, int]]:
+    def _wanted_outputs(self, request: pb.ModelInferRequest, model: ModelView) -> list[tuple[str, int]]:
         known = [name for name, _, _ in self._outputs(model)]
         if not request.outputs:
             return [(name, 0) for name in known]
@@ -280,15 +281,15 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             if (request.name and name != request.name) or not model_allowed(name):
                 continue
             for slot in slots:
-                if (version and slot.version != version) or slot.served is None:
+                if (version and slot.version != version) or slot.view is None:
                     continue
-                response.model_stats.append(self._statistics(slot.served))
+                response.model_stats.append(self._statistics(slot.view))
         if request.name and version and not response.model_stats:
             raise ModelNotFoundError(f"model {request.name!r} has no loaded version {version}")
         return response
 
     @staticmethod
-    def _statistics(model) -> pb.ModelStatistics:
+    def _statistics(model: ModelView) -> pb.ModelStatistics:
         s = model.stats
         ns = lambda seconds: int(seconds * 1e9)  # noqa: E731
         entry = pb.ModelStatistics(
