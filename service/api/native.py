@@ -17,14 +17,14 @@ from ..batcher import retrieve_exception
 from ..config import ServeConfig
 from ..devices import DevicePlan, describe_device
 from ..domain import PredictParams
-from ..errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError, ShuttingDownError
+from ..errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError
 from ..gpu import GpuSampler
 from ..metrics import ServerMetrics
 from ..repository import ModelRepository
 from ..status_document import visible_json
 from ..streams import StreamLimiter
 from . import native_messages as messages
-from .grpc_errors import rpc, status_code
+from .grpc_errors import rpc, status_code, stream_rpc
 from .states import native_state
 
 log = logging.getLogger("framewire.api")
@@ -86,14 +86,8 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
+    @stream_rpc
     async def StreamPredict(self, request_iterator, context) -> None:
-        try:
-            with self.streams.open(context.peer()):
-                await self._stream(request_iterator, context)
-        except (LimitExceededError, ShuttingDownError) as exc:
-            await context.abort(status_code(exc), exc.message)
-
-    async def _stream(self, request_iterator, context) -> None:
         session = _StreamSession(self, context)
         try:
             # On drain the loop raises ShuttingDownError; `finish` answers the

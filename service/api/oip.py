@@ -12,8 +12,6 @@ import asyncio
 import logging
 import time
 
-import grpc
-
 from framewire import __version__
 from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
@@ -25,13 +23,13 @@ from ..batcher import retrieve_exception
 from ..config import ServeConfig, parse_version_policy
 from ..devices import DevicePlan
 from ..domain import ModelState
-from ..errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
+from ..errors import InvalidInputError, ModelNotFoundError, ServiceError, ShuttingDownError
 from ..metrics import ServerMetrics
 from ..model_view import ModelView
 from ..repository import ModelRepository
 from ..streams import StreamLimiter
 from . import oip_tensors
-from .grpc_errors import rpc
+from .grpc_errors import rpc, stream_rpc
 from .states import oip_state
 
 log = logging.getLogger("framewire.api")
@@ -214,16 +212,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             wanted.append((output.name, k))
         return wanted
 
+    @stream_rpc
     async def ModelStreamInfer(self, request_iterator, context) -> None:
-        try:
-            with self.streams.open(context.peer()):
-                await self._stream(request_iterator, context)
-        except LimitExceededError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-        except ShuttingDownError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-
-    async def _stream(self, request_iterator, context) -> None:
         lock = asyncio.Lock()
         tasks: set[asyncio.Task] = set()
         # At most this many requests in flight: a client that does not read
