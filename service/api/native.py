@@ -24,29 +24,23 @@ from ..repository import ModelRepository
 from ..status_document import visible_json
 from ..streams import StreamLimiter
 from . import native_messages as messages
+from .adapter import ProtocolAdapter
 from .grpc_errors import rpc, status_code, stream_rpc
 from .states import native_state
 
 log = logging.getLogger("framewire.api")
-API = "native"
 
 
-class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
+class NativeServicer(ProtocolAdapter, inference_pb2_grpc.ModelInferenceServicer):
+    api = "native"
+
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
                  metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter, status=None):
         """`status` (a StatusSampler) supplies GetServerStatus's status_json."""
-        self.repo = repo
+        super().__init__(repo, config, plan, server_state, metrics, streams)
         self.status = status
-        self.streams = streams
-        self.config = config
-        self.plan = plan
-        self.state = server_state
-        self.metrics = metrics
         self.gpu = gpu
         self.max_elements = config.max_tensor_elements
-
-    def track(self, model: str, version: int):
-        return self.metrics.track(API, model, version, self.repo.knows)
 
     @rpc
     async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:

@@ -20,20 +20,16 @@ from framewire.oip import model_config_pb2 as mc
 from .. import requests
 from ..access import check_model_access, model_allowed
 from ..batcher import retrieve_exception
-from ..config import ServeConfig, parse_version_policy
-from ..devices import DevicePlan
+from ..config import parse_version_policy
 from ..domain import ModelState
 from ..errors import InvalidInputError, ModelNotFoundError, ServiceError, ShuttingDownError
-from ..metrics import ServerMetrics
 from ..model_view import ModelView
-from ..repository import ModelRepository
-from ..streams import StreamLimiter
 from . import oip_tensors
+from .adapter import ProtocolAdapter
 from .grpc_errors import rpc, stream_rpc
 from .states import oip_state
 
 log = logging.getLogger("framewire.api")
-API = "oip"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PLATFORM = "framewire"
@@ -53,15 +49,8 @@ def parameter_value(parameter: pb.InferParameter):
     return None if kind is None else getattr(parameter, kind)
 
 
-class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
-                 metrics: ServerMetrics, streams: StreamLimiter):
-        self.repo = repo
-        self.streams = streams
-        self.config = config
-        self.plan = plan
-        self.state = server_state
-        self.metrics = metrics
+class InferenceProtocolServicer(ProtocolAdapter, grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    api = "oip"
 
     # ----------------------------------------------------------- health-ish
 
@@ -156,7 +145,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             version = parse_version(request.model_version)
         except InvalidInputError:
             version = 0  # refused inside, where it is counted
-        with self.metrics.track(API, request.model_name, version, self.repo.knows):
+        with self.track(request.model_name, version):
             return await self._infer_tracked(request, context)
 
     async def _infer_tracked(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
