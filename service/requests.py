@@ -116,3 +116,19 @@ def deadline(context, timeout_us: int | None = None) -> float | None:
         own = now + timeout_us / 1e6
         found = own if found is None else min(found, own)
     return found
+
+
+def frame_deadline(context, arrived: float, max_age_ms: int) -> float | None:
+    """When a stream frame must be done, on the event loop's clock: `max_age_ms`
+    after it `arrived` when set (a stale frame is skipped), else the call's deadline."""
+    return arrived + max_age_ms / 1000 if max_age_ms else deadline(context)
+
+
+def image_count(count: int, limit: int) -> int:
+    """The number of images in one request; INVALID_ARGUMENT past `limit`
+    (--max-images-per-request)."""
+    if count > limit:
+        raise InvalidInputError(
+            f"the batch holds {count} images; the limit is {limit} per request (--max-images-per-request); split it"
+        )
+    return count

@@ -62,11 +62,7 @@ class NativeServicer(ProtocolAdapter, inference_pb2_grpc.ModelInferenceServicer)
         with self.track(request.model, request.version):
             if not request.images:
                 raise InvalidInputError("the batch holds no images; send at least one")
-            if len(request.images) > self.config.max_images_per_request:
-                raise InvalidInputError(
-                    f"the batch holds {len(request.images)} images; the limit is "
-                    f"{self.config.max_images_per_request} per request (--max-images-per-request); split it"
-                )
+            requests.image_count(len(request.images), self.config.max_images_per_request)
             params = messages.predict_params(request.options)
             images = [
                 messages.image_input(image, max_elements=self.max_elements, where=f"images[{i}]")
@@ -264,7 +260,7 @@ class _StreamSession:
 
     async def _run(self, camera: _CameraState, frame: pb.StreamFrame, arrived: float) -> pb.StreamResult:
         start = time.perf_counter()
-        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else requests.deadline(self.context)
+        deadline = requests.frame_deadline(self.context, arrived, frame.max_age_ms)
         try:
             with self.servicer.track(camera.model, camera.version):
                 image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
