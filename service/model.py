@@ -29,7 +29,7 @@ from .domain import ImageInput, PredictParams, Served
 from .load_budget import LoadBudget
 from .metrics import ServerMetrics
 from .model_view import ModelView
-from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner
+from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner, WorkerStatus
 from .stats import ModelStats
 from .tasks import task_handler
 from .worker_runner import ProcessRunner
@@ -93,6 +93,15 @@ class ServedModel:
     def payload_bytes(self) -> int:
         """Bytes of image payloads shipped to the device side since load."""
         return self.runner.payload_bytes
+
+    def workers(self) -> list[WorkerStatus]:
+        """Where its instances run: each worker process (pid, state, restarts), or
+        this process for each instance with --runner thread."""
+        return self.runner.workers()
+
+    def pids(self) -> set[int]:
+        """Process ids of its running workers."""
+        return self.runner.pids()
 
     def load(self) -> None:
         """Load the network on every instance (blocking; starts worker processes)."""

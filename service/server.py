@@ -134,7 +134,7 @@ class FramewireServer:
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}
         for model in self.repo.served():
-            pids |= model.runner.pids()
+            pids |= model.pids()
         return pids
 
     async def start(self) -> int:
