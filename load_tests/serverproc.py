@@ -127,15 +127,14 @@ def payload_bytes(address: str, model: str, token: str | None = None) -> float |
     from its /metrics endpoint (None when metrics are off)."""
     import urllib.request
 
-    import grpc
-
+    from framewire.connection import Connection
     from framewire.v1 import inference_pb2 as pb
     from framewire.v1 import inference_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    with grpc.insecure_channel(address) as channel:
+    connection = Connection(address, token=token)
+    with connection.channel() as channel:
         status = inference_pb2_grpc.ModelInferenceStub(channel).GetServerStatus(
-            pb.GetServerStatusRequest(), timeout=30, metadata=metadata)
+            pb.GetServerStatusRequest(), timeout=30, metadata=connection.call_metadata)
     if not status.metrics_port:
         return None
     host = address.rsplit(":", 1)[0]
