@@ -24,14 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     from framewire.client_cli import add_commands as add_client_commands
     from framewire.exporter.cli import add_commands as add_exporter_commands
     from framewire.service.cli import add_commands as add_service_commands
+    from framewire.score_cli import add_commands as add_score_commands
     from framewire.status_cli import add_commands as add_status_commands
-    from framewire.tools_cli import add_commands as add_tool_commands
+    from framewire.stream_cli import add_commands as add_stream_commands
 
     add_exporter_commands(sub)
     add_service_commands(sub)
     add_client_commands(sub)
     add_status_commands(sub)
-    add_tool_commands(sub)
+    add_score_commands(sub)
+    add_stream_commands(sub)
     return parser
 
 

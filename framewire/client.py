@@ -31,10 +31,11 @@ from framewire.connection import (
     as_connection,
     tls_credentials,
 )
-from framewire.results import ClassScore, Detection
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
+from framewire.v1.options import DEFAULT_TOP_K
+from framewire.v1.results import ClassScore, Detection
 
 __all__ = ["Client", "ClassScore", "Connection", "DEFAULT_MAX_MESSAGE_BYTES", "Detection", "FramewireError",
            "Prediction", "RetryPolicy", "image_message", "predict_options", "prediction_from", "tls_credentials"]
@@ -89,7 +90,7 @@ def image_message(image: Any) -> pb.Image:
     raise TypeError(f"cannot send {type(image).__name__} as an image; give a path, bytes, PIL image or array")
 
 
-def predict_options(top_k: int = 5, score_threshold: float | None = None, max_detections: int = 0,
+def predict_options(top_k: int = DEFAULT_TOP_K, score_threshold: float | None = None, max_detections: int = 0,
                     return_raw: bool = False) -> pb.PredictOptions:
     """The PredictOptions of a request (None and 0: the server's defaults)."""
     options = pb.PredictOptions(top_k=top_k, return_raw=return_raw, max_detections=max_detections)
@@ -176,7 +177,7 @@ class Client:
         except grpc.RpcError as exc:
             raise self.connection.error(exc) from None
 
-    def predict(self, image, *, model: str, version: int = 0, top_k: int = 5, return_raw: bool = False,
+    def predict(self, image, *, model: str, version: int = 0, top_k: int = DEFAULT_TOP_K, return_raw: bool = False,
                 score_threshold: float | None = None, max_detections: int = 0,
                 timeout: float | None = None) -> Prediction:
         """One image through `model` (its newest READY version unless `version`)."""
@@ -187,7 +188,7 @@ class Client:
         response = self._call(self.stub.Predict, request, timeout)
         return prediction_from(response.prediction, response.served_by, response.timing)
 
-    def batch_predict(self, images: Iterable, *, model: str, version: int = 0, top_k: int = 5,
+    def batch_predict(self, images: Iterable, *, model: str, version: int = 0, top_k: int = DEFAULT_TOP_K,
                       return_raw: bool = False, score_threshold: float | None = None,
                       max_detections: int = 0, timeout: float | None = None) -> list[Prediction]:
         """Many images in one request; answers in order."""

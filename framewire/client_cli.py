@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .connection import add_connection_arguments, connection_from_args
+from framewire.v1.options import DEFAULT_TOP_K
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_connection_arguments(p)
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", type=int, default=0, help="model version (default: newest READY)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to print per image")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes to print per image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print JSON lines, one per image")
     p.add_argument("--max-message-bytes", type=int,

@@ -38,6 +38,7 @@ from framewire.connection import Connection, FramewireError, LocalRpcError, Retr
 from framewire.results_file import ResultsFile, error_row, scored_row
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
+from framewire.v1.options import DEFAULT_TOP_K
 
 log = logging.getLogger("framewire.score")
 
@@ -181,7 +182,7 @@ class BatchScorer:
     """Scores the images of a run; `run()` is what `score_images` calls."""
 
     def __init__(self, *, model: str, servers: str | Sequence[str], out: str | Path, version: int = 0,
-                 batch_size: int = 32, concurrency: int = 4, top_k: int = 5,
+                 batch_size: int = 32, concurrency: int = 4, top_k: int = DEFAULT_TOP_K,
                  score_threshold: float | None = None, max_detections: int = 0, fmt: str | None = None,
                  timeout: float = 60.0, max_attempts: int = 5, backoff: float = 0.1,
                  limit: int | None = None, retry_failed: bool = False, progress: bool = False,
@@ -437,7 +438,7 @@ def score_images(paths: Iterable[str | Path], *, model: str, servers: str | Sequ
     list), appending a row per image to `out` (JSON lines, or CSV for a
     `.csv` name or `fmt="csv"`) and skipping images already there. Returns
     the run's summary. Options: version, batch_size (32), concurrency (4),
-    top_k (5), score_threshold, max_detections, fmt, timeout (60 s per
+    top_k (5, `framewire.v1.options`), score_threshold, max_detections, fmt, timeout (60 s per
     request), max_attempts (5), backoff (0.1 s, doubling), limit (score at
     most this many new images), retry_failed (score failed images again),
     progress (a tqdm bar on stderr), wait_ready (seconds to wait at the start

@@ -51,6 +51,7 @@ from framewire.connection import (
 from framewire.stream_results import FrameResult, StreamStats, percentiles
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
+from framewire.v1.options import DEFAULT_TOP_K
 
 __all__ = ["CameraStream", "FrameResult", "StreamClosedError", "StreamStats", "percentiles"]
 
@@ -99,7 +100,7 @@ class CameraStream:
     `results()` / `poll()`."""
 
     def __init__(self, server: str | Connection, *, model: str, version: int = 0, stream_id: str = "camera-0",
-                 top_k: int = 5, score_threshold: float | None = None, max_detections: int = 0,
+                 top_k: int = DEFAULT_TOP_K, score_threshold: float | None = None, max_detections: int = 0,
                  max_in_flight: int = 2, drop: str = "oldest", max_age_ms: int = 0,
                  reconnect: bool | int = True, backoff: float = 0.1, max_backoff: float = 2.0,
                  stall_seconds: float = 30.0, on_result: Callable[[FrameResult], None] | None = None,

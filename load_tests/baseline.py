@@ -82,7 +82,7 @@ def measure_pipeline(artifact_path: str, images: list, *, device: str = "cpu", d
 
     from framewire.exporter import load_model
     from framewire.service.device_model import DeviceModel
-    from framewire.service.messages import image_input
+    from framewire.service.api.native_messages import image_input
     from framewire.service.payloads import gather
     from framewire.service.tasks import task_handler
     from framewire.service.worker_settings import WorkerSettings

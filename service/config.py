@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from framewire.exporter.format import DEFAULT_MAX_ARTIFACT_BYTES
+
 ENV_PREFIX = "FRAMEWIRE_"
 MIB = 1024 * 1024
 
@@ -112,7 +114,7 @@ class ServeConfig:
         1000, "most calls handled at once (a stream counts while open; health checks are never "
         "refused); beyond, a new call gets UNAVAILABLE at once (retry with backoff)")
     max_tensor_elements: int = setting(120_000_000, "most elements in one raw image tensor")
-    max_artifact_bytes: int = setting(2 * 1024 * MIB - 1, "largest artifact file the loader reads")
+    max_artifact_bytes: int = setting(DEFAULT_MAX_ARTIFACT_BYTES, "largest artifact file the loader reads")
     poll_seconds: float = setting(5.0, "how often to rescan the repository for new, changed or removed versions (0: never)")
     version_policy: str = setting("latest:1", "versions to serve: latest:N | all | specific:V1,V2")
     warmup: bool = setting(True, "run every batch size once before a version takes traffic")

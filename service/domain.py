@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from framewire.results import ClassScore, Detection
+from framewire.v1.options import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K
+from framewire.v1.results import ClassScore, Detection
 
 from .errors import InvalidInputError
 
@@ -89,14 +91,25 @@ class ImageInput:
         return cls("float32", array=array)
 
 
+class ModelState(str, Enum):
+    """Where a model version is in its life (service.repository moves it).
+    The value is the state's word in the status document, metrics and
+    messages; service/api/states.py spells it for each protocol."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    DRAINING = "DRAINING"
+
+
 @dataclass(frozen=True)
 class PredictParams:
     """What to return for each image."""
 
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     return_raw: bool = False
-    score_threshold: float = 0.5
-    max_detections: int = 100
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    max_detections: int = DEFAULT_MAX_DETECTIONS
 
 
 @dataclass

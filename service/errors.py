@@ -63,12 +63,6 @@ class DeadlineExceededError(ServiceError):
     code = "DEADLINE_EXCEEDED"
 
 
-class CancelledError(ServiceError):
-    """The client went away or cancelled."""
-
-    code = "CANCELLED"
-
-
 class ShuttingDownError(ServiceError):
     """The server is draining and takes no new work."""
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import uuid
 
 import grpc
 
+from .logs import REQUEST_ID
+
 log = logging.getLogger("framewire.api")
 
-#: The current request's id (from the client's `x-request-id`, else new).
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID_HEADER = "x-request-id"
 
 #: Only framewire's own services are wrapped (health and reflection are not).

@@ -1,13 +1,19 @@
-"""Log set-up: readable lines or one JSON object per line, with request ids."""
+"""Log set-up: readable lines or one JSON object per line, with request ids.
+
+No grpc here: worker processes log through this module too. The server's
+interceptor (service/interceptors.py) sets REQUEST_ID for each call.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 
-from .interceptors import REQUEST_ID
+#: The current request's id (from the client's `x-request-id`, else new), or "-".
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 class RequestIdFilter(logging.Filter):

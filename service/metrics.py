@@ -60,6 +60,7 @@ from prometheus_client.exposition import make_wsgi_app, start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .domain import ModelState
 from .errors import ServiceError
 from .gpu import GpuSampler
 
@@ -199,8 +200,8 @@ class _LiveCollector:
         for name, slots in self.models().items():
             for slot in slots:
                 labels = [name, str(slot.version)]
-                for candidate in ("LOADING", "READY", "UNAVAILABLE", "DRAINING"):
-                    state.add_metric([*labels, candidate], 1.0 if slot.state.value == candidate else 0.0)
+                for candidate in ModelState:
+                    state.add_metric([*labels, candidate.value], 1.0 if slot.state is candidate else 0.0)
                 if slot.served is not None:
                     depth.add_metric(labels, slot.served.queue_depth)
                     capacity.add_metric(labels, slot.served.queue_capacity)

@@ -29,7 +29,8 @@ from .devices import DevicePlan
 from .domain import ImageInput, PredictParams, Served
 from .load_budget import LoadBudget
 from .metrics import ServerMetrics
-from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner
+from .model_view import ModelView
+from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner, WorkerStatus
 from .stats import ModelStats
 from .tasks import task_handler
 from .worker_runner import ProcessRunner
@@ -62,6 +63,8 @@ class ServedModel:
         self.on_cuda = on_cuda
         self._admission_pool = admission_pool
         runner.on_batch = self._record_batch
+        #: What the servicers see of this version (read-only).
+        self.view = ModelView(self)
 
     def _record_batch(self, record: BatchRecord) -> None:
         self.stats.record_batch(record)
@@ -96,6 +99,15 @@ class ServedModel:
     def payload_bytes(self) -> int:
         """Bytes of image payloads shipped to the device side since load."""
         return self.runner.payload_bytes
+
+    def workers(self) -> list[WorkerStatus]:
+        """Where its instances run: each worker process (pid, state, restarts), or
+        this process for each instance with --runner thread."""
+        return self.runner.workers()
+
+    def pids(self) -> set[int]:
+        """Process ids of its running workers."""
+        return self.runner.pids()
 
     def load(self) -> None:
         """Load the network on every instance (blocking; starts worker processes)."""
@@ -170,18 +182,6 @@ class ServedModel:
                                                    max_bytes=limits.max_image_bytes)
             items.append(BatchItem(payload, geometry, params))
         return items
-
-    def describe(self) -> dict:
-        """Metadata for GetModel."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "task": self.task,
-            "architecture": fmt.architecture_summary(self.artifact),
-            "parameter_count": self.artifact.parameter_count,
-            "max_batch_size": self.max_batch_size,
-            "serving_dtype": self.dtype_name,
-        }
 
 
 def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: ServerMetrics | None = None,

@@ -19,7 +19,6 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -28,20 +27,15 @@ from framewire.exporter.format import MODEL_NAME_RE
 
 from .access import check_model_access
 from .config import ConfigError, ServeConfig, parse_version_policy
+from .domain import ModelState
 from .errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from .load_budget import LoadBudget
 from .model import ServedModel
+from .model_view import ModelView
 from .requests import model_name
 from .worker_runner import WorkerStartError
 
 log = logging.getLogger("framewire.repository")
-
-
-class ModelState(str, Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    DRAINING = "DRAINING"
 
 
 Stamp = tuple[int, int, int]
@@ -65,6 +59,11 @@ class VersionSlot:
     @property
     def device(self) -> str:
         return self.served.device if self.served else ""
+
+    @property
+    def view(self) -> ModelView | None:
+        """What a servicer may see of the loaded version (None when not loaded)."""
+        return self.served.view if self.served else None
 
 
 class ModelRepository:
@@ -152,21 +151,21 @@ class ModelRepository:
     # ------------------------------------------------------------- requests
 
     @asynccontextmanager
-    async def lease(self, name: str, version: int = 0) -> AsyncIterator[ServedModel]:
+    async def lease(self, name: str, version: int = 0) -> AsyncIterator[ModelView]:
         """The version that serves a request, held until the request is done."""
         slot = self._resolve(name, version)
         slot.leases += 1
         slot.idle.clear()
         try:
-            yield slot.served
+            yield slot.served.view
         finally:
             slot.leases -= 1
             if slot.leases == 0:
                 slot.idle.set()
 
-    def get(self, name: str, version: int = 0) -> ServedModel:
+    def get(self, name: str, version: int = 0) -> ModelView:
         """The READY version that would serve a request now (no lease)."""
-        return self._resolve(name, version).served
+        return self._resolve(name, version).served.view
 
     def _resolve(self, name: str, version: int) -> VersionSlot:
         model_name(name)

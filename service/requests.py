@@ -13,6 +13,7 @@ import asyncio
 import math
 
 from framewire.exporter.format import MODEL_NAME_RE
+from framewire.v1.options import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, MAX_TOP_K
 
 from .domain import PredictParams
 from .errors import InvalidInputError
@@ -22,11 +23,6 @@ MAX_NAME_CHARS = 128
 MAX_STREAM_ID_CHARS = 128
 #: Longest version string (the protocol sends versions as text): int64.
 MAX_VERSION_DIGITS = 18
-#: Prediction options: the largest top-k, and what unset options mean.
-MAX_TOP_K = 1000
-DEFAULT_TOP_K = 5
-DEFAULT_SCORE_THRESHOLD = 0.5
-DEFAULT_MAX_DETECTIONS = 100
 
 
 def shown(text: str, limit: int = 48) -> str:
@@ -70,8 +66,8 @@ def version_text(text: str) -> int:
 
 def predict_params(*, top_k: int | None = None, score_threshold: float | None = None,
                    max_detections: int | None = None, return_raw: bool = False) -> PredictParams:
-    """Prediction options, checked; None (or 0 for the counts) means the default
-    (top-k 5, score threshold 0.5, 100 detections)."""
+    """Prediction options, checked; None (or 0 for the counts) means the
+    default (`framewire.v1.options`)."""
     if top_k is not None and top_k > MAX_TOP_K:
         raise InvalidInputError(f"top_k={top_k} is too large; at most {MAX_TOP_K}")
     if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
@@ -120,3 +116,19 @@ def deadline(context, timeout_us: int | None = None) -> float | None:
         own = now + timeout_us / 1e6
         found = own if found is None else min(found, own)
     return found
+
+
+def frame_deadline(context, arrived: float, max_age_ms: int) -> float | None:
+    """When a stream frame must be done, on the event loop's clock: `max_age_ms`
+    after it `arrived` when set (a stale frame is skipped), else the call's deadline."""
+    return arrived + max_age_ms / 1000 if max_age_ms else deadline(context)
+
+
+def image_count(count: int, limit: int) -> int:
+    """The number of images in one request; INVALID_ARGUMENT past `limit`
+    (--max-images-per-request)."""
+    if count > limit:
+        raise InvalidInputError(
+            f"the batch holds {count} images; the limit is {limit} per request (--max-images-per-request); split it"
+        )
+    return count

@@ -97,11 +97,15 @@ class Runner(Protocol):
         """Bytes of image payloads shipped to the device side since load
         (shared memory with worker processes)."""
 
-    def load(self) -> None: ...
+    def load(self) -> None:
+        """Place the network on every instance (blocking): the only step that
+        starts worker processes."""
 
-    def warm_up(self, sizes: list[int]) -> None: ...
+    def warm_up(self, sizes: list[int]) -> None:
+        """Run one batch of each size on every loaded instance (blocking)."""
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Take traffic (from the event loop, after load and warm-up)."""
 
     async def submit(self, items: Sequence[BatchItem], *, deadline: float | None = None,
                      priority: int = 0, latest_of: Any = None) -> list[ItemResult]: ...

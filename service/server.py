@@ -29,9 +29,9 @@ from framewire.exporter.signing import TrustPolicy
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.v1 import inference_pb2, inference_pb2_grpc
 
-from .api_native import NativeServicer
-from .api_oip import SERVICE_NAME as OIP_SERVICE
-from .api_oip import InferenceProtocolServicer
+from .api.native import NativeServicer
+from .api.oip import SERVICE_NAME as OIP_SERVICE
+from .api.oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
 from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
@@ -126,10 +126,6 @@ class FramewireServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = [NATIVE_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
 
-    def add_service_name(self, name: str) -> None:
-        """Register a further service's full name (for reflection and health)."""
-        self.service_names.append(name)
-
     def _build_model(self, path: Path, budget: LoadBudget) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
         return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool,
@@ -138,7 +134,7 @@ class FramewireServer:
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}
         for model in self.repo.served():
-            pids |= model.runner.pids()
+            pids |= model.pids()
         return pids
 
     async def start(self) -> int:

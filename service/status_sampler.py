@@ -97,7 +97,7 @@ def process_roles(server: "FramewireServer") -> list[ProcessRole]:
             if slot.served is None:
                 continue
             roles += [ProcessRole(w.pid, "worker", slot.name, slot.version, w.instance)
-                      for w in slot.served.runner.workers() if w.state in ("running", "starting")]
+                      for w in slot.served.workers() if w.state in ("running", "starting")]
     return roles
 
 
@@ -144,7 +144,7 @@ def version_figures(slot, trusted_keys: bool) -> VersionFigures:
         minute=stats.recent(),
         recent_latency_p50_ms=None if latency is None else latency[0] * 1000,
         recent_latency_p99_ms=None if latency is None else latency[1] * 1000,
-        workers=tuple(served.runner.workers()),
+        workers=tuple(served.workers()),
         budget=None if (budget := served.budget_status) is None else budget.as_dict(),
     )
 

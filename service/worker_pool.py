@@ -120,7 +120,7 @@ class WorkerPool:
         delay = 1.0
         while not self._closed.is_set():
             try:
-                worker.spawn()
+                worker.restart()
             except Exception as exc:  # any failure to start is retried, unless the bytes are gone
                 message = getattr(exc, "message", str(exc))
                 if getattr(exc, "kind", "") in STALE_KINDS:

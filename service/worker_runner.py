@@ -86,8 +86,10 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self.connection.alive
 
-    def start(self, budget: LoadBudget) -> None:
-        """Start the process and load the model (blocking); past the budget the process is killed."""
+    def spawn_and_load(self, budget: LoadBudget) -> None:
+        """Start the process and load the model in it (blocking); past the
+        budget the process is killed. Warming up is `warm_up`; taking work,
+        the runner's `start`."""
         self.budget = budget
         if self._stopping:
             budget.cancel()
@@ -118,11 +120,12 @@ class WorkerProcess:
         self.warm = True
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
 
-    def spawn(self) -> None:
-        """Start again, loaded and warm, under a budget of its own (WorkerPool's restart)."""
+    def restart(self) -> None:
+        """Stop the process if it runs, then spawn, load and warm it again, under
+        a budget of its own (WorkerPool's restart of a worker that died)."""
         self._stop_process()
         budget = LoadBudget(self.load_timeout)
-        self.start(budget)
+        self.spawn_and_load(budget)
         self.warm_up(self.warm_sizes, budget)
 
     def _control(self, header: dict, doing: str, budget: LoadBudget) -> dict:
@@ -259,7 +262,7 @@ class ProcessRunner(BatchedRunner):
         started = []
         try:
             for worker in self.processes:
-                worker.start(self._budget)
+                worker.spawn_and_load(self._budget)
                 started.append(worker)
         except BaseException:
             for worker in started:

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from framewire.exporter.format import DEFAULT_MAX_ARTIFACT_BYTES
+
 from .config import ServeConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,7 +46,7 @@ class WorkerSettings:
     decoder: str = "auto"
     jpeg_draft: bool = False
     max_image_pixels: int = 40_000_000
-    max_artifact_bytes: int = 2**31 - 1
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     trusted_keys: str = ""
     require_signed: bool = False
     #: sha256 of the file the version was loaded from; a worker refuses any other bytes.

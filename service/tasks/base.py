@@ -35,7 +35,7 @@ from framewire.exporter import format as fmt
 
 from ..domain import ImageInput, ImagePrediction, PredictParams
 from ..errors import InferenceError, InvalidInputError
-from ..oip_tensors import OutputTensor
+from ..api.oip_tensors import OutputTensor
 from ..payloads import Payload
 from ..preprocess import Geometry, PreprocessSpec, check_pixels, read_header
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from framewire.results import ClassScore
+from framewire.v1.results import ClassScore
 
 from ..domain import ImagePrediction
-from ..oip_tensors import OutputTensor, encode_bytes_elements
+from ..api.oip_tensors import OutputTensor, encode_bytes_elements
 from .base import TensorOutputTask
 
 _SCORES = ("logits", "probabilities")

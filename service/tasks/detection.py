@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from framewire.results import Detection
+from framewire.v1.results import Detection
 
 from ..domain import ImagePrediction
 from ..errors import InferenceError, InvalidInputError
-from ..oip_tensors import OutputTensor, encode_bytes_elements
+from ..api.oip_tensors import OutputTensor, encode_bytes_elements
 from ..preprocess import check_pixels
 from .base import TaskHandler
 

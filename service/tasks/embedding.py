@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..domain import ImagePrediction
-from ..oip_tensors import OutputTensor
+from ..api.oip_tensors import OutputTensor
 from .base import TensorOutputTask
 
 

@@ -135,7 +135,7 @@ def test_every_framewire_command_in_the_clients_guide_parses():
 
 def _detection_prediction():
     from framewire.client import Prediction
-    from framewire.results import Detection
+    from framewire.v1.results import Detection
 
     return Prediction(model="det", version=3, device="cpu", width=64, height=48, detections=[
         Detection((4.0, 5.0, 30.25, 40.5), 1, "person", 0.91234567), Detection((1.0, 1.0, 9.0, 9.0), 7, "", 0.5)])

@@ -41,7 +41,8 @@ def test_cpu_percentages_are_deltas_between_samples(tmp_path):
     host, (process,) = sampler.sample([role])
     assert host.cpu_percent is None and process.cpu_percent is None  # nothing to compare with yet
     assert host.memory_total_bytes == 8000000 * 1024 and host.memory_available_bytes == 3000000 * 1024
-    assert process.rss_bytes == 200 * 2**20 and process.pss_bytes == 100 * 2**20 and process.role == role
+    assert process.rss_bytes == 50 * os.sysconf("SC_PAGE_SIZE") and process.pss_bytes == 100 * 2**20
+    assert process.role == role
 
     clock.now += 2.0
     write_proc(tmp_path, host=(1300, 1100), ticks=(ticks, ticks // 2))  # 1.5 s of CPU in 2 s
@@ -58,10 +59,25 @@ def test_what_cannot_be_read_is_unknown_not_zero(tmp_path):
     assert (process.cpu_percent, process.rss_bytes, process.pss_bytes) == (None, None, None)
 
 
-def test_without_smaps_rollup_rss_comes_from_statm(tmp_path):
+def test_without_smaps_rollup_pss_is_unknown(tmp_path):
     write_proc(tmp_path, host=(1, 1), rollup=False)
     _, (process,) = HostSampler(clock=Clock(), proc=tmp_path).sample([ProcessRole(4242, "worker")])
     assert process.rss_bytes == 50 * os.sysconf("SC_PAGE_SIZE") and process.pss_bytes is None
+
+
+def test_pss_is_read_at_most_once_per_interval_rss_every_time(tmp_path):
+    clock = Clock()
+    sampler = HostSampler(clock=clock, proc=tmp_path, pss_interval=30.0)
+    write_proc(tmp_path, host=(1, 1))
+    role = ProcessRole(4242, "worker")
+    assert sampler.sample([role])[1][0].pss_bytes == 100 * 2**20
+    (tmp_path / "4242" / "smaps_rollup").write_text("Rss: 409600 kB\nPss: 307200 kB\n")
+    (tmp_path / "4242" / "statm").write_text("1000 70 10 1 0 20 0\n")
+    clock.now += 29.0
+    _, (process,) = sampler.sample([role])
+    assert process.pss_bytes == 100 * 2**20 and process.rss_bytes == 70 * os.sysconf("SC_PAGE_SIZE")
+    clock.now += 1.0
+    assert sampler.sample([role])[1][0].pss_bytes == 300 * 2**20
 
 
 def test_this_process_reads_for_real():

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from .errors import ServiceError
+from ..errors import LimitExceededError, ServiceError, ShuttingDownError
 
 log = logging.getLogger("framewire.api")
 
@@ -40,5 +40,23 @@ def rpc(method):
             message = bounded(exc.message)
             log.info("%s -> %s: %s", method.__name__, exc.code, message)
             await context.abort(status_code(exc), message, exc.trailers())
+
+    return wrapper
+
+
+def stream_rpc(method):
+    """Decorator for a servicer's bidirectional streaming call: the call holds
+    one of its connection's stream places (`self.streams`, a StreamLimiter)
+    while it runs; refused for too many streams (RESOURCE_EXHAUSTED) or ended
+    by a drain (UNAVAILABLE), it ends with that status. Failures of single
+    requests are the method's to answer in the stream."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request_iterator, context):
+        try:
+            with self.streams.open(context.peer()):
+                await method(self, request_iterator, context)
+        except (LimitExceededError, ShuttingDownError) as exc:
+            await context.abort(status_code(exc), bounded(exc.message))
 
     return wrapper

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .domain import ImageInput, ImagePrediction, tensor_elements
-from .errors import InvalidInputError
+from .. import requests
+from ..domain import ImageInput, ImagePrediction, tensor_elements
+from ..errors import InvalidInputError
 
 INPUTS = {
     "images": ("UINT8", "[N, H, W, 3] RGB"),
@@ -76,10 +77,7 @@ def images_from_request(request, *, model: str, max_images: int, max_elements: i
     count = shape[0] if shape else 0
     if count < 1:
         raise InvalidInputError(f"input {tensor.name!r} has shape {shape}; the batch dimension must be at least 1")
-    if count > max_images:
-        raise InvalidInputError(
-            f"the batch holds {count} images; the limit is {max_images} per request (--max-images-per-request); split it"
-        )
+    requests.image_count(count, max_images)
     if tensor.name == "encoded_images":
         return _encoded(tensor, shape, raw)
     return _arrays(tensor, shape, raw, max_elements)

@@ -12,37 +12,29 @@ import asyncio
 import logging
 import time
 
-import grpc
-
 from framewire import __version__
 from framewire.oip import grpc_service_pb2 as pb
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.oip import model_config_pb2 as mc
 
-from . import oip_tensors, requests
-from .access import check_model_access, model_allowed
-from .batcher import retrieve_exception
-from .config import ServeConfig, parse_version_policy
-from .devices import DevicePlan
-from .errors import InvalidInputError, LimitExceededError, ModelNotFoundError, ServiceError, ShuttingDownError
-from .grpc_errors import rpc
-from .metrics import ServerMetrics
-from .repository import ModelRepository, ModelState
-from .streams import StreamLimiter
+from .. import requests
+from ..access import check_model_access, model_allowed
+from ..batcher import retrieve_exception
+from ..config import parse_version_policy
+from ..domain import ModelState
+from ..errors import InvalidInputError, ModelNotFoundError, ServiceError, ShuttingDownError
+from ..model_view import ModelView
+from . import oip_tensors
+from .adapter import ProtocolAdapter
+from .grpc_errors import rpc, stream_rpc
+from .states import oip_state
 
 log = logging.getLogger("framewire.api")
-API = "oip"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PLATFORM = "framewire"
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics",
               "binary_tensor_data", "parameters", "schedule_policy"]
-STATE_NAMES = {
-    ModelState.LOADING: "LOADING",
-    ModelState.READY: "READY",
-    ModelState.UNAVAILABLE: "UNAVAILABLE",
-    ModelState.DRAINING: "UNLOADING",
-}
 _DATA_TYPES = {"UINT8": mc.TYPE_UINT8, "FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32,
                "BYTES": mc.TYPE_STRING}
 #: Added to an explicit protocol priority so it outranks requests without one.
@@ -57,15 +49,8 @@ def parameter_value(parameter: pb.InferParameter):
     return None if kind is None else getattr(parameter, kind)
 
 
-class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
-                 metrics: ServerMetrics, streams: StreamLimiter):
-        self.repo = repo
-        self.streams = streams
-        self.config = config
-        self.plan = plan
-        self.state = server_state
-        self.metrics = metrics
+class InferenceProtocolServicer(ProtocolAdapter, grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    api = "oip"
 
     # ----------------------------------------------------------- health-ish
 
@@ -109,7 +94,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         model = self.repo.get(request.name, parse_version(request.version))
         config = mc.ModelConfig(name=model.name, platform=PLATFORM, backend=PLATFORM,
                                 max_batch_size=model.max_batch_size)
-        kind, args = parse_version_policy(model.config.version_policy)
+        kind, args = parse_version_policy(model.version_policy)
         if kind == "latest":
             config.version_policy.latest.num_versions = args[0]
         elif kind == "all":
@@ -124,21 +109,21 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             config.output.add(name=name, data_type=_DATA_TYPES[datatype], dims=shape)
         on_gpu = self.plan.on_cuda
         config.instance_group.add(
-            name=model.name, count=model.config.instances_per_device,
+            name=model.name, count=model.instances_per_device,
             kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU,
             gpus=[int(d.split(":")[1]) for d in self.plan.devices] if on_gpu else [],
         )
         batching = config.dynamic_batching
-        batching.preferred_batch_size.extend(model.config.preferred_batch_sizes)
-        batching.max_queue_delay_microseconds = model.config.max_queue_delay_us
+        batching.preferred_batch_size.extend(model.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = model.max_queue_delay_us
         batching.preserve_ordering = True
         for key, value in (("task", model.task), ("labels", str(len(model.labels))),
-                           ("serving_dtype", model.dtype_name), ("device", model.device)):
+                           ("serving_dtype", model.serving_dtype), ("device", model.device)):
             config.parameters[key].string_value = value
         return pb.ModelConfigResponse(config=config)
 
     @staticmethod
-    def _input_shape(model, name: str) -> list[int]:
+    def _input_shape(model: ModelView, name: str) -> list[int]:
         if name == "images":
             return [-1, -1, -1, 3]
         if name == "encoded_images":
@@ -146,7 +131,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         return model.handler.oip_preprocessed_shape()
 
     @staticmethod
-    def _outputs(model) -> list[tuple[str, str, list[int]]]:
+    def _outputs(model: ModelView) -> list[tuple[str, str, list[int]]]:
         return model.handler.oip_outputs()
 
     # ------------------------------------------------------------ inference
@@ -160,7 +145,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             version = parse_version(request.model_version)
         except InvalidInputError:
             version = 0  # refused inside, where it is counted
-        with self.metrics.track(API, request.model_name, version, self.repo.knows):
+        with self.track(request.model_name, version):
             return await self._infer_tracked(request, context)
 
     async def _infer_tracked(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
@@ -197,7 +182,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             response.raw_output_contents.append(tensor.data)
         return response
 
-    def _wanted_outputs(self, request: pb.ModelInferRequest, model) -> list[tuple[str, int]]:
+    def _wanted_outputs(self, request: pb.ModelInferRequest, model: ModelView) -> list[tuple[str, int]]:
         known = [name for name, _, _ in self._outputs(model)]
         if not request.outputs:
             return [(name, 0) for name in known]
@@ -216,16 +201,8 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             wanted.append((output.name, k))
         return wanted
 
+    @stream_rpc
     async def ModelStreamInfer(self, request_iterator, context) -> None:
-        try:
-            with self.streams.open(context.peer()):
-                await self._stream(request_iterator, context)
-        except LimitExceededError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
-        except ShuttingDownError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-
-    async def _stream(self, request_iterator, context) -> None:
         lock = asyncio.Lock()
         tasks: set[asyncio.Task] = set()
         # At most this many requests in flight: a client that does not read
@@ -285,15 +262,15 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             if (request.name and name != request.name) or not model_allowed(name):
                 continue
             for slot in slots:
-                if (version and slot.version != version) or slot.served is None:
+                if (version and slot.version != version) or slot.view is None:
                     continue
-                response.model_stats.append(self._statistics(slot.served))
+                response.model_stats.append(self._statistics(slot.view))
         if request.name and version and not response.model_stats:
             raise ModelNotFoundError(f"model {request.name!r} has no loaded version {version}")
         return response
 
     @staticmethod
-    def _statistics(model) -> pb.ModelStatistics:
+    def _statistics(model: ModelView) -> pb.ModelStatistics:
         s = model.stats
         ns = lambda seconds: int(seconds * 1e9)  # noqa: E731
         entry = pb.ModelStatistics(
@@ -325,7 +302,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
             for slot in slots:
                 if request.ready and slot.state is not ModelState.READY:
                     continue
-                response.models.add(name=name, version=str(slot.version), state=STATE_NAMES[slot.state],
+                response.models.add(name=name, version=str(slot.version), state=oip_state(slot.state),
                                     reason=slot.reason if slot.state is not ModelState.READY else "")
         if not request.ready:
             for name in sorted(self.repo.unloaded):

@@ -1,4 +1,8 @@
-"""Result records shared by the server and the client (plain Python, no torch)."""
+"""Result records shared by the server and the client (plain Python, no torch).
+
+The server's task handlers build them and the client hands them to its
+caller; they live in the wire-contract package so that neither side imports
+the other (see this package's docstring)."""
 
 from __future__ import annotations
 

@@ -7,19 +7,14 @@ import numpy as np
 from framewire.v1 import artifact_pb2 as apb
 from framewire.v1 import inference_pb2 as pb
 
-from . import requests
-from .domain import ImageInput, ImagePrediction, PredictParams, Served
-from .errors import InvalidInputError
-from .repository import ModelState, VersionSlot
+from .. import requests
+from ..domain import ImageInput, ImagePrediction, PredictParams, Served
+from ..errors import InvalidInputError
+from ..repository import VersionSlot
+from .states import native_state
 
 _TENSOR_DTYPES = {apb.DATA_TYPE_UINT8: "uint8", apb.DATA_TYPE_FLOAT32: "float32"}
 _RAW_DTYPES = {np.dtype("float32"): apb.DATA_TYPE_FLOAT32, np.dtype("int64"): apb.DATA_TYPE_INT64}
-STATES = {
-    ModelState.LOADING: pb.MODEL_STATE_LOADING,
-    ModelState.READY: pb.MODEL_STATE_READY,
-    ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
-    ModelState.DRAINING: pb.MODEL_STATE_DRAINING,
-}
 
 
 def image_input(image: pb.Image, *, max_elements: int, where: str = "image") -> ImageInput:
@@ -83,5 +78,5 @@ def timing(served: Served, total_seconds: float) -> pb.Timing:
 
 def version_status(slot: VersionSlot) -> pb.ModelVersionStatus:
     return pb.ModelVersionStatus(
-        version=slot.version, state=STATES[slot.state], reason=slot.reason, device=slot.device
+        version=slot.version, state=native_state(slot.state), reason=slot.reason, device=slot.device
     )

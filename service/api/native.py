@@ -11,41 +11,37 @@ from framewire import __version__
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 
-from . import messages, requests
-from .access import model_allowed
-from .batcher import retrieve_exception
-from .config import ServeConfig
-from .devices import DevicePlan, describe_device
-from .domain import PredictParams
-from .errors import (InferenceError, InvalidInputError, LimitExceededError, OverBudgetError, ServiceError,
-                     ShuttingDownError, SupersededError)
-from .gpu import GpuSampler
-from .grpc_errors import rpc, status_code
-from .metrics import ServerMetrics
-from .repository import ModelRepository
-from .status_document import visible_json
-from .streams import StreamLimiter
+from .. import requests
+from ..access import model_allowed
+from ..batcher import retrieve_exception
+from ..config import ServeConfig
+from ..devices import DevicePlan, describe_device
+from ..domain import PredictParams
+from ..errors import (InferenceError, InvalidInputError, LimitExceededError, OverBudgetError, ServiceError,
+                      SupersededError)
+from ..gpu import GpuSampler
+from ..metrics import ServerMetrics
+from ..repository import ModelRepository
+from ..status_document import visible_json
+from ..streams import StreamLimiter
+from . import native_messages as messages
+from .adapter import ProtocolAdapter
+from .grpc_errors import rpc, status_code, stream_rpc
+from .states import native_state
 
 log = logging.getLogger("framewire.api")
-API = "native"
 
 
-class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
+class NativeServicer(ProtocolAdapter, inference_pb2_grpc.ModelInferenceServicer):
+    api = "native"
+
     def __init__(self, repo: ModelRepository, config: ServeConfig, plan: DevicePlan, server_state,
                  metrics: ServerMetrics, gpu: GpuSampler, streams: StreamLimiter, status=None):
         """`status` (a StatusSampler) supplies GetServerStatus's status_json."""
-        self.repo = repo
+        super().__init__(repo, config, plan, server_state, metrics, streams)
         self.status = status
-        self.streams = streams
-        self.config = config
-        self.plan = plan
-        self.state = server_state
-        self.metrics = metrics
         self.gpu = gpu
         self.max_elements = config.max_tensor_elements
-
-    def track(self, model: str, version: int):
-        return self.metrics.track(API, model, version, self.repo.knows)
 
     @rpc
     async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
@@ -67,11 +63,7 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
         with self.track(request.model, request.version):
             if not request.images:
                 raise InvalidInputError("the batch holds no images; send at least one")
-            if len(request.images) > self.config.max_images_per_request:
-                raise InvalidInputError(
-                    f"the batch holds {len(request.images)} images; the limit is "
-                    f"{self.config.max_images_per_request} per request (--max-images-per-request); split it"
-                )
+            requests.image_count(len(request.images), self.config.max_images_per_request)
             params = messages.predict_params(request.options)
             images = [
                 messages.image_input(image, max_elements=self.max_elements, where=f"images[{i}]")
@@ -85,14 +77,8 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
             timing=messages.timing(served, time.perf_counter() - start),
         )
 
+    @stream_rpc
     async def StreamPredict(self, request_iterator, context) -> None:
-        try:
-            with self.streams.open(context.peer()):
-                await self._stream(request_iterator, context)
-        except (LimitExceededError, ShuttingDownError) as exc:
-            await context.abort(status_code(exc), exc.message)
-
-    async def _stream(self, request_iterator, context) -> None:
         session = _StreamSession(self, context)
         try:
             # On drain the loop raises ShuttingDownError; `finish` answers the
@@ -118,26 +104,23 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
     @rpc
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         model = self.repo.get(request.model, request.version)
-        info = model.describe()
-        artifact = model.artifact
         response = pb.GetModelResponse(
-            name=info["name"],
-            version=info["version"],
-            task=info["task"],
-            input=artifact.input,
-            preprocessing=artifact.preprocessing,
-            outputs=list(artifact.output.outputs),
+            name=model.name,
+            version=model.version,
+            task=model.task,
+            input=model.input_spec,
+            preprocessing=model.preprocessing,
+            outputs=model.outputs,
             label_count=len(model.labels),
-            architecture=info["architecture"],
-            parameter_count=info["parameter_count"],
-            max_batch_size=info["max_batch_size"],
-            serving_dtype=info["serving_dtype"],
+            architecture=model.architecture,
+            parameter_count=model.parameter_count,
+            max_batch_size=model.max_batch_size,
+            serving_dtype=model.serving_dtype,
             versions=[messages.version_status(s) for s in self.repo.models().get(model.name, [])],
-            weights_sha256=artifact.weights_sha256.hex(),
-            signing_key_id=artifact.signature.key_id if artifact.signature.signature else "",
+            weights_sha256=model.weights_sha256,
+            signing_key_id=model.signing_key_id,
+            program_sha256=model.program_sha256,
         )
-        if artifact.WhichOneof("architecture") == "graph":
-            response.program_sha256 = artifact.graph.program_sha256.hex()
         if request.include_labels:
             response.labels.extend(model.labels)
         return response
@@ -158,11 +141,11 @@ class NativeServicer(inference_pb2_grpc.ModelInferenceServicer):
                 continue
             for slot in slots:
                 runtime = response.models.add(
-                    model=slot.name, version=slot.version, state=messages.STATES[slot.state], device=slot.device
+                    model=slot.name, version=slot.version, state=native_state(slot.state), device=slot.device
                 )
-                if slot.served is not None:
-                    stats = slot.served.stats
-                    runtime.queue_depth = slot.served.queue_depth
+                if slot.view is not None:
+                    stats = slot.view.stats
+                    runtime.queue_depth = slot.view.queue_depth
                     runtime.inference_count = stats.inference_count
                     runtime.execution_count = stats.execution_count
                     runtime.request_success_count = stats.request_success
@@ -278,7 +261,7 @@ class _StreamSession:
 
     async def _run(self, camera: _CameraState, frame: pb.StreamFrame, arrived: float) -> pb.StreamResult:
         start = time.perf_counter()
-        deadline = arrived + frame.max_age_ms / 1000 if frame.max_age_ms else requests.deadline(self.context)
+        deadline = requests.frame_deadline(self.context, arrived, frame.max_age_ms)
         try:
             with self.servicer.track(camera.model, camera.version):
                 image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
