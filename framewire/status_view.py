@@ -167,7 +167,23 @@ def render(document: dict, *, server: str = "", width: int | None = None) -> str
             total = sum(n for _, n in m["batch_sizes"]) or 1
             shares = "  ".join(f"{size_}:{100 * n / total:.0f}%" for size_, n in m["batch_sizes"])
             lines += wrap(f"batch sizes {m['model']} v{m['version']} (share of batches since load): {shares}", width)
+    budgeted = [m for m in models if m.get("budget")]
+    if budgeted:
+        lines.append("")
+        for m in budgeted:
+            lines += wrap(budget_line(m), width, "    ")
     return "\n".join(lines)
+
+
+def budget_line(model: dict) -> str:
+    """A model's latency budget: what it chose, predicted vs actual, refusals, the learned curve."""
+    b = model["budget"]
+    curve = " ".join(f"{p['batch_size']}:{number(p['compute_ms'])}" for p in b["curve"]) or "not measured yet"
+    return (f"budget {model['model']} v{model['version']} {number(b['budget_ms'], 0)} ms: batch "
+            f"{b['target_batch_size']} (limit {b['batch_size_limit']}, last {b['last_batch_size']}) at "
+            f"{number(b['arrival_rate_per_second'])}/s; oldest predicted {number(b['mean_predicted_ms'])} ms, "
+            f"actual {number(b['mean_actual_ms'])} ms; refused {b['refused']}, dropped {b['dropped_over_budget']}, "
+            f"superseded {b['superseded']}, late {b['missed']}; curve ms by batch {curve}")
 
 
 def machine_lines(document: dict, width: int | None) -> list[str]:

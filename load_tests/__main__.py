@@ -1,4 +1,4 @@
-"""framewire's load toolkit: `python -m load_tests {sweep,rate,camera} ...`.
+"""framewire's load toolkit: `python -m load_tests {sweep,rate,camera,budget-compare} ...`.
 
     # concurrency sweep of single-image Predict calls, with the in-process baseline
     python -m load_tests sweep --model mobilenet_v3_small --device cpu --input uint8:224 \
@@ -7,8 +7,13 @@
     # BatchPredict of 32 images, the Open Inference Protocol, or streams
     python -m load_tests sweep --mode batch --batch 32 ...    --mode oip ...    --mode stream ...
 
-    # a fixed request rate (open loop)
-    python -m load_tests rate --rate 200 --model resnet50 --device cuda --input jpeg:500x375
+    # a request rate (open loop, Poisson arrivals, 2 s deadlines), goodput within 100 ms
+    python -m load_tests rate --rate 200,400 --budget-ms 100 --model resnet50 --device cuda --input jpeg:500x375
+
+    # the same rates (fractions of the measured capacity) against static queue
+    # delays and against a latency budget, in one table
+    python -m load_tests budget-compare --rates 0.5,0.8,1.5x --delays-us 0,1000,2000,4000,8000 \
+        --latency-budget-ms 100
 
     # camera mode: S streams at F frames per second with a latency budget
     python -m load_tests camera --streams 100 --fps 30 --budget-ms 50 --model resnet50 --device cuda
@@ -39,9 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import baseline, loadgen, report
+from . import baseline, compare, report
 from .inputs import describe, make_images
-from .serverproc import BenchServer, cpu_view, model_counters, payload_bytes, server_cpu, server_view
+from .serverproc import BenchServer, measured_point
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,19 +79,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="images per request (batch and oip modes)")
     p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated client counts")
 
-    p = sub.add_parser("rate", parents=[common], help="requests at a fixed rate (open loop)")
+    open_loop = argparse.ArgumentParser(add_help=False)
+    open_loop.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
+                           help="gaps between requests: exponential (a Poisson process) or equal")
+    open_loop.add_argument("--deadline-ms", type=float, default=2000.0,
+                           help="each request's deadline (DEADLINE_EXCEEDED past it counts as a timeout)")
+
+    p = sub.add_parser("rate", parents=[common, open_loop], help="requests at a given rate (open loop)")
     p.add_argument("--mode", choices=["predict", "batch", "oip"], default="predict")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rate", default="50", help="comma-separated requests per second")
+    p.add_argument("--budget-ms", type=float, help="answers within this many ms count as goodput")
 
     p = sub.add_parser("camera", parents=[common], help="S streams at F frames per second")
     p.add_argument("--streams", default="8", help="comma-separated stream counts")
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--budget-ms", type=int, default=100, help="latency budget; later frames are late (and skipped)")
 
+    p = sub.add_parser("budget-compare", parents=[common, open_loop],
+                       help="the same open-loop rates against static queue delays and a latency budget")
+    p.add_argument("--latency-budget-ms", type=float, required=True,
+                   help="the budget: passed to the budgeted server, and what counts as goodput for every setting")
+    p.add_argument("--rates", default="0.5,0.8,1.5x", help="arrival rates as fractions of the measured capacity")
+    p.add_argument("--delays-us", default="0,1000,2000,4000,8000",
+                   help="the static settings: comma-separated --max-queue-delay-us values")
+    p.add_argument("--capacity", type=float, help="requests per second taken as capacity (skips measuring it)")
+    p.add_argument("--capacity-clients", type=int, default=16,
+                   help="closed-loop clients that measure capacity (with --max-queue-delay-us)")
+    p.add_argument("--static-only", action="store_true",
+                   help="leave out the budgeted server (for a server without --latency-budget-ms)")
     p = sub.add_parser("decode", parents=[common], help="decode and preprocessing alone, in-process (no server)")
     p.add_argument("--batch-sizes", default="16,32,64")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workload == "budget-compare" and args.server:
+        parser.error("budget-compare starts its own servers (one per setting): drop --server")
+    return args
 
 
 def points(args) -> list[dict]:
@@ -94,7 +121,8 @@ def points(args) -> list[dict]:
         return [{"workload": "closed", "mode": args.mode, "batch": args.batch, "clients": int(c)}
                 for c in args.concurrency.split(",")]
     if args.workload == "rate":
-        return [{"workload": "rate", "mode": args.mode, "batch": args.batch, "rate": float(r)}
+        return [{"workload": "rate", "mode": args.mode, "batch": args.batch, "rate": float(r),
+                 "arrivals": args.arrivals, "deadline_ms": args.deadline_ms, "budget_ms": args.budget_ms}
                 for r in args.rate.split(",")]
     return [{"workload": "camera", "mode": "stream", "streams": int(s), "fps": args.fps, "budget_ms": args.budget_ms}
             for s in args.streams.split(",")]
@@ -141,6 +169,32 @@ def decode_only(args, dtype: str) -> int:
     return 0
 
 
+def header(args, model: str, dtype: str, processes: int) -> dict:
+    """What every report starts with: the command, when, where and what was loaded."""
+    return {
+        "command": "python -m load_tests " + " ".join(argv_of(args)),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
+        "jpeg_draft": args.jpeg_draft, "load_processes": processes,
+    }
+
+
+def main_compare(args, dtype: str, processes: int) -> int:
+    """`budget-compare`: its own servers, one table (see load_tests/compare.py)."""
+    repo = Path(tempfile.mkdtemp(prefix="fw-compare-"))
+    try:
+        model, _ = prepare_repo(args, repo)
+        summary = {**header(args, model, dtype, processes), **compare.run(args, repo, model, dtype, processes)}
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    print()
+    print(compare.table(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def argv_of(args) -> list[str]:
     return list(getattr(args, "argv", None) or sys.argv[1:])
 
@@ -156,6 +210,8 @@ def main(argv=None) -> int:
     if args.workload == "decode":
         return decode_only(args, dtype)
     processes = args.processes or max(1, min(8, (os.cpu_count() or 2) // 4))
+    if args.workload == "budget-compare":
+        return main_compare(args, dtype, processes)
     repo = Path(tempfile.mkdtemp(prefix="fw-load-"))
     server = None
     try:
@@ -191,16 +247,7 @@ def main(argv=None) -> int:
         for point in points(args):
             spec = {**point, "server": address, "model": model, "input": args.input, "duration": args.duration,
                     "warmup": args.warmup, "token": args.token}
-            before = model_counters(address, model, args.token)
-            cpu_before, bytes_before = server_cpu(pid), payload_bytes(address, model, args.token)
-            load = loadgen.spawn(spec, processes)
-            after = model_counters(address, model, args.token)
-            cpu_after, bytes_after = server_cpu(pid), payload_bytes(address, model, args.token)
-            view = server_view(before, after)
-            view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
-            if bytes_before is not None and bytes_after is not None and view["inferences"]:
-                view["payload_bytes_per_image"] = (bytes_after - bytes_before) / view["inferences"]
-            results.append({"point": point, **load.summary(), "server": view})
+            results.append({"point": point, **measured_point(address, model, spec, processes, args.token, pid)})
             print(report.line(results[-1]), flush=True)
         baseline_rate = None
         if best is not None:
@@ -226,12 +273,7 @@ def main(argv=None) -> int:
         shutil.rmtree(repo, ignore_errors=True)
 
     summary = {
-        "command": "python -m load_tests " + " ".join(argv_of(args)),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "model": model, "device": args.device, "dtype": dtype, "input": describe(args.input),
-        "jpeg_draft": args.jpeg_draft,
-        "load_processes": processes,
+        **header(args, model, dtype, processes),
         "baseline": [p.__dict__ for p in curve],
         "baseline_images_per_second": baseline_rate,
         "baseline_same_work": [p.__dict__ for p in work_curve],

@@ -5,7 +5,10 @@ Workloads:
 - `closed`: N clients, each sending its next request when its last one is
   answered (`predict`, `batch` of N images, `stream` one camera per client
   sending its next frame on each answer, or `oip` ModelInfer);
-- `rate`: requests started at a fixed rate whatever the answers (open loop);
+- `rate`: requests started at a given rate whatever the answers (open loop),
+  with Poisson arrivals (or evenly spaced ones), each with a deadline; with a
+  latency budget, the answers within it count as goodput, and refusals
+  (UNAVAILABLE) are timed;
 - `camera`: S streams each sending frames at F fps on a clock, with a latency
   budget; the server skips frames older than the budget.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import struct
 import subprocess
 import sys
@@ -26,6 +30,30 @@ from dataclasses import dataclass, field
 
 NATIVE = "/framewire.v1.ModelInference/"
 OIP = "/inference.GRPCInferenceService/"
+
+#: Seconds a closed-loop or camera request may take before the client gives up.
+PATIENT_TIMEOUT = 120.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank at or above), NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def arrival_times(rate: float, start: float, stop: float, *, poisson: bool = True, seed: int = 0):
+    """When an open-loop client sends, from `start` until `stop`: `rate` per
+    second on average, as a Poisson process (exponential gaps) or evenly."""
+    if rate <= 0:
+        raise ValueError(f"the arrival rate must be positive, got {rate}")
+    gaps = random.Random(seed)
+    due, sent = start, 0
+    while due < stop:
+        yield due
+        sent += 1
+        due = due + gaps.expovariate(rate) if poisson else start + sent / rate
 
 
 @dataclass
@@ -41,6 +69,9 @@ class LoadResult:
     frames_sent: int = 0
     frames_late: int = 0
     frames_skipped: int = 0
+    budget_ms: float = 0.0
+    within_budget: int = 0
+    refusal_latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def requests_per_second(self) -> float:
@@ -51,15 +82,14 @@ class LoadResult:
         return self.images / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        return percentile(self.latencies_ms, q)
 
     def add(self, other: dict) -> None:
-        for name in ("requests", "images", "frames_due", "frames_sent", "frames_late", "frames_skipped"):
+        for name in ("requests", "images", "frames_due", "frames_sent", "frames_late", "frames_skipped",
+                     "within_budget"):
             setattr(self, name, getattr(self, name) + other.get(name, 0))
         self.latencies_ms.extend(other.get("latencies_ms", []))
+        self.refusal_latencies_ms.extend(other.get("refusal_latencies_ms", []))
         for code, n in other.get("errors", {}).items():
             self.errors[code] = self.errors.get(code, 0) + n
 
@@ -69,7 +99,12 @@ class LoadResult:
             "requests_per_second": self.requests_per_second, "images_per_second": self.images_per_second,
             "latency_ms": {q: self.percentile(int(q[1:])) for q in ("p50", "p90", "p99")},
             "errors": self.errors,
+            "refusals": {"count": len(self.refusal_latencies_ms), "p99_ms": percentile(self.refusal_latencies_ms, 99)},
+            "timeouts": self.errors.get("DEADLINE_EXCEEDED", 0),
         }
+        if self.budget_ms:
+            out["budget_ms"] = self.budget_ms
+            out["goodput_per_second"] = self.within_budget / self.seconds if self.seconds else 0.0
         if self.frames_due:
             out["camera"] = {"frames_due": self.frames_due, "frames_sent": self.frames_sent,
                              "frames_answered": self.requests, "frames_late": self.frames_late,
@@ -119,7 +154,7 @@ def oip_request(model: str, images: list, start: int, count: int) -> bytes:
 async def run_worker(spec: dict) -> dict:
     from framewire.connection import Connection
 
-    result = LoadResult()
+    result = LoadResult(budget_ms=float(spec.get("budget_ms") or 0))
     # Its own connection, shared with no other channel of this process.
     connection = Connection(spec["server"], token=spec.get("token"), max_message_bytes=256 << 20,
                             channel_options=(("grpc.use_local_subchannel_pool", 1),))
@@ -143,21 +178,29 @@ async def run_worker(spec: dict) -> dict:
 
 
 def _record(result: LoadResult, start: float, stop: float, sent: float, done: float, images: int, code) -> None:
+    """Count one answer inside the measuring window: served (and within the
+    budget, if there is one), or its error code; refusals (UNAVAILABLE) are
+    timed too, since a refusal is only useful when it is quick."""
     if not (start <= sent and done <= stop):
         return
+    latency_ms = (done - sent) * 1000
     if code is None:
         result.requests += 1
         result.images += images
-        result.latencies_ms.append((done - sent) * 1000)
+        result.latencies_ms.append(latency_ms)
+        if result.budget_ms and latency_ms <= result.budget_ms:
+            result.within_budget += 1
     else:
         result.errors[code] = result.errors.get(code, 0) + 1
+        if code == "UNAVAILABLE":
+            result.refusal_latencies_ms.append(latency_ms)
 
 
-async def _one(call, request: bytes, metadata):
+async def _one(call, request: bytes, metadata, timeout: float = PATIENT_TIMEOUT):
     import grpc
 
     try:
-        await call(request, timeout=120, metadata=metadata)
+        await call(request, timeout=timeout, metadata=metadata)
         return None
     except grpc.aio.AioRpcError as exc:
         return exc.code().name
@@ -174,19 +217,20 @@ async def _closed_client(call, requests, per, index, result, start, stop, metada
 
 async def _open_loop(call, requests, per, spec, result, start, stop, metadata) -> None:
     loop = asyncio.get_running_loop()
-    interval = 1.0 / float(spec["rate"])
-    tasks, i, due = set(), 0, loop.time()
+    timeout = float(spec["deadline_ms"]) / 1000 if spec.get("deadline_ms") else PATIENT_TIMEOUT
+    schedule = arrival_times(float(spec["rate"]), loop.time(), stop,
+                             poisson=spec.get("arrivals", "poisson") == "poisson", seed=int(spec.get("seed", 0)))
+    tasks = set()
 
     async def fire(request, sent):
-        code = await _one(call, request, metadata)
+        code = await _one(call, request, metadata, timeout)
         _record(result, start, stop, sent, loop.time(), per, code)
 
-    while due < stop:
+    for i, due in enumerate(schedule):
         await asyncio.sleep(max(0.0, due - loop.time()))
         task = loop.create_task(fire(requests[i % len(requests)], loop.time()))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        i, due = i + 1, due + interval
     if tasks:
         await asyncio.gather(*tasks)
 
@@ -270,7 +314,7 @@ def spawn(spec: dict, processes: int) -> LoadResult:
             parts.append(part)
     procs = [subprocess.Popen([sys.executable, "-m", "load_tests.loadgen", json.dumps(part)],
                               stdout=subprocess.PIPE, text=True) for part in parts]
-    total = LoadResult(seconds=float(spec["duration"]))
+    total = LoadResult(seconds=float(spec["duration"]), budget_ms=float(spec.get("budget_ms") or 0))
     for proc in procs:
         out, _ = proc.communicate(timeout=spec["duration"] + spec.get("warmup", 0) + 300)
         if proc.returncode != 0:

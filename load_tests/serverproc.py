@@ -81,6 +81,25 @@ def server_view(before: dict, after: dict) -> dict:
     }
 
 
+def measured_point(address: str, model: str, spec: dict, processes: int, token: str | None = None,
+                   pid: int | None = None) -> dict:
+    """Run one load point against a server: the load's summary and the
+    server's view of it (with its CPU per image when `pid` is known, and
+    payload bytes per image when it exports the metric)."""
+    from . import loadgen
+
+    before = model_counters(address, model, token)
+    cpu_before, bytes_before = server_cpu(pid), payload_bytes(address, model, token)
+    load = loadgen.spawn(spec, processes)
+    after = model_counters(address, model, token)
+    cpu_after, bytes_after = server_cpu(pid), payload_bytes(address, model, token)
+    view = server_view(before, after)
+    view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
+    if bytes_before is not None and bytes_after is not None and view["inferences"]:
+        view["payload_bytes_per_image"] = (bytes_after - bytes_before) / view["inferences"]
+    return {**load.summary(), "server": view}
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of one process, from /proc (None once it is gone)."""
     try:

@@ -19,6 +19,22 @@ item, in order.
   batch gets the error. A batch function may also return an exception in
   place of one item's result: that item alone fails (an image that does not
   decode fails its own request, not its batch).
+
+With a `latency_budget` (a `LatencyBudget`, see service/latency_budget.py)
+batches close by that policy instead of `max_delay`: the batcher feeds it
+each admitted request and each batch's compute time, asks it before queueing
+a request (one that cannot finish within its budget is refused at once with
+OverBudgetError, nothing of it queued) and while a batch forms (close now, at
+what size, or wait). Queued items that can no longer finish within their
+budget get OverBudgetError and are not run. A request submitted with a
+`latest_of` key supersedes the items of the previous request with that key
+still waiting for a batch: they get SupersededError and are not run (a
+camera's newest frame wins over its stale ones). One exception keeps it learning:
+the curve learns only from batches that run, so when the device is idle and
+nothing waits, a request is admitted and run even when predicted late (a
+probe, of at most one batch); a curve made too pessimistic by a cold
+warm-up or a passing slowdown would otherwise refuse everything for ever. `budget_status()`
+shows what it learned and did. Without a budget nothing of this runs.
 """
 
 from __future__ import annotations
@@ -30,7 +46,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from .errors import DeadlineExceededError, InferenceError, QueueFullError, ServiceError, ShuttingDownError
+from .errors import (
+    DeadlineExceededError,
+    InferenceError,
+    OverBudgetError,
+    QueueFullError,
+    ServiceError,
+    ShuttingDownError,
+    SupersededError,
+)
+from .latency_budget import BudgetStatus, LatencyBudget
 
 BatchFn = Callable[[list[Any]], Awaitable[Sequence[Any]]]
 
@@ -56,17 +81,20 @@ class BatchRecord:
 
 
 class _Work:
-    __slots__ = ("item", "future", "enqueued", "deadline", "priority", "seq", "taken", "dropped")
+    __slots__ = ("item", "future", "enqueued", "deadline", "budget_deadline", "priority", "seq", "taken", "dropped",
+                 "probe")
 
-    def __init__(self, item, future, enqueued, deadline, priority, seq):
+    def __init__(self, item, future, enqueued, deadline, priority, seq, budget_deadline=None, probe=False):
         self.item = item
         self.future = future
         self.enqueued = enqueued
         self.deadline = deadline
+        self.budget_deadline = budget_deadline
         self.priority = priority
         self.seq = seq
         self.taken = False
         self.dropped = False
+        self.probe = probe
 
     @property
     def waiting(self) -> bool:
@@ -76,12 +104,26 @@ class _Work:
         return (-self.priority, self.seq) < (-other.priority, other.seq)
 
 
+class _Launch:
+    """A budgeted batch handed to the device: when it started, and whether it
+    still waits behind `ahead` earlier batches for a lane."""
+
+    __slots__ = ("start", "size", "ahead", "predicted_end", "oldest_enqueued")
+
+    def __init__(self, start, size, ahead, predicted_end, oldest_enqueued):
+        self.start = start
+        self.size = size
+        self.ahead = ahead
+        self.predicted_end = predicted_end
+        self.oldest_enqueued = oldest_enqueued
+
 
 def retrieve_exception(future: asyncio.Future) -> None:
     """Done callback: mark a future's exception as seen (it is raised, or
     dropped on purpose, elsewhere), so asyncio does not log it as never retrieved."""
     if not future.cancelled():
         future.exception()
+
 
 class DynamicBatcher:
     """Gathers submitted items into batches for `batch_fn`; see the module doc."""
@@ -97,6 +139,7 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int] = (),
         name: str = "model",
         on_batch: Callable[[BatchRecord], None] | None = None,
+        latency_budget: LatencyBudget | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -125,6 +168,20 @@ class DynamicBatcher:
         self._inflight: set[asyncio.Task] = set()
         self._worker: asyncio.Task | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._budget = latency_budget
+        self._launches: list[_Launch] = []
+        self._refused = 0
+        self._latest: dict[Any, list[_Work]] = {}
+        self._superseded = 0
+        self._probes = 0
+        self._dropped_over_budget = 0
+        self._missed = 0
+        self._budget_batches = 0
+        self._predicted_sum = 0.0
+        self._actual_sum = 0.0
+        self._last_latency: tuple[float, float] | None = None
+        self._last_size = 0
 
     @property
     def queue_depth(self) -> int:
@@ -138,7 +195,8 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start forming batches (call from the event loop)."""
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+            self._loop = asyncio.get_running_loop()
+            self._worker = self._loop.create_task(self._run(), name=f"batcher-{self.name}")
 
     async def close(self, *, drain: bool = True) -> None:
         """Refuse new items; run (drain=True) or fail the queued ones; wait for batches."""
@@ -155,13 +213,17 @@ class DynamicBatcher:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def submit(self, items: Sequence[Any], *, deadline: float | None = None, priority: int = 0) -> list[ItemResult]:
+    async def submit(self, items: Sequence[Any], *, deadline: float | None = None, priority: int = 0,
+                     latest_of: Any = None) -> list[ItemResult]:
         """Queue `items`; return their results in order.
 
         `deadline` is in the event loop's clock (`loop.time()`). Raises
         QueueFullError when the items do not fit, DeadlineExceededError when
-        the deadline passes first, ShuttingDownError while closing, or what
-        the batch function raised.
+        the deadline passes first, ShuttingDownError while closing,
+        OverBudgetError (with a budget) when they cannot be answered within
+        it, SupersededError (with a budget) when a later request with the
+        same `latest_of` key came while they waited, or what the batch
+        function raised.
         """
         if self._closing:
             raise ShuttingDownError(f"model {self.name} is unloading; retry, another version will answer")
@@ -178,13 +240,18 @@ class DynamicBatcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceededError(f"deadline passed before model {self.name} could queue the request")
+        budget_deadline, probe = None, False
+        if self._budget is not None:
+            budget_deadline, probe = self._admit(now, len(items), deadline)
         works = []
         for item in items:
-            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq))
+            work = _Work(item, loop.create_future(), now, deadline, priority, next(self._seq), budget_deadline, probe)
             heapq.heappush(self._heap, work)
             self._fifo.append(work)
             works.append(work)
         self._live += len(works)
+        if latest_of is not None and self._budget is not None:
+            self._supersede(latest_of, works)
         self._arrival.set()
 
         gathered = asyncio.gather(*(w.future for w in works))
@@ -204,6 +271,9 @@ class DynamicBatcher:
         except BaseException:
             self._abandon(works)
             raise
+        finally:
+            if latest_of is not None and self._latest.get(latest_of) is works:
+                del self._latest[latest_of]
         return [w.future.result() for w in works]
 
     # ---------------------------------------------------------------- internals
@@ -250,27 +320,38 @@ class DynamicBatcher:
                 self._slots.release()
                 await asyncio.sleep(0)
                 continue
-            task = loop.create_task(self._execute(batch, loop))
+            launch = self._launch(batch, loop.time()) if self._budget is not None else None
+            task = loop.create_task(self._execute(batch, loop, launch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
     async def _form_batch(self, loop) -> list[_Work]:
+        budget_size = None
         while True:
             self._expire(loop.time())
+            if self._budget is not None:
+                self._drop_over_budget(loop.time())
             oldest = self._oldest_live()
             if oldest is None:
                 return []
-            if self._live >= self.max_batch_size or self._closing:
-                break
-            remaining = oldest.enqueued + self.max_delay - loop.time()
-            if remaining <= 0:
-                break
+            if self._budget is not None:
+                decision = self._decide(loop.time())
+                budget_size = decision.size
+                if decision.close or self._closing:
+                    break
+                remaining = decision.wait_until - loop.time()
+            else:
+                if self._live >= self.max_batch_size or self._closing:
+                    break
+                remaining = oldest.enqueued + self.max_delay - loop.time()
+                if remaining <= 0:
+                    break
             self._arrival.clear()
             try:
                 await asyncio.wait_for(self._arrival.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
-        size = min(self._live, self.max_batch_size)
+        size = min(self._live, self.max_batch_size) if budget_size is None else budget_size
         if self._preferred and size < self.max_batch_size:
             fitting = [p for p in self._preferred if p <= size]
             size = fitting[-1] if fitting else size
@@ -283,12 +364,16 @@ class DynamicBatcher:
             work.taken = True
             self._live -= 1
             batch.append(work)
+        if self._budget is not None:
+            batch = self._without_misses(batch, loop.time())
         return batch
 
-    async def _execute(self, batch: list[_Work], loop) -> None:
+    async def _execute(self, batch: list[_Work], loop, launch: _Launch | None = None) -> None:
         start = loop.time()
         queue_seconds = tuple(start - w.enqueued for w in batch)
         failed = False
+        if launch is not None:
+            launch.start = max(launch.start, start)
         try:
             results = await self._batch_fn([w.item for w in batch])
             if len(results) != len(batch):
@@ -319,5 +404,142 @@ class DynamicBatcher:
         finally:
             if failed:
                 self._slots.release()
+            if launch is not None:
+                self._finish_launch(launch, batch, loop.time(), failed)
             if self._on_batch is not None:
                 self._on_batch(BatchRecord(len(batch), queue_seconds, loop.time() - start, failed))
+
+    # ------------------------------------------------------- latency budget
+
+    def budget_status(self, now: float | None = None) -> BudgetStatus | None:
+        """The budget, learned curve, chosen sizes and what happened; None without a budget.
+
+        `now` defaults to the event loop's clock (readable from any thread).
+        """
+        budget = self._budget
+        if budget is None:
+            return None
+        if now is None:
+            now = self._loop.time() if self._loop is not None else 0.0
+        last = self._last_latency
+        return BudgetStatus(
+            budget_seconds=budget.seconds,
+            curve=budget.curve.points(),
+            arrival_rate=budget.arrivals.rate(now),
+            target_batch_size=budget.target_size(now, self.max_batch_size),
+            batch_size_limit=budget.size_limit(self.max_batch_size),
+            last_batch_size=self._last_size,
+            refused=self._refused,
+            probes=self._probes,
+            superseded=self._superseded,
+            dropped_over_budget=self._dropped_over_budget,
+            batches=self._budget_batches,
+            predicted_seconds_sum=self._predicted_sum,
+            actual_seconds_sum=self._actual_sum,
+            missed=self._missed,
+            last_predicted_seconds=last[0] if last else None,
+            last_actual_seconds=last[1] if last else None,
+        )
+
+    def _lanes(self, now: float) -> list[float]:
+        running = [(launch.start, launch.size) for launch in self._launches]
+        return self._budget.lanes_free_at(now, running)
+
+    def _admit(self, now: float, count: int, deadline: float | None) -> tuple[float, bool]:
+        """(budget deadline, probe) of a request admitted now; raises OverBudgetError when refused."""
+        budget = self._budget
+        own = budget.item_deadline(now, deadline)
+        verdict = budget.admission(now, count=count, deadline=own, waiting=self._live,
+                                   lanes_free_at=self._lanes(now), max_batch_size=self.max_batch_size)
+        if (not verdict.admitted and self._live == 0 and not self._launches and own > now
+                and count <= budget.size_limit(self.max_batch_size)):
+            # Idle: run it anyway, so the curve learns whether it is still this slow.
+            self._probes += 1
+            budget.record_arrivals(now, count)
+            return own, True
+        if not verdict.admitted:
+            self._refused += 1
+            wait = "" if verdict.predicted_finish is None else \
+                f": it would be answered in {(verdict.predicted_finish - now) * 1000:.0f} ms"
+            tightened = "" if deadline is None or deadline >= now + budget.seconds else \
+                " (tightened by the request's deadline)"
+            raise OverBudgetError(
+                f"model {self.name} cannot answer within the latency budget of {(own - now) * 1000:.0f} ms"
+                f"{tightened}{wait}; retry in {verdict.retry_after * 1000:.0f} ms",
+                verdict.retry_after,
+            )
+        budget.record_arrivals(now, count)
+        return own, False
+
+    def _supersede(self, key: Any, works: list[_Work]) -> None:
+        """Latest wins: the previous request of `key` gives up its items still waiting."""
+        for work in self._latest.get(key, ()):
+            if work.waiting:
+                self._superseded += 1
+                work.future.set_exception(SupersededError(
+                    f"skipped: a newer request of the same stream reached model {self.name} while this one "
+                    "still waited for a batch"))
+                self._drop(work)
+        self._latest[key] = works
+
+    def _drop_over_budget(self, now: float) -> None:
+        start_at = self._lanes(now)[0]
+        for work in self._fifo:
+            if work.waiting and not work.probe and self._budget.is_lost(now, work.budget_deadline, start_at):
+                self._dropped_over_budget += 1
+                work.future.set_exception(OverBudgetError(
+                    f"model {self.name} could no longer answer within the latency budget of "
+                    f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
+                    max(0.0, start_at - now),
+                ))
+                self._drop(work)
+
+    def _without_misses(self, batch: list[_Work], now: float) -> list[_Work]:
+        """The batch less the items that would finish past their budget in it (answered, not run)."""
+        start_at = self._lanes(now)[0]
+        kept = []
+        for work in batch:
+            if not work.probe and self._budget.misses(work.budget_deadline, start_at, len(batch)):
+                self._dropped_over_budget += 1
+                work.future.set_exception(OverBudgetError(
+                    f"model {self.name} could no longer answer within the latency budget of "
+                    f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
+                    max(0.0, start_at - now),
+                ))
+            else:
+                kept.append(work)
+        return kept
+
+    def _decide(self, now: float):
+        count = min(self._live, self.max_batch_size)
+        candidates = heapq.nsmallest(count, [w for w in self._heap if w.waiting])
+        return self._budget.decide(now, waiting=self._live, deadlines=[w.budget_deadline for w in candidates],
+                                   start_at=self._lanes(now)[0], max_batch_size=self.max_batch_size)
+
+    def _launch(self, batch: list[_Work], now: float) -> _Launch:
+        budget = self._budget
+        start_at = self._lanes(now)[0]
+        launch = _Launch(now, len(batch), max(0, len(self._launches) - budget.parallel + 1),
+                         start_at + budget.compute(len(batch)), min(w.enqueued for w in batch))
+        self._launches.append(launch)
+        return launch
+
+    def _finish_launch(self, launch: _Launch, batch: list[_Work], end: float, failed: bool) -> None:
+        """Learn from a finished batch and free the lane it held."""
+        self._launches.remove(launch)
+        for waiting in self._launches:
+            # A batch launched behind others starts on the device when one of them ends.
+            if waiting.ahead > 0:
+                waiting.ahead -= 1
+                if waiting.ahead == 0:
+                    waiting.start = max(waiting.start, end)
+        if failed:
+            return
+        self._budget.observe_batch(len(batch), end - launch.start)
+        predicted, actual = launch.predicted_end - launch.oldest_enqueued, end - launch.oldest_enqueued
+        self._budget_batches += 1
+        self._predicted_sum += predicted
+        self._actual_sum += actual
+        self._last_latency = (predicted, actual)
+        self._last_size = len(batch)
+        self._missed += sum(1 for w in batch if end > w.budget_deadline)

@@ -36,6 +36,7 @@ PER_MODEL_FIELDS = (
     "version_policy",
     "max_batch_size",
     "max_queue_delay_us",
+    "latency_budget_ms",
     "max_queue_size",
     "preferred_batch_sizes",
     "instances_per_device",
@@ -94,6 +95,11 @@ class ServeConfig:
                                "slightly, see docs/request-path.md); per model in the TOML file too")
     max_batch_size: int = setting(32, "largest device batch")
     max_queue_delay_us: int = setting(2000, "longest wait for a batch to fill, from its first image, in microseconds")
+    latency_budget_ms: float = setting(
+        0.0, "answer each request within this many milliseconds (0: off). Batches then close by a learned "
+        "compute-time curve instead of --max-queue-delay-us, and a request that could not be answered in time "
+        "is refused at once (UNAVAILABLE, with a retry-after hint) instead of queueing; a request's own deadline "
+        "tightens it. Per model in the TOML file too")
     preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"help": "batch sizes to prefer when the queue holds fewer than the maximum (comma-separated)"})
     max_queue_size: int = setting(1024, "images a model may have waiting; beyond, requests get UNAVAILABLE at once")
     pipeline_depth: int = setting(-1, "batches formed ahead while the device is busy (-1: 1 on CUDA, 0 on the CPU)")
@@ -159,6 +165,8 @@ class ServeConfig:
         need(self.decode_threads >= 0, "decode_threads", "must be 0 (auto) or more")
         need(1 <= self.max_batch_size <= 4096, "max_batch_size", "must be 1..4096")
         need(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must not be negative")
+        need(math.isfinite(self.latency_budget_ms) and self.latency_budget_ms >= 0, "latency_budget_ms",
+             "must be 0 (off) or a positive number of milliseconds")
         need(all(1 <= s <= self.max_batch_size for s in self.preferred_batch_sizes),
              "preferred_batch_sizes", f"each must be 1..max_batch_size ({self.max_batch_size})")
         need(self.max_queue_size >= self.max_batch_size, "max_queue_size", f"must be at least max_batch_size ({self.max_batch_size})")
@@ -203,6 +211,11 @@ class ServeConfig:
     @property
     def max_queue_delay(self) -> float:
         return self.max_queue_delay_us / 1e6
+
+    @property
+    def latency_budget(self) -> float | None:
+        """The latency budget in seconds, None when off."""
+        return self.latency_budget_ms / 1000 if self.latency_budget_ms > 0 else None
 
 
 def parse_version_policy(text: str) -> tuple[str, tuple[int, ...]]:

@@ -137,16 +137,20 @@ class DeviceModel:
             return self.handler.concat([self._forward_split(inputs[:half]), self._forward_split(inputs[half:])])
         return self.handler.model_output(out, len(inputs))
 
-    def warm_up(self, sizes: list[int]) -> None:
+    def warm_up(self, sizes: list[int]) -> dict[int, float]:
         """Run each batch size once through decode, preprocessing and the
-        network (blocking); with cuda_graphs, then capture the graphs."""
+        network (blocking); with cuda_graphs, then capture the graphs.
+        Returns the seconds each size took (a latency budget's prior)."""
         if not sizes:
-            return
+            return {}
         sample = warmup_image(self.handler.warmup_shape())
+        seconds = {}
         for size in sizes:
             batch = BatchInput(size, encoded=[EncodedImage(i, sample.data, "JPEG", sample.height, sample.width)
                                               for i in range(size)])
+            began = time.perf_counter()
             self.run(batch)
+            seconds[size] = time.perf_counter() - began
         if self.settings.cuda_graphs and self.device.type == "cuda" and self.handler.stacked:
             from .cuda_graphs import graph_module
 
@@ -155,6 +159,7 @@ class DeviceModel:
                 buckets=sizes, channels_last=self.channels_last, name=self.name,
             )
         log.info("%s warmed up at batch sizes %s on %s", self.name, sizes, self.device)
+        return seconds
 
 
 @dataclass(frozen=True)

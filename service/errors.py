@@ -7,6 +7,11 @@ servicers translate; the README's status table lists every case.
 
 from __future__ import annotations
 
+import math
+
+#: Trailing metadata key of the retry hint sent with a refusal (OverBudgetError).
+RETRY_AFTER_KEY = "retry-after-ms"
+
 
 class ServiceError(Exception):
     """A request cannot be served; `code` names its gRPC status."""
@@ -16,6 +21,10 @@ class ServiceError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata sent with the status (none by default)."""
+        return ()
 
 
 class InvalidInputError(ServiceError):
@@ -76,6 +85,30 @@ class InferenceError(ServiceError):
     """The model failed while running a batch."""
 
     code = "INTERNAL"
+
+
+class OverBudgetError(ServiceError):
+    """The request cannot be answered within its latency budget: refused at
+    admission, or dropped from the queue once it could no longer finish in
+    time. `retry_after` is the estimate, in seconds, of when a retry would
+    be admitted: what the response's retry hint should say."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """`retry-after-ms`: whole milliseconds until a retry is predicted to be admitted."""
+        return ((RETRY_AFTER_KEY, str(max(0, math.ceil(self.retry_after * 1000)))),)
+
+
+class SupersededError(ServiceError):
+    """A newer request of the same stream arrived while this one still
+    waited for its batch (latest-frame-wins, with a latency budget)."""
+
+    code = "DEADLINE_EXCEEDED"
 
 
 _BY_CODE = {"INVALID_ARGUMENT": InvalidInputError, "RESOURCE_EXHAUSTED": LimitExceededError,

@@ -20,6 +20,23 @@ Names carry their unit. Per model and version (labels `model`, `version`):
 | `framewire_queue_capacity` | gauge | images the queue holds at most (`--max-queue-size`) |
 | `framewire_model_state` | gauge | 1 for the version's current `state` |
 
+With `--latency-budget-ms` (per model and version; absent for a version without a budget):
+
+| metric | type | what |
+| --- | --- | --- |
+| `framewire_latency_budget_seconds` | gauge | the budget |
+| `framewire_budget_compute_seconds` | gauge | the learned compute-time curve: predicted seconds per batch, by `batch_size` |
+| `framewire_budget_arrival_rate` | gauge | images admitted per second, as the policy sees the load |
+| `framewire_budget_target_batch_size` | gauge | the batch size chosen for the current arrival rate |
+| `framewire_budget_batch_size_limit` | gauge | the largest batch the budget allows under sustained load |
+| `framewire_budget_batches_total` | counter | budgeted batches run |
+| `framewire_budget_predicted_seconds_total` | counter | predicted latency of each batch's oldest item, summed (divide by the batches) |
+| `framewire_budget_actual_seconds_total` | counter | the same, as it happened |
+| `framewire_budget_refusals_total` | counter | requests refused at admission (UNAVAILABLE with `retry-after-ms`) |
+| `framewire_budget_dropped_total` | counter | queued images not run, by `reason`: `over_budget` (could no longer make it), `superseded` (a newer frame of the stream came) |
+| `framewire_budget_missed_total` | counter | images answered past their budget |
+| `framewire_budget_probes_total` | counter | requests run on an idle device although predicted late (so the curve keeps learning) |
+
 Per GPU (labels `gpu`, `name`, `uuid`), from NVML: `framewire_gpu_utilization_ratio`,
 `framewire_gpu_memory_used_bytes`, `framewire_gpu_memory_total_bytes`,
 `framewire_gpu_process_memory_bytes` (this server's processes),
@@ -193,6 +210,9 @@ class _LiveCollector:
         yield capacity
         yield state
         yield payload
+        yield from budget_families(
+            ([name, str(slot.version)], status) for name, slots in self.models().items() for slot in slots
+            if slot.served is not None and (status := slot.served.budget_status) is not None)
         if self.gpu is None or not self.gpu.available:
             return
         yield from gpu_families(self.gpu.readings)
@@ -210,6 +230,49 @@ GPU_METRICS = (
     ("framewire_gpu_temperature_celsius", "GPU temperature.", lambda r: r.temperature_celsius),
     ("framewire_gpu_sm_clock_hertz", "Streaming-multiprocessor clock.", lambda r: r.sm_clock_hertz),
 )
+
+
+def budget_families(statuses):
+    """The latency-budget families from ([model, version], BudgetStatus) pairs."""
+    labels = list(MODEL_LABELS)
+    gauges = {
+        "budget": GaugeMetricFamily("framewire_latency_budget_seconds", "The latency budget.", labels=labels),
+        "curve": GaugeMetricFamily("framewire_budget_compute_seconds", "Learned compute seconds per batch.",
+                                   labels=[*labels, "batch_size"]),
+        "rate": GaugeMetricFamily("framewire_budget_arrival_rate", "Images admitted per second (weighted).",
+                                  labels=labels),
+        "target": GaugeMetricFamily("framewire_budget_target_batch_size", "Batch size chosen for the arrival rate.",
+                                    labels=labels),
+        "limit": GaugeMetricFamily("framewire_budget_batch_size_limit", "Largest batch the budget allows.",
+                                   labels=labels),
+        "batches": CounterMetricFamily("framewire_budget_batches", "Budgeted batches run.", labels=labels),
+        "predicted": CounterMetricFamily("framewire_budget_predicted_seconds", "Predicted latency of each batch's "
+                                         "oldest item, summed.", labels=labels),
+        "actual": CounterMetricFamily("framewire_budget_actual_seconds", "Actual latency of each batch's oldest "
+                                      "item, summed.", labels=labels),
+        "refused": CounterMetricFamily("framewire_budget_refusals", "Requests refused at admission.", labels=labels),
+        "dropped": CounterMetricFamily("framewire_budget_dropped", "Queued images not run, by reason.",
+                                       labels=[*labels, "reason"]),
+        "missed": CounterMetricFamily("framewire_budget_missed", "Images answered past their budget.", labels=labels),
+        "probes": CounterMetricFamily("framewire_budget_probes", "Requests run on an idle device although "
+                                      "predicted late.", labels=labels),
+    }
+    for labels, s in statuses:
+        gauges["budget"].add_metric(labels, s.budget_seconds)
+        for point in s.curve:
+            gauges["curve"].add_metric([*labels, str(point.batch_size)], point.seconds)
+        gauges["rate"].add_metric(labels, s.arrival_rate)
+        gauges["target"].add_metric(labels, s.target_batch_size)
+        gauges["limit"].add_metric(labels, s.batch_size_limit)
+        gauges["batches"].add_metric(labels, s.batches)
+        gauges["predicted"].add_metric(labels, s.predicted_seconds_sum)
+        gauges["actual"].add_metric(labels, s.actual_seconds_sum)
+        gauges["refused"].add_metric(labels, s.refused)
+        gauges["dropped"].add_metric([*labels, "over_budget"], s.dropped_over_budget)
+        gauges["dropped"].add_metric([*labels, "superseded"], s.superseded)
+        gauges["missed"].add_metric(labels, s.missed)
+        gauges["probes"].add_metric(labels, s.probes)
+    yield from gauges.values()
 
 
 def gpu_families(readings):

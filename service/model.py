@@ -15,6 +15,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 from framewire.exporter import format as fmt
 from framewire.exporter import parse_artifact
@@ -90,6 +91,11 @@ class ServedModel:
         return self.runner.batching.max_queue_size
 
     @property
+    def budget_status(self):
+        """The latency budget's BudgetStatus (None without a budget)."""
+        return self.runner.budget_status()
+
+    @property
     def payload_bytes(self) -> int:
         """Bytes of image payloads shipped to the device side since load."""
         return self.runner.payload_bytes
@@ -134,6 +140,7 @@ class ServedModel:
         *,
         deadline: float | None = None,
         priority: int = 0,
+        latest_of: Any = None,
     ) -> Served:
         """Check, batch, decode, run and answer `images`, answers in order."""
         started = time.perf_counter()
@@ -144,7 +151,7 @@ class ServedModel:
             else:
                 items = self._admit_all(images, params)
             admitted = time.perf_counter() - started
-            results = await self.runner.submit(items, deadline=deadline, priority=priority)
+            results = await self.runner.submit(items, deadline=deadline, priority=priority, latest_of=latest_of)
         except BaseException:
             self.stats.record_request(False, time.perf_counter() - started)
             raise

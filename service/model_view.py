@@ -12,7 +12,7 @@ behind it, so those can change without touching either API.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Hashable
 
 from framewire.exporter import format as fmt
 from framewire.v1 import artifact_pb2 as apb
@@ -149,9 +149,11 @@ class ModelView:
         return self._model.stats
 
     async def predict(self, images: list[ImageInput], params: PredictParams, *, deadline: float | None = None,
-                      priority: int = 0) -> Served:
-        """Check, batch, decode, run and answer `images`, answers in order."""
-        return await self._model.predict(images, params, deadline=deadline, priority=priority)
+                      priority: int = 0, latest_of: Hashable = None) -> Served:
+        """Check, batch, decode, run and answer `images`, answers in order.
+        `latest_of`: a stream's key; with a latency budget a newer request of
+        the same key supersedes this one while it waits for a batch."""
+        return await self._model.predict(images, params, deadline=deadline, priority=priority, latest_of=latest_of)
 
 
 def _copy(message):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from .batcher import BatchRecord, DynamicBatcher, ItemResult
+from .latency_budget import BudgetStatus, LatencyBudget
 from .device_model import BatchOutcome, DeviceModel, load_network
 from .domain import ImagePrediction, PredictParams
 from .payloads import Payload, gather
@@ -107,9 +108,11 @@ class Runner(Protocol):
         """Take traffic (from the event loop, after load and warm-up)."""
 
     async def submit(self, items: Sequence[BatchItem], *, deadline: float | None = None,
-                     priority: int = 0) -> list[ItemResult]: ...
+                     priority: int = 0, latest_of: Any = None) -> list[ItemResult]: ...
 
     def pids(self) -> set[int]: ...
+
+    def budget_status(self) -> BudgetStatus | None: ...
 
     def workers(self) -> list[WorkerStatus]: ...
 
@@ -127,12 +130,15 @@ class BatchingSettings:
     max_queue_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
     pipeline_depth: int = 0
+    #: Seconds; None batches by `max_delay` (see service/latency_budget.py).
+    latency_budget: float | None = None
 
     @classmethod
     def from_config(cls, config, *, max_batch_size: int, on_cuda: bool) -> "BatchingSettings":
         depth = config.pipeline_depth if config.pipeline_depth >= 0 else (1 if on_cuda else 0)
         return cls(max_batch_size, config.max_queue_delay, config.max_queue_size,
-                   tuple(s for s in config.preferred_batch_sizes if s <= max_batch_size), depth)
+                   tuple(s for s in config.preferred_batch_sizes if s <= max_batch_size), depth,
+                   config.latency_budget)
 
 
 def answers(handler, outcome: BatchOutcome, items: Sequence[BatchItem]) -> list:
@@ -147,19 +153,38 @@ def answers(handler, outcome: BatchOutcome, items: Sequence[BatchItem]) -> list:
 
 
 class BatchedRunner:
-    """A runner that forms batches in this process; subclasses run them (`_run_batch`)."""
+    """A runner that forms batches in this process; subclasses run them (`_run_batch`).
+
+    With a latency budget, the batcher gets a `LatencyBudget` whose lanes are
+    the model's instances (`lanes`; batches formed ahead by `pipeline_depth`
+    wait for one); the warm-up's compute time per batch size, the fastest instance's,
+    is its prior. One curve per runner: a runner spread over several devices
+    of one kind learns one curve for all of them.
+    """
 
     def __init__(self, name: str, handler, batching: BatchingSettings, *, concurrent_batches: int,
-                 on_batch: Callable[[BatchRecord], None] | None = None):
+                 on_batch: Callable[[BatchRecord], None] | None = None, lanes: int | None = None):
         self.name = name
         self.handler = handler
         self.batching = batching
         self.on_batch = on_batch
+        #: Warm-up compute seconds per batch size, one per instance (the budget's prior).
+        self.warm_seconds: dict[int, list[float]] = {}
+        self.latency_budget = None
+        if batching.latency_budget is not None:
+            lanes = lanes if lanes is not None else concurrent_batches - batching.pipeline_depth
+            self.latency_budget = LatencyBudget(batching.latency_budget, parallel=max(1, lanes))
         self._batcher = DynamicBatcher(
             self._run_batch, max_batch_size=batching.max_batch_size, max_delay=batching.max_delay,
             max_queue_size=batching.max_queue_size, max_concurrent_batches=concurrent_batches,
             preferred_batch_sizes=batching.preferred_batch_sizes, name=name, on_batch=self._report,
+            latency_budget=self.latency_budget,
         )
+
+    def _warmed(self, seconds: dict) -> None:
+        """Note one instance's warm-up compute times ({batch size: seconds})."""
+        for size, value in seconds.items():
+            self.warm_seconds.setdefault(int(size), []).append(float(value))
 
     def _report(self, record: BatchRecord) -> None:
         if self.on_batch is not None:
@@ -172,12 +197,24 @@ class BatchedRunner:
 
     def start(self) -> None:
         """Start forming batches (call from the event loop, after `load`)."""
+        self._prime_budget()
         self._batcher.start()
 
+    def _prime_budget(self) -> None:
+        """The warm-up's times, the fastest instance's per size, as the curve's prior."""
+        if self.latency_budget is not None:
+            for size, values in sorted(self.warm_seconds.items()):
+                self.latency_budget.curve.add_prior(size, min(values))
+
+    def budget_status(self) -> BudgetStatus | None:
+        """The latency budget's state (None without one)."""
+        return self._batcher.budget_status()
+
     async def submit(self, items: Sequence[BatchItem], *, deadline: float | None = None,
-                     priority: int = 0) -> list[ItemResult]:
-        """Queue a request's items; their results in order (values are Answers)."""
-        return await self._batcher.submit(items, deadline=deadline, priority=priority)
+                     priority: int = 0, latest_of: Any = None) -> list[ItemResult]:
+        """Queue a request's items; their results in order (values are Answers).
+        `latest_of`: see DynamicBatcher.submit (latest-frame-wins per stream)."""
+        return await self._batcher.submit(items, deadline=deadline, priority=priority, latest_of=latest_of)
 
     async def close(self, *, drain: bool = True) -> None:
         """Stop taking items, run (drain) or fail the queued ones, then release the instances."""
@@ -260,7 +297,7 @@ class ThreadRunner(BatchedRunner):
 
     def warm_up(self, sizes: list[int]) -> None:
         for instance in self.instances:
-            instance.model.warm_up(sizes)
+            self._warmed(instance.model.warm_up(sizes))
 
     def start(self) -> None:
         for instance in self.instances:

@@ -20,7 +20,10 @@ by `build_document(inputs, history)` from a `StatusInputs` and the
   and mean times over the last 5 s), `minute` (rates, p50/p99 latency and
   average batch size over the last minute, and mean times), `totals` since
   load, `batch_sizes` ([size, batches] since load), `workers` (state, pid,
-  restarts), `requests_by_code` (of its model name).
+  restarts), `requests_by_code` (of its model name), `budget` (null without
+  --latency-budget-ms: the budget, the learned compute-time curve, arrival
+  rate, target and largest batch size, mean predicted vs actual latency of
+  the oldest item per batch, refusals, items dropped or superseded, probes).
 - `requests_by_code` for every model name, `_unknown` included.
 - `sample`: this moment's history sample (what `/api/history` lists).
 
@@ -102,6 +105,7 @@ def _version(v: VersionFigures, history: StatusHistory, codes: dict[str, int]) -
         "batch_sizes": sorted([size, count] for size, count in v.batch_sizes.items()),
         "workers": [dataclasses.asdict(w) for w in v.workers],
         "requests_by_code": codes,
+        "budget": v.budget,
     }
 
 

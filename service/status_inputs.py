@@ -72,6 +72,8 @@ class VersionFigures:
     recent_latency_p50_ms: float | None = None
     recent_latency_p99_ms: float | None = None
     workers: tuple[WorkerStatus, ...] = ()
+    #: The latency budget (BudgetStatus.as_dict()), None without one.
+    budget: dict | None = None
 
     @property
     def key(self) -> str:

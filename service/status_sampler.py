@@ -145,6 +145,7 @@ def version_figures(slot, trusted_keys: bool) -> VersionFigures:
         recent_latency_p50_ms=None if latency is None else latency[0] * 1000,
         recent_latency_p99_ms=None if latency is None else latency[1] * 1000,
         workers=tuple(served.workers()),
+        budget=None if (budget := served.budget_status) is None else budget.as_dict(),
     )
 
 

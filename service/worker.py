@@ -150,13 +150,13 @@ class WorkerHost:
         try:
             if model is None:
                 raise KeyError(f"model {header.get('model')!r} is not loaded here")
-            model.warm_up([int(s) for s in header.get("sizes", [])])
+            seconds = model.warm_up([int(s) for s in header.get("sizes", [])])
         except Exception as exc:
             log.exception("warming up %s failed", header.get("model"))
             self.reply({"op": "failed", "id": header.get("id"), "kind": "internal",
                         "message": f"warm-up failed: {type(exc).__name__}: {exc}"})
             return
-        self.reply({"op": "warmed", "id": header.get("id")})
+        self.reply({"op": "warmed", "id": header.get("id"), "seconds": {str(k): v for k, v in seconds.items()}})
 
     def _buffer(self, header: dict) -> None:
         self.buffers[int(header["slot"])] = map_buffer(header["path"], int(header["size"]))

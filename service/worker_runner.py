@@ -68,6 +68,8 @@ class WorkerProcess:
         self.slots = slots
         self.load_timeout = load_timeout
         self.warm_sizes: list[int] = []
+        #: Seconds each warm-up batch size took ({size: seconds}).
+        self.warm_seconds: dict[int, float] = {}
         self.proc: subprocess.Popen | None = None
         self.connection: Connection | None = None
         self.buffers: dict[int, SharedBuffer] = {}
@@ -114,6 +116,7 @@ class WorkerProcess:
                                    budget)
             if header.get("op") != "warmed":
                 raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
+            self.warm_seconds = {int(k): float(v) for k, v in header.get("seconds", {}).items()}
         self.warm = True
         log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
 
@@ -236,7 +239,7 @@ class ProcessRunner(BatchedRunner):
         (together); a restart gets `load_timeout` seconds of its own."""
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
-        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots)
+        super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots, lanes=count)
         self.instance_count = count
         self.device_label = ",".join(s.device for s in settings)
         self.dtype_name = settings[0].dtype
@@ -271,6 +274,8 @@ class ProcessRunner(BatchedRunner):
         futures = [self._io.submit(worker.warm_up, sizes, self._budget) for worker in self.processes]
         for future in futures:
             future.result()
+        for worker in self.processes:
+            self._warmed(worker.warm_seconds)
 
     def start(self) -> None:
         """Put the warm workers into rotation (call from the event loop)."""

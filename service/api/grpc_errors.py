@@ -26,7 +26,8 @@ def bounded(message: str) -> str:
 
 
 def rpc(method):
-    """Servicer decorator: a ServiceError becomes its status code and message."""
+    """Servicer decorator: a ServiceError becomes its status code, message and
+    trailing metadata (a refusal's retry hint)."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
@@ -38,7 +39,7 @@ def rpc(method):
             # reports an error.
             message = bounded(exc.message)
             log.info("%s -> %s: %s", method.__name__, exc.code, message)
-            await context.abort(status_code(exc), message)
+            await context.abort(status_code(exc), message, exc.trailers())
 
     return wrapper
 

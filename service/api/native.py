@@ -17,7 +17,8 @@ from ..batcher import retrieve_exception
 from ..config import ServeConfig
 from ..devices import DevicePlan, describe_device
 from ..domain import PredictParams
-from ..errors import InferenceError, InvalidInputError, LimitExceededError, ServiceError
+from ..errors import (InferenceError, InvalidInputError, LimitExceededError, OverBudgetError, ServiceError,
+                      SupersededError)
 from ..gpu import GpuSampler
 from ..metrics import ServerMetrics
 from ..repository import ModelRepository
@@ -265,10 +266,12 @@ class _StreamSession:
             with self.servicer.track(camera.model, camera.version):
                 image = messages.image_input(frame.image, max_elements=self.servicer.max_elements)
                 async with self.servicer.repo.lease(camera.model, camera.version) as model:
-                    served = await model.predict([image], camera.params, deadline=deadline)
+                    served = await model.predict([image], camera.params, deadline=deadline, latest_of=id(camera))
         except ServiceError as exc:
             result = self._failed(frame, exc)
-            result.skipped = exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)
+            # Stale (max age), superseded by a newer frame, or refused by the latency budget: skipped.
+            result.skipped = (exc.code == "DEADLINE_EXCEEDED" and bool(frame.max_age_ms)) or isinstance(
+                exc, (SupersededError, OverBudgetError))
             return result
         except Exception as exc:  # one frame's failure must not end the stream
             log.exception("stream %s frame %d failed", requests.shown(frame.stream_id), frame.frame_number)

@@ -216,6 +216,8 @@ class InferenceProtocolServicer(ProtocolAdapter, grpc_service_pb2_grpc.GRPCInfer
                 reply = pb.ModelStreamInferResponse(
                     error_message=exc.message, infer_response=pb.ModelInferResponse(id=request.id)
                 )
+                for key, value in exc.trailers():  # a refusal's retry hint, as ModelInfer's trailing metadata
+                    reply.infer_response.parameters[key].string_param = value
             except Exception as exc:  # one request's failure must not end the stream
                 log.exception("stream request %r failed", request.id)
                 reply = pb.ModelStreamInferResponse(error_message=f"internal error: {type(exc).__name__}",

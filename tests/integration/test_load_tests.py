@@ -48,6 +48,36 @@ def test_every_mode_loads_a_running_server(target, tmp_path, workload):
         assert per_image > 0
 
 
+def test_rate_mode_reports_goodput_refusals_and_timeouts(target, tmp_path):
+    out = tmp_path / "rate.json"
+    done = run("rate", "--server", target.address, "--model", "tiny", "--no-baseline", "--rate", "30",
+               "--arrivals", "poisson", "--budget-ms", "1000", "--deadline-ms", "5000", "--duration", "2",
+               "--warmup", "0.5", "--input", "uint8:32", "--processes", "1", "--out", str(out))
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["point"]["arrivals"] == "poisson" and result["budget_ms"] == 1000
+    # A lightly loaded tiny model answers everything well within a second.
+    assert 0 < result["goodput_per_second"] == pytest.approx(result["requests_per_second"])
+    assert result["refusals"]["count"] == 0 and result["timeouts"] == 0
+    assert "goodput" in done.stdout
+
+
+def test_budget_compare_measures_capacity_and_tables_the_budget_against_static_settings(tiny_repo, tmp_path):
+    out = tmp_path / "compare.json"
+    done = run("budget-compare", "--artifact", str(tiny_repo / "tiny" / "1" / "model.fwa"),
+               "--latency-budget-ms", "1000", "--rates", "0.25,0.5x", "--delays-us", "0",
+               "--capacity-clients", "2", "--duration", "1.5", "--warmup", "0.5", "--input", "uint8:32",
+               "--processes", "1", "--out", str(out), timeout=400)
+    report = json.loads(out.read_text())
+    assert report["capacity_measured"] and report["capacity"] > 0
+    assert report["settings"] == ["budget 1000 ms", "static 0 us"]
+    assert [(r["setting"], r["fraction"]) for r in report["results"]] == [
+        ("budget 1000 ms", 0.25), ("budget 1000 ms", 0.5), ("static 0 us", 0.25), ("static 0 us", 0.5)]
+    assert all(r["goodput_per_second"] > 0 and r["point"]["rate"] > 0 for r in report["results"])
+    # Half the capacity of a tiny model is nowhere near a second's budget: nothing refused.
+    assert all(r["refusals"]["count"] == 0 and r["timeouts"] == 0 for r in report["results"])
+    assert "static 0 us *best" in done.stdout and "0.5x: goodput" in done.stdout
+
+
 def test_camera_mode_counts_frames(target, tmp_path):
     out = tmp_path / "camera.json"
     done = run("camera", "--server", target.address, "--model", "tiny", "--no-baseline", "--streams", "3",

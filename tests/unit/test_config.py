@@ -60,6 +60,20 @@ def test_flags_and_environment_beat_the_files_model_tables_which_beat_its_top_le
     assert (alone.max_batch_size, alone.max_queue_delay_us) == (64, 500)
 
 
+def test_the_latency_budget_is_server_wide_and_per_model(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text("latency_budget_ms = 100\n[model.camera]\nlatency_budget_ms = 40\n[model.scoring]\n"
+                    "latency_budget_ms = 0\n")
+    config = load_config(parse("--config", str(toml)), environ={})
+    assert config.latency_budget == pytest.approx(0.1)
+    assert config.for_model("camera").latency_budget == pytest.approx(0.04)
+    assert config.for_model("scoring").latency_budget is None  # 0: batches by --max-queue-delay-us
+    assert load_config(parse(), environ={}).latency_budget is None  # off by default
+    toml.write_text("[model.camera]\nlatency_budget_ms = -1\n")
+    with pytest.raises(ConfigError, match="latency_budget_ms=-1"):
+        load_config(parse("--config", str(toml)), environ={})
+
+
 def test_the_precedence_is_stated_in_serve_help():
     from framewire.cli import build_parser
 
@@ -83,6 +97,8 @@ def test_list_flags_split_on_commas():
     (("--version-policy", "newest"), "version_policy='newest'"),
     (("--preferred-batch-sizes", "64", "--max-batch-size", "32"), "preferred_batch_sizes"),
     (("--max-batch-size", "lots"), "max_batch_size='lots' (from --max-batch-size): expected int"),
+    (("--latency-budget-ms", "-5"), "latency_budget_ms=-5.0: must be 0 (off) or a positive number of milliseconds"),
+    (("--latency-budget-ms", "nan"), "latency_budget_ms=nan"),
 ])
 def test_bad_values_are_named(flags, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
