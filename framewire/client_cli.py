@@ -25,9 +25,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes to print per image")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print JSON lines, one per image")
-    p.add_argument("--max-message-bytes", type=int,
-                   help="largest request this client sends (default 64 MiB; the server has its own "
-                        "--max-message-bytes)")
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser(

@@ -307,7 +307,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, default_server:
 
 
 def add_security_arguments(parser: argparse.ArgumentParser) -> None:
-    """TLS (--tls-ca, --tls-cert, --tls-key, --tls-server-name), --token and --keepalive-seconds."""
+    """TLS (--tls-ca, --tls-cert, --tls-key, --tls-server-name), --token, --keepalive-seconds and
+    --max-message-bytes: every verb that connects takes the same flags."""
     group = parser.add_argument_group("connection")
     group.add_argument("--tls-ca", help="PEM CA bundle that signed the server's certificate (turns TLS on)")
     group.add_argument("--tls-cert", help="PEM client certificate, for servers that require mutual TLS")
@@ -318,6 +319,20 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keepalive-seconds", type=float,
                        help="ping the server after this long without traffic, to notice a dropped connection "
                             "(default: no pings; servers refuse pings more often than every 300 s)")
+    group.add_argument("--max-message-bytes", type=positive_message_bytes,
+                       help="largest message this client sends or receives (default 64 MiB; the server has its "
+                            "own --max-message-bytes)")
+
+
+def positive_message_bytes(text: str) -> int:
+    """argparse type for --max-message-bytes: a positive number of bytes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
 
 
 def connection_options(args: argparse.Namespace) -> dict:
@@ -340,7 +355,7 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
 def oversize_message(size: int, limit: int) -> str:
     """Why a request of `size` bytes is not sent, and the settings that matter."""
     return (f"the request is {size:,} bytes, over this client's message limit of {limit:,} "
-            f"(Client(max_message_bytes=...), framewire predict --max-message-bytes); the server has its own "
+            f"(Client(max_message_bytes=...), --max-message-bytes of framewire predict, score and stream); the server has its own "
             f"(framewire serve --max-message-bytes, default 64 MiB) and refuses encoded images over its "
             f"--max-image-bytes (default 32 MiB): resize or re-encode the image, or raise the limits on both sides")
 

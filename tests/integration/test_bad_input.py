@@ -247,7 +247,7 @@ def test_an_image_over_the_clients_message_limit_names_both_limits_and_is_not_se
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     message = info.value.message
     assert message.startswith("the request is 72,000,0") and "over this client's message limit of 67,108,864" in message
-    assert "framewire predict --max-message-bytes" in message and "framewire serve --max-message-bytes" in message
+    assert "--max-message-bytes of framewire predict, score and stream" in message and "framewire serve --max-message-bytes" in message
     assert "--max-image-bytes" in message and "resize" in message
 
 

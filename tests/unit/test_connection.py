@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from framewire.cli import build_parser
-from framewire.connection import Connection, RetryPolicy, Retrying, as_connection, connection_from_args
+from framewire.connection import (Connection, RetryPolicy, Retrying, as_connection, connection_from_args,
+                                  connection_options)
 
 ROOT = Path(__file__).resolve().parents[2]
 UNAVAILABLE, DEADLINE = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
@@ -172,3 +173,16 @@ def test_channels_are_built_only_in_the_connection_module():
     places = [path for folder in ("framewire", "load_tests") for path in sorted((ROOT / folder).rglob("*.py"))
               if builders.search(path.read_text())]
     assert [p.relative_to(ROOT).as_posix() for p in places] == ["framewire/connection.py"]
+
+
+def test_every_verb_that_connects_takes_max_message_bytes():
+    for argv in (["score", "imgs", "--model", "m", "--out", "r.jsonl"], ["stream", "0", "--model", "m"],
+                 ["status"], ["top"], ["describe", "--model", "m"]):
+        args = build_parser().parse_args(argv + ["--max-message-bytes", "4096"])
+        assert connection_options(args)["max_message_bytes"] == 4096, argv
+
+
+def test_max_message_bytes_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--model", "m", "x.jpg", "--max-message-bytes", "0"])
+    assert "expected a positive number of bytes, got '0'" in capsys.readouterr().err
