@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import uuid
@@ -86,8 +87,18 @@ async def _well_formed_stream(requests, context):
         yield await _well_formed(request, context)
 
 
+def call_ended(exc: BaseException) -> bool:
+    """Whether `exc` is gRPC refusing to send on a call that has already
+    ended: its deadline passed or its client went away while it was being
+    answered. Nobody is left to tell; gRPC drops such calls quietly itself."""
+    return type(exc).__name__ == "ExecuteBatchError" and type(exc).__module__.startswith("grpc.")
+
+
 def _wrap(behavior, method: str, request_id: str, streaming: bool):
     async def fail(context, exc: Exception):
+        if call_ended(exc):
+            log.debug("%s (request id %s) ended before its answer could be sent", method, request_id)
+            raise asyncio.CancelledError  # what gRPC does with a call whose client has gone: nothing more
         log.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
         await context.abort(
             grpc.StatusCode.INTERNAL,

@@ -288,3 +288,26 @@ def test_3000_concurrent_calls_get_answers_or_a_retryable_refusal_never_cancelle
     assert set(probes) == {health_pb2.HealthCheckResponse.SERVING}
     with Client(limited.address, retries=0) as c:  # and it goes on serving
         assert c.predict(encode(random_image(6)), model="tiny").version == 1
+
+
+def test_deadlines_that_pass_while_a_call_is_answered_log_no_error(tmp_path, caplog):
+    """Calls whose deadline passes while the server is still working on them:
+    each ends DEADLINE_EXCEEDED, and the server neither logs 'unexpected
+    error' nor trips over answering a call that has ended."""
+    import logging
+
+    from support.artifacts import export_tiny
+
+    caplog.set_level(logging.INFO)
+    export_tiny(tmp_path, "slow", 1, size=224)  # a 1080p PNG to decode and resize per call
+    image = encode(random_image(3, 1080, 1920))
+    with RunningServer(repo=str(tmp_path), runner="thread") as server, grpc.insecure_channel(server.address) as ch:
+        stub = inference_pb2_grpc.ModelInferenceStub(ch)
+        request = pb.PredictRequest(model="slow", image=pb.Image(encoded=image))
+        calls = [stub.Predict.future(request, timeout=0.005 * (1 + i % 20)) for i in range(120)]
+        codes = collections.Counter(code_of(lambda _, timeout, call=call: call.result(timeout), None) for call in calls)
+        assert codes[grpc.StatusCode.DEADLINE_EXCEEDED] > 0, codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        stub.Predict(request, timeout=60)  # and it goes on serving
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems[:3]
