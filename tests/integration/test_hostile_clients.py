@@ -28,6 +28,7 @@ from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 from support.images import encode, png_claiming, random_image
 from support.server import RunningServer, ServerProcess
+from support.waiting import model_status, wait_until
 
 #: Codes a well-behaved server may answer a hostile request with.
 ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -199,8 +200,19 @@ def test_streams_that_stop_reading_do_not_stall_other_clients(tiny_repo):
             channel = grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
             channels.append(channel)
             calls.append(inference_pb2_grpc.ModelInferenceStub(channel).StreamPredict(frames(f"slow{i}")))
-        time.sleep(3)  # the slow streams fill their windows and get held back
         try:
+            with Client(server.address, retries=0) as c:
+                counts = [-1]
+
+                def held_back() -> bool:
+                    """Every slow stream is open, none has work queued, and the server
+                    has run nothing for them since the last look: their windows are full."""
+                    tiny = model_status(c, "tiny")
+                    idle = tiny.inference_count == counts[-1] and tiny.queue_depth == 0
+                    counts.append(tiny.inference_count)
+                    return server.server.streams.open_streams == 12 and idle and tiny.inference_count > 0
+
+                wait_until(held_back, 60, "the slow streams to fill their windows and be held back", interval=0.5)
             started = time.monotonic()
             with Client(server.address, retries=0, timeout=20) as c, cf.ThreadPoolExecutor(4) as pool:
                 answers = list(pool.map(lambda i: c.predict(encode(random_image(i)), model="tiny"), range(20)))

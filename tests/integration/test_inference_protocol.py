@@ -15,8 +15,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from framewire.client import Client
-from support.images import CAT_CLASSES, encode, random_image
+from support.images import CAT_CLASSES, random_image
 from support.server import RunningServer
+from support.waiting import wait_for_queue_depth
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,8 @@ def test_timeout_and_a_full_queue_as_triton_reports_them(tiny_repo):
         three = [uint8_input(np.stack([random_image(1, 32, 32)] * 3))]
         holder = threading.Thread(target=lambda: tc.infer("tiny", three))
         holder.start()
-        time.sleep(0.3)  # three images wait for a fourth (or the delay)
+        with Client(server.address) as native:
+            wait_for_queue_depth(native, "tiny", 3)  # three images wait for a fourth (or the delay)
         with pytest.raises(InferenceServerException) as info:
             tc.infer("tiny", [uint8_input(np.stack([random_image(2, 32, 32)] * 2))], priority=1)
         holder.join(10)

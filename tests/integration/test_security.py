@@ -6,7 +6,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -240,16 +239,16 @@ def test_a_revoked_token_is_refused_after_the_file_changes(guarded):
     with native(server, tokens["reader"]) as c:
         assert c.predict(IMAGE, model="tiny").classes
         path.write_text(original.replace(token_block(original, "reader"), ""))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def refused() -> bool:
             try:
                 c.predict(IMAGE, model="tiny")
             except FramewireError as exc:
                 assert exc.code == grpc.StatusCode.UNAUTHENTICATED
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the revoked token still works")
+                return True
+            return False
+
+        wait_until(refused, 10, "the revoked token to be refused", interval=0.1)
     path.write_text(original)
 
 
@@ -260,26 +259,29 @@ def token_block(text: str, name: str) -> str:
 
 
 def wait_until_accepted(server, token) -> None:
-    deadline = time.monotonic() + 10
     with native(server, token) as c:
-        while True:
+        def accepted():
             try:
                 c.predict(IMAGE, model="tiny")
-                return
             except FramewireError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(accepted, 10, "the token to be accepted", interval=0.1)
 
 
-def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded):
+def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded, caplog):
     server, tokens, path = guarded
     wait_until_accepted(server, tokens["reader"])  # the file is in force, as the last test left it
     original = path.read_text()
     path.write_text("this is [not toml")
-    time.sleep(1.2)  # past the store's change check, so it has tried to read the broken file
     try:
-        with native(server, tokens["reader"]) as c:
+        with caplog.at_level("ERROR", logger="framewire.auth"), native(server, tokens["reader"]) as c:
+            def tried_the_broken_file() -> bool:
+                assert c.predict(IMAGE, model="tiny").classes  # the previous tokens stay in force
+                return any("could not be read again" in r.getMessage() for r in caplog.records)
+
+            wait_until(tried_the_broken_file, 10, "the server to try reading the broken tokens file", interval=0.1)
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         path.write_text(original)
@@ -334,10 +336,7 @@ def test_sighup_reloads_the_tokens_file(tiny_repo, tmp_path):
                                  str(tokens)], capture_output=True, text=True, check=True)
         new = second.stdout.split("token: ")[1].strip()
         os.kill(server.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reloaded 2 token(s)" not in server.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "reloaded 2 token(s)" in server.output()
+        wait_until(lambda: "reloaded 2 token(s)" in server.output(), 10, "the server to log the reloaded tokens")
         with Client(server.address, token=new) as c:
             assert c.predict(IMAGE, model="tiny").classes
     finally:

@@ -19,6 +19,7 @@ from framewire.client import Client
 from framewire.stream import CameraStream
 from support.images import encode, random_image
 from support.server import RunningServer, ServerProcess
+from support.waiting import wait_until
 
 N_FRAMES = 200
 
@@ -76,13 +77,6 @@ def play(stream: CameraStream, frames, fps: float) -> None:
         if delay > 0:
             time.sleep(delay)
         stream.submit(frame)
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_every_frame_is_answered_in_order_with_its_own_prediction(fast_server, frames):
