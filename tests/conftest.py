@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,11 +36,15 @@ def chelsea_jpeg(chelsea) -> bytes:
 
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory) -> Path:
-    """A model repository holding the exported demo model (exported once)."""
-    from framewire.exporter.demo import export_demo
-
+    """A model repository holding the demo model, exported once per session the
+    way users export it: `framewire export --demo` (test_demo_model.py checks
+    what that command wrote)."""
+    framewire = shutil.which("framewire")
+    assert framewire, "the framewire console script is not installed"
     repo = tmp_path_factory.mktemp("demo-repo")
-    export_demo(repo)
+    done = subprocess.run([framewire, "export", "--demo", "--repo", str(repo)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"framewire export --demo failed:\n{done.stderr}"
     return repo
 
 

@@ -41,7 +41,8 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def target(tiny_repo):
     server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--max-image-pixels", "4000000",
-                           "--max-message-bytes", str(8 * 2**20), "--max-images-per-request", "32")
+                           "--max-message-bytes", str(8 * 2**20), "--max-images-per-request", "32",
+                           "--instances-per-device", "1")
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 * 2**20)])
     try:
         yield server, inference_pb2_grpc.ModelInferenceStub(channel), channel

@@ -23,7 +23,7 @@ from support.waiting import wait_until
 
 N_IMAGES = 300
 SERVE_ARGS = ("--device", "cpu", "--poll-seconds", "0", "--max-batch-size", "16", "--max-queue-delay-us", "1000",
-              "--drain-seconds", "2")
+              "--drain-seconds", "2", "--instances-per-device", "1")
 
 
 class Replicas:

@@ -330,7 +330,8 @@ def test_sighup_reloads_the_tokens_file(tiny_repo, tmp_path):
     token, digest = new_token()
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(token_entry("first", digest, ["infer"], []))
-    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--tokens-file", str(tokens))
+    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--tokens-file", str(tokens),
+                           "--instances-per-device", "1")
     try:
         second = subprocess.run(["framewire", "token", "--name", "second", "--scope", "infer", "--append",
                                  str(tokens)], capture_output=True, text=True, check=True)

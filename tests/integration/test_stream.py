@@ -205,7 +205,8 @@ class Warnings(logging.Handler):
 def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames):
     # A long drain: SIGTERM must end the open stream at once (UNAVAILABLE once the
     # frames read are answered) rather than wait it out while the camera goes on.
-    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "300")
+    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "300",
+            "--instances-per-device", "1")
     first, second = ServerProcess(*args), None
     stream = CameraStream(first.address, model="tiny", max_in_flight=2, drop="oldest", max_backoff=0.5)
     warnings = Warnings()
