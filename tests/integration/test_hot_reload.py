@@ -23,7 +23,14 @@ def versions(client, model="tiny") -> dict[int, pb.ModelVersionStatus]:
 
 
 class Traffic:
-    """Threads sending unversioned requests; records versions seen and failures."""
+    """Threads sending unversioned requests; records versions seen and failures.
+
+    Each thread keeps one request in flight at a time and pauses `pause`
+    seconds between them, so a version switch always meets requests in
+    flight without the suite spending a core on traffic for the whole test.
+    """
+
+    pause = 0.01
 
     def __init__(self, address: str, threads: int = 3):
         self.address, self.stop_flag = address, threading.Event()
@@ -41,6 +48,7 @@ class Traffic:
                     self.seen.append(c.predict(image, model="tiny").version)
                 except FramewireError as exc:
                     self.failures.append(exc)
+                self.stop_flag.wait(self.pause)
 
     def stop(self):
         self.stop_flag.set()
