@@ -90,20 +90,27 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tiny_repo,
             assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_the_cli_speaks_tls_with_a_token(tiny_repo, pki, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tls_with_token(tmp_path_factory, tiny_repo, pki):
+    """A server speaking TLS that requires a token; yields it and the token."""
     token, digest = new_token()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(token_entry("cli", digest, ["infer"], []))
-    image = tmp_path / "x.png"
-    image.write_bytes(IMAGE)
+    tokens = tmp_path_factory.mktemp("tls-tokens") / "tokens.toml"
+    tokens.write_text(token_entry("jobs", digest, ["infer"], []))
     with RunningServer(repo=str(tiny_repo), tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
                        tokens_file=str(tokens)) as server:
-        args = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test"]
-        assert cli(["predict", *args, "--token", token, "--model", "tiny", str(image)]) == 0
-        assert "class" in capsys.readouterr().out
-        assert cli(["predict", *args, "--model", "tiny", str(image)]) == 1
-        assert "UNAUTHENTICATED" in capsys.readouterr().err
-        assert cli(["status", *args, "--token", token]) == 0
+        yield server, token
+
+
+def test_the_cli_speaks_tls_with_a_token(tls_with_token, pki, tmp_path, capsys):
+    server, token = tls_with_token
+    image = tmp_path / "x.png"
+    image.write_bytes(IMAGE)
+    args = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test"]
+    assert cli(["predict", *args, "--token", token, "--model", "tiny", str(image)]) == 0
+    assert "class" in capsys.readouterr().out
+    assert cli(["predict", *args, "--model", "tiny", str(image)]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli(["status", *args, "--token", token]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -344,29 +351,25 @@ def test_sighup_reloads_the_tokens_file(tiny_repo, tmp_path):
         server.close()
 
 
-def test_score_and_stream_speak_tls_with_a_token(tiny_repo, pki, tmp_path):
+def test_score_and_stream_speak_tls_with_a_token(tls_with_token, pki, tmp_path):
     import json
     import subprocess
 
-    token, digest = new_token()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(token_entry("jobs", digest, ["infer"], []))
+    server, token = tls_with_token
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(4):
         (frames / f"{i:03d}.png").write_bytes(encode(random_image(i)))
-    with RunningServer(repo=str(tiny_repo), tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
-                       tokens_file=str(tokens)) as server:
-        security = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test",
-                    "--token", token]
-        out = tmp_path / "scores.jsonl"
-        done = subprocess.run(["framewire", "score", str(frames), "--model", "tiny", "--out", str(out), *security],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        assert len(rows) == 4 and all(row["error"] is None for row in rows)
-        streamed = tmp_path / "stream.jsonl"
-        done = subprocess.run(["framewire", "stream", str(frames), "--model", "tiny", "--fps", "0", "--drop", "none",
-                               "--quiet", "--out", str(streamed), *security], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert [json.loads(line)["status"] for line in streamed.read_text().splitlines()] == ["ok"] * 4
+    security = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test",
+                "--token", token]
+    out = tmp_path / "scores.jsonl"
+    done = subprocess.run(["framewire", "score", str(frames), "--model", "tiny", "--out", str(out), *security],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(row["error"] is None for row in rows)
+    streamed = tmp_path / "stream.jsonl"
+    done = subprocess.run(["framewire", "stream", str(frames), "--model", "tiny", "--fps", "0", "--drop", "none",
+                           "--quiet", "--out", str(streamed), *security], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["status"] for line in streamed.read_text().splitlines()] == ["ok"] * 4
