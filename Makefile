@@ -18,7 +18,7 @@ help:
 	@echo "make dev       install framewire with every extra needed by the tests"
 	@echo "make protos    regenerate the Python code under protos/"
 	@echo "make test      run the test suite (what CI runs)"
-	@echo "make test-fast run the unit tests only (no server starts; see README, Development)"
+	@echo "make test-fast run the unit tests only (see README, Development)"
 	@echo "make demo      export the demo model into \$$(REPO) if it is empty"
 	@echo "make serve     export the demo model if needed and start the server on \$$(PORT)"
 	@echo "make screenshot  refresh docs/operator-page.png (the live page in headless chromium, under load)"
