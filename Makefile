@@ -11,13 +11,14 @@ PORT ?= 8500
 HOST ?= 127.0.0.1
 METRICS_PORT ?= 9090
 
-.PHONY: help install dev protos test test-unit test-integration serve demo screenshot clean
+.PHONY: help install dev protos test test-fast test-unit test-integration serve demo screenshot clean
 
 help:
 	@echo "make install   install framewire with the server and demo extras"
 	@echo "make dev       install framewire with every extra needed by the tests"
 	@echo "make protos    regenerate the Python code under protos/"
-	@echo "make test      run the test suite"
+	@echo "make test      run the test suite (what CI runs)"
+	@echo "make test-fast run the unit tests only (see README, Development)"
 	@echo "make demo      export the demo model into \$$(REPO) if it is empty"
 	@echo "make serve     export the demo model if needed and start the server on \$$(PORT)"
 	@echo "make screenshot  refresh docs/operator-page.png (the live page in headless chromium, under load)"
@@ -40,7 +41,8 @@ protos: $(VENV_PROTOC)/bin/python
 test:
 	$(PYTHON) -m pytest
 
-test-unit:
+# The unit tests: no server, no network; the quick check before a full run.
+test-fast test-unit:
 	$(PYTHON) -m pytest tests/unit
 
 test-integration:

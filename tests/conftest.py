@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,13 +36,42 @@ def chelsea_jpeg(chelsea) -> bytes:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """Yields (folder, fill): fill the folder when `fill` is true. Under
+    pytest-xdist, the first worker fills it and the others wait and reuse it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield tmp_path_factory.mktemp(name), True
+        return
+    # The workers' temporary folders share one parent, made for this run.
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fill = not done.exists()
+            if fill:
+                shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+                folder.mkdir()
+            yield folder, fill
+            if fill:
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory) -> Path:
-    """A model repository holding the exported demo model (exported once)."""
-    from framewire.exporter.demo import export_demo
-
-    repo = tmp_path_factory.mktemp("demo-repo")
-    export_demo(repo)
+    """A model repository holding the demo model, exported once per session the
+    way users export it: `framewire export --demo` (test_demo_model.py checks
+    what that command wrote)."""
+    with made_once(tmp_path_factory, "demo-repo") as (repo, fill):
+        if fill:
+            framewire = shutil.which("framewire")
+            assert framewire, "the framewire console script is not installed"
+            done = subprocess.run([framewire, "export", "--demo", "--repo", str(repo)], capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"framewire export --demo failed:\n{done.stderr}"
     return repo
 
 

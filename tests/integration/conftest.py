@@ -26,9 +26,12 @@ def mixed_repo(tmp_path_factory, demo_repo, tiny_repo):
     return repo
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(mixed_repo):
-    """A server on both models with defaults close to production."""
+    """A server on both models with defaults close to production, shared by
+    every test that only reads from it (it starts two model workers, one
+    loading the demo network): a test that changes the server's state, or
+    counts what it served, starts its own or counts what it adds."""
     with RunningServer(repo=str(mixed_repo), max_batch_size=8, max_queue_delay_us=5000,
                        max_images_per_request=16, max_message_bytes=4 * 1024 * 1024) as running:
         yield running

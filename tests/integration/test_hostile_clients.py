@@ -28,6 +28,7 @@ from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc
 from support.images import encode, png_claiming, random_image
 from support.server import RunningServer, ServerProcess
+from support.waiting import model_status, wait_until
 
 #: Codes a well-behaved server may answer a hostile request with.
 ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -40,7 +41,8 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def target(tiny_repo):
     server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--max-image-pixels", "4000000",
-                           "--max-message-bytes", str(8 * 2**20), "--max-images-per-request", "32")
+                           "--max-message-bytes", str(8 * 2**20), "--max-images-per-request", "32",
+                           "--instances-per-device", "1")
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 * 2**20)])
     try:
         yield server, inference_pb2_grpc.ModelInferenceStub(channel), channel
@@ -199,8 +201,15 @@ def test_streams_that_stop_reading_do_not_stall_other_clients(tiny_repo):
             channel = grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
             channels.append(channel)
             calls.append(inference_pb2_grpc.ModelInferenceStub(channel).StreamPredict(frames(f"slow{i}")))
-        time.sleep(3)  # the slow streams fill their windows and get held back
         try:
+            with Client(server.address, retries=0) as c:
+                def hogging() -> bool:
+                    """Every slow stream is open and, on average, has had its in-flight
+                    allowance answered: they are all pushing frames nobody reads."""
+                    return (server.server.streams.open_streams == 12
+                            and model_status(c, "tiny").inference_count >= 12 * 8)
+
+                wait_until(hogging, 60, "the 12 slow streams to be open and answered", interval=0.1)
             started = time.monotonic()
             with Client(server.address, retries=0, timeout=20) as c, cf.ThreadPoolExecutor(4) as pool:
                 answers = list(pool.map(lambda i: c.predict(encode(random_image(i)), model="tiny"), range(20)))

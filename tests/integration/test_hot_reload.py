@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import pytest
 
@@ -13,16 +12,7 @@ from framewire.v1 import inference_pb2 as pb
 from support.artifacts import export_tiny
 from support.images import encode, random_image
 from support.server import RunningServer
-
-
-def wait_until(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from support.waiting import wait_until
 
 
 def versions(client, model="tiny") -> dict[int, pb.ModelVersionStatus]:
@@ -33,7 +23,14 @@ def versions(client, model="tiny") -> dict[int, pb.ModelVersionStatus]:
 
 
 class Traffic:
-    """Threads sending unversioned requests; records versions seen and failures."""
+    """Threads sending unversioned requests; records versions seen and failures.
+
+    Each thread keeps one request in flight at a time and pauses `pause`
+    seconds between them, so a version switch always meets requests in
+    flight without the suite spending a core on traffic for the whole test.
+    """
+
+    pause = 0.01
 
     def __init__(self, address: str, threads: int = 3):
         self.address, self.stop_flag = address, threading.Event()
@@ -51,6 +48,7 @@ class Traffic:
                     self.seen.append(c.predict(image, model="tiny").version)
                 except FramewireError as exc:
                     self.failures.append(exc)
+                self.stop_flag.wait(self.pause)
 
     def stop(self):
         self.stop_flag.set()
@@ -79,7 +77,7 @@ def test_versions_come_and_go_under_load_without_a_failed_request(tmp_path):
             wait_until(lambda: versions(admin)[3].state == pb.MODEL_STATE_UNAVAILABLE, what="v3 UNAVAILABLE")
             assert "truncated" in versions(admin)[3].reason
             mark = len(traffic.seen)
-            time.sleep(0.5)
+            wait_until(lambda: len(traffic.seen) >= mark + 20, what="20 more answers while v3 is broken")
             assert set(traffic.seen[mark:]) == {2}  # the good version keeps serving
             assert versions(admin)[2].state == pb.MODEL_STATE_READY
             assert v3.version == 3

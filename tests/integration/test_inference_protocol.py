@@ -15,8 +15,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from framewire.client import Client
-from support.images import CAT_CLASSES, encode, random_image
+from support.images import CAT_CLASSES, random_image
 from support.server import RunningServer
+from support.waiting import wait_for_queue_depth
 
 
 @pytest.fixture(scope="module")
@@ -147,19 +148,20 @@ def test_protocol_and_native_requests_share_device_batches(tiny_repo):
         assert stats.inference_stats.success.count == 16 and stats.inference_stats.queue.count == 16
 
 
-def test_statistics_count_the_requests_sent(tiny_repo):
-    with RunningServer(repo=str(tiny_repo), max_queue_delay_us=1000) as server:
-        tc = triton.InferenceServerClient(server.address)
-        for i in range(5):
-            tc.infer("tiny", [uint8_input(random_image(i, 32, 32)[None])])
-        tc.infer("tiny", [uint8_input(np.stack([random_image(9, 32, 32)] * 3))])
-        with pytest.raises(InferenceServerException):
-            tc.infer("tiny", [bytes_input([b"not an image"])])
-        stats = tc.get_inference_statistics("tiny").model_stats[0]
-        assert stats.inference_stats.success.count == 6
-        assert stats.inference_stats.fail.count == 1
-        assert stats.inference_count == 8
-        assert stats.inference_stats.success.ns > 0 and stats.last_inference > 0
+def test_statistics_count_the_requests_sent(tc):
+    # The module's server is shared: count what this test adds.
+    before = tc.get_inference_statistics("tiny").model_stats[0]
+    for i in range(5):
+        tc.infer("tiny", [uint8_input(random_image(i, 32, 32)[None])])
+    tc.infer("tiny", [uint8_input(np.stack([random_image(9, 32, 32)] * 3))])
+    with pytest.raises(InferenceServerException):
+        tc.infer("tiny", [bytes_input([b"not an image"])])
+    stats = tc.get_inference_statistics("tiny").model_stats[0]
+    assert stats.inference_stats.success.count - before.inference_stats.success.count == 6
+    assert stats.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    assert stats.inference_count - before.inference_count == 8
+    assert stats.inference_stats.success.ns > before.inference_stats.success.ns
+    assert stats.last_inference > 0 and stats.last_inference >= before.last_inference
 
 
 def test_repository_index_load_and_unload(tiny_repo):
@@ -251,7 +253,8 @@ def test_timeout_and_a_full_queue_as_triton_reports_them(tiny_repo):
         three = [uint8_input(np.stack([random_image(1, 32, 32)] * 3))]
         holder = threading.Thread(target=lambda: tc.infer("tiny", three))
         holder.start()
-        time.sleep(0.3)  # three images wait for a fourth (or the delay)
+        with Client(server.address) as native:
+            wait_for_queue_depth(native, "tiny", 3)  # three images wait for a fourth (or the delay)
         with pytest.raises(InferenceServerException) as info:
             tc.infer("tiny", [uint8_input(np.stack([random_image(2, 32, 32)] * 2))], priority=1)
         holder.join(10)

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from framewire.client import Client, FramewireError
 from support.images import CAT_CLASSES, encode, random_image
 from support.server import ServerProcess
+from support.waiting import wait_for_queue_depth, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,8 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(tiny_repo):
 
         with cf.ThreadPoolExecutor(4) as pool:
             in_flight = [pool.submit(one, i) for i in range(4)]
-            time.sleep(0.5)  # all four are waiting in the batcher
+            with Client(server.address) as c:
+                wait_for_queue_depth(c, "tiny", 4)  # all four are waiting in the batcher
             assert server.terminate() == 0
             answers = [f.result(timeout=30) for f in in_flight]
         assert [a.version for a in answers] == [1, 1, 1, 1]
@@ -120,9 +121,6 @@ def test_the_readme_run_command_serves_the_demo_and_predict_prints_a_cat(tmp_pat
             (model,) = json.loads(response.read())["models"]
         assert model["model"] == "efficientnet_lite0" and model["state"] == "READY"
         server.terminate()  # make itself dies of the signal; the server it started drains
-        deadline = time.monotonic() + 30
-        while "stopped" not in server.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "stopped" in server.output()
+        wait_until(lambda: "stopped" in server.output(), 30, "the server started by make to log that it stopped")
     finally:
         server.close()

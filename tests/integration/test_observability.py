@@ -231,7 +231,8 @@ def test_top_refreshes_in_a_terminal_and_quits_on_q(loaded_server):
 
 
 def test_json_logs_carry_the_request_id(tiny_repo):
-    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--log-format", "json")
+    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--log-format", "json",
+                           "--instances-per-device", "1")
     try:
         with grpc.insecure_channel(server.address) as channel:
             from framewire.v1 import inference_pb2 as pb

@@ -19,10 +19,11 @@ from framewire.score import ScoreError, score_images
 from framewire.sources import discover_images
 from support.images import encode, random_image
 from support.server import ServerProcess
+from support.waiting import wait_until
 
 N_IMAGES = 300
 SERVE_ARGS = ("--device", "cpu", "--poll-seconds", "0", "--max-batch-size", "16", "--max-queue-delay-us", "1000",
-              "--drain-seconds", "2")
+              "--drain-seconds", "2", "--instances-per-device", "1")
 
 
 class Replicas:
@@ -158,9 +159,8 @@ def test_an_interrupted_run_resumes_with_exactly_the_rest(replicas, image_folder
     # A run killed partway, one small batch at a time so there is time to kill it.
     process = subprocess.Popen([shutil.which("framewire"), *command, "--batch-size", "2", "--concurrency", "1"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while _count_lines(out) < 120 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: _count_lines(out) >= 120 or process.poll() is not None, 60,
+               "the interrupted run to write 120 rows", interval=0.01)
     process.kill()
     assert process.wait(10) == -signal.SIGKILL, "the run ended before it could be interrupted"
     with open(out, encoding="utf-8") as f:  # the rows that were complete when it died

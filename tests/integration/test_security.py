@@ -6,7 +6,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -91,20 +90,27 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(tiny_repo,
             assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_the_cli_speaks_tls_with_a_token(tiny_repo, pki, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tls_with_token(tmp_path_factory, tiny_repo, pki):
+    """A server speaking TLS that requires a token; yields it and the token."""
     token, digest = new_token()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(token_entry("cli", digest, ["infer"], []))
-    image = tmp_path / "x.png"
-    image.write_bytes(IMAGE)
+    tokens = tmp_path_factory.mktemp("tls-tokens") / "tokens.toml"
+    tokens.write_text(token_entry("jobs", digest, ["infer"], []))
     with RunningServer(repo=str(tiny_repo), tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
                        tokens_file=str(tokens)) as server:
-        args = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test"]
-        assert cli(["predict", *args, "--token", token, "--model", "tiny", str(image)]) == 0
-        assert "class" in capsys.readouterr().out
-        assert cli(["predict", *args, "--model", "tiny", str(image)]) == 1
-        assert "UNAUTHENTICATED" in capsys.readouterr().err
-        assert cli(["status", *args, "--token", token]) == 0
+        yield server, token
+
+
+def test_the_cli_speaks_tls_with_a_token(tls_with_token, pki, tmp_path, capsys):
+    server, token = tls_with_token
+    image = tmp_path / "x.png"
+    image.write_bytes(IMAGE)
+    args = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test"]
+    assert cli(["predict", *args, "--token", token, "--model", "tiny", str(image)]) == 0
+    assert "class" in capsys.readouterr().out
+    assert cli(["predict", *args, "--model", "tiny", str(image)]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli(["status", *args, "--token", token]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -240,16 +246,16 @@ def test_a_revoked_token_is_refused_after_the_file_changes(guarded):
     with native(server, tokens["reader"]) as c:
         assert c.predict(IMAGE, model="tiny").classes
         path.write_text(original.replace(token_block(original, "reader"), ""))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def refused() -> bool:
             try:
                 c.predict(IMAGE, model="tiny")
             except FramewireError as exc:
                 assert exc.code == grpc.StatusCode.UNAUTHENTICATED
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the revoked token still works")
+                return True
+            return False
+
+        wait_until(refused, 10, "the revoked token to be refused", interval=0.1)
     path.write_text(original)
 
 
@@ -260,26 +266,29 @@ def token_block(text: str, name: str) -> str:
 
 
 def wait_until_accepted(server, token) -> None:
-    deadline = time.monotonic() + 10
     with native(server, token) as c:
-        while True:
+        def accepted():
             try:
                 c.predict(IMAGE, model="tiny")
-                return
             except FramewireError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(accepted, 10, "the token to be accepted", interval=0.1)
 
 
-def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded):
+def test_a_broken_tokens_file_keeps_the_previous_tokens(guarded, caplog):
     server, tokens, path = guarded
     wait_until_accepted(server, tokens["reader"])  # the file is in force, as the last test left it
     original = path.read_text()
     path.write_text("this is [not toml")
-    time.sleep(1.2)  # past the store's change check, so it has tried to read the broken file
     try:
-        with native(server, tokens["reader"]) as c:
+        with caplog.at_level("ERROR", logger="framewire.auth"), native(server, tokens["reader"]) as c:
+            def tried_the_broken_file() -> bool:
+                assert c.predict(IMAGE, model="tiny").classes  # the previous tokens stay in force
+                return any("could not be read again" in r.getMessage() for r in caplog.records)
+
+            wait_until(tried_the_broken_file, 10, "the server to try reading the broken tokens file", interval=0.1)
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         path.write_text(original)
@@ -328,45 +337,39 @@ def test_sighup_reloads_the_tokens_file(tiny_repo, tmp_path):
     token, digest = new_token()
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(token_entry("first", digest, ["infer"], []))
-    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--tokens-file", str(tokens))
+    server = ServerProcess("--repo", str(tiny_repo), "--device", "cpu", "--tokens-file", str(tokens),
+                           "--instances-per-device", "1")
     try:
         second = subprocess.run(["framewire", "token", "--name", "second", "--scope", "infer", "--append",
                                  str(tokens)], capture_output=True, text=True, check=True)
         new = second.stdout.split("token: ")[1].strip()
         os.kill(server.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reloaded 2 token(s)" not in server.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "reloaded 2 token(s)" in server.output()
+        wait_until(lambda: "reloaded 2 token(s)" in server.output(), 10, "the server to log the reloaded tokens")
         with Client(server.address, token=new) as c:
             assert c.predict(IMAGE, model="tiny").classes
     finally:
         server.close()
 
 
-def test_score_and_stream_speak_tls_with_a_token(tiny_repo, pki, tmp_path):
+def test_score_and_stream_speak_tls_with_a_token(tls_with_token, pki, tmp_path):
     import json
     import subprocess
 
-    token, digest = new_token()
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(token_entry("jobs", digest, ["infer"], []))
+    server, token = tls_with_token
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(4):
         (frames / f"{i:03d}.png").write_bytes(encode(random_image(i)))
-    with RunningServer(repo=str(tiny_repo), tls_cert=str(pki["server"].cert), tls_key=str(pki["server"].key),
-                       tokens_file=str(tokens)) as server:
-        security = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test",
-                    "--token", token]
-        out = tmp_path / "scores.jsonl"
-        done = subprocess.run(["framewire", "score", str(frames), "--model", "tiny", "--out", str(out), *security],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        assert len(rows) == 4 and all(row["error"] is None for row in rows)
-        streamed = tmp_path / "stream.jsonl"
-        done = subprocess.run(["framewire", "stream", str(frames), "--model", "tiny", "--fps", "0", "--drop", "none",
-                               "--quiet", "--out", str(streamed), *security], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert [json.loads(line)["status"] for line in streamed.read_text().splitlines()] == ["ok"] * 4
+    security = ["--server", server.address, "--tls-ca", str(pki["ca"]), "--tls-server-name", "framewire.test",
+                "--token", token]
+    out = tmp_path / "scores.jsonl"
+    done = subprocess.run(["framewire", "score", str(frames), "--model", "tiny", "--out", str(out), *security],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(row["error"] is None for row in rows)
+    streamed = tmp_path / "stream.jsonl"
+    done = subprocess.run(["framewire", "stream", str(frames), "--model", "tiny", "--fps", "0", "--drop", "none",
+                           "--quiet", "--out", str(streamed), *security], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["status"] for line in streamed.read_text().splitlines()] == ["ok"] * 4

@@ -34,9 +34,49 @@ def signed_copy(tiny_repo, tmp_path, key) -> tuple:
     return repo, path
 
 
+def add_model(tiny_repo, repo, name: str, key=None):
+    """The tiny model as `<repo>/<name>/1`, signed with `key` when given."""
+    artifact = artifacts.read(tiny_repo / "tiny" / "1" / "model.fwa")
+    artifact.name = name
+    path = artifacts.write(artifact, repo / name / "1" / "model.fwa")
+    if key is not None:
+        assert cli(["sign", str(path), "--key", str(key)]) == 0
+    return path
+
+
 def states(server) -> dict:
     with Client(server.address) as c:
         return {(m.name, v.version): (v.state, v.reason) for m in c.list_models().models for v in m.versions}
+
+
+@pytest.fixture(scope="module")
+def trusting(keys, tiny_repo, tmp_path_factory):
+    """A server trusting one key, signatures not required: "unsigned", "changed"
+    (altered after it was signed) and "intruder" (signed with another key)."""
+    repo = tmp_path_factory.mktemp("trusting")
+    add_model(tiny_repo, repo, "unsigned")
+    changed = add_model(tiny_repo, repo, "changed", keys / "trusted" / "release.key")
+    artifact = artifacts.read(changed)
+    artifact.output.labels[0] = "something else"  # metadata only: the weights digest still matches
+    artifacts.write(artifact, changed)
+    add_model(tiny_repo, repo, "intruder", keys / "other" / "intruder.key")
+    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def requiring(keys, tiny_repo, tmp_path_factory):
+    """A server requiring signed artifacts (every version served): "tiny" 1
+    signed, the same file replayed as "other" 7 and "tiny" 2, and "unsigned"."""
+    repo = tmp_path_factory.mktemp("requiring")
+    path = add_model(tiny_repo, repo, "tiny", keys / "trusted" / "release.key")
+    for name, version in (("other", 7), ("tiny", 2)):
+        (repo / name / str(version)).mkdir(parents=True)
+        shutil.copy(path, repo / name / str(version) / "model.fwa")
+    add_model(tiny_repo, repo, "unsigned")
+    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted"), require_signed=True,
+                       version_policy="all") as server:
+        yield server, path
 
 
 def test_keygen_writes_a_private_key_only_the_owner_can_read(keys):
@@ -45,24 +85,19 @@ def test_keygen_writes_a_private_key_only_the_owner_can_read(keys):
     assert (keys / "trusted" / "release.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
 
 
-def test_a_signed_artifact_is_served(keys, tiny_repo, tmp_path, capsys):
-    repo, path = signed_copy(tiny_repo, tmp_path, keys / "trusted" / "release.key")
+def test_a_signed_artifact_is_served(requiring, capsys):
+    server, path = requiring
     assert cli(["inspect", str(path)]) == 0
     assert re.search(r"signed +yes, key [0-9a-f]{16}", capsys.readouterr().out)
-    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted"), require_signed=True) as server:
-        with Client(server.address) as c:
-            assert c.predict(encode(random_image(1)), model="tiny").classes
+    with Client(server.address) as c:
+        answer = c.predict(encode(random_image(1)), model="tiny")
+    assert answer.classes and answer.version == 1
 
 
-def test_an_artifact_changed_after_signing_is_refused(keys, tiny_repo, tmp_path):
-    repo, path = signed_copy(tiny_repo, tmp_path, keys / "trusted" / "release.key")
-    artifact = artifacts.read(path)
-    artifact.output.labels[0] = "something else"  # metadata only: the weights digest still matches
-    artifacts.write(artifact, path)
-    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted")) as server:
-        state, reason = states(server)[("tiny", 1)]
-        assert state == pb.MODEL_STATE_UNAVAILABLE
-        assert "does not verify: the artifact was changed after it was signed" in reason
+def test_an_artifact_changed_after_signing_is_refused(trusting):
+    state, reason = states(trusting)[("changed", 1)]
+    assert state == pb.MODEL_STATE_UNAVAILABLE
+    assert "does not verify: the artifact was changed after it was signed" in reason
 
 
 def test_tampered_weights_are_refused_even_with_a_fixed_digest(keys, tiny_repo, tmp_path):
@@ -78,22 +113,18 @@ def test_tampered_weights_are_refused_even_with_a_fixed_digest(keys, tiny_repo, 
         read_artifact(path, trust=TrustPolicy.from_directory(keys / "trusted"))
 
 
-def test_a_key_that_is_not_trusted_is_refused(keys, tiny_repo, tmp_path):
-    repo, _ = signed_copy(tiny_repo, tmp_path, keys / "other" / "intruder.key")
-    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted")) as server:
-        state, reason = states(server)[("tiny", 1)]
-        assert state == pb.MODEL_STATE_UNAVAILABLE and "not among the trusted keys" in reason
-        with Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
-            c.predict(encode(random_image(1)), model="tiny")
-        assert info.value.code.name == "UNAVAILABLE"
+def test_a_key_that_is_not_trusted_is_refused(trusting):
+    state, reason = states(trusting)[("intruder", 1)]
+    assert state == pb.MODEL_STATE_UNAVAILABLE and "not among the trusted keys" in reason
+    with Client(trusting.address, retries=0) as c, pytest.raises(FramewireError) as info:
+        c.predict(encode(random_image(1)), model="intruder")
+    assert info.value.code.name == "UNAVAILABLE"
 
 
-def test_unsigned_artifacts_are_refused_only_when_signatures_are_required(keys, tiny_repo):
-    with RunningServer(repo=str(tiny_repo), trusted_keys=str(keys / "trusted"), require_signed=True) as server:
-        state, reason = states(server)[("tiny", 1)]
-        assert state == pb.MODEL_STATE_UNAVAILABLE and "requires signed artifacts (--require-signed)" in reason
-    with RunningServer(repo=str(tiny_repo), trusted_keys=str(keys / "trusted")) as server:
-        assert states(server)[("tiny", 1)][0] == pb.MODEL_STATE_READY
+def test_unsigned_artifacts_are_refused_only_when_signatures_are_required(requiring, trusting):
+    state, reason = states(requiring[0])[("unsigned", 1)]
+    assert state == pb.MODEL_STATE_UNAVAILABLE and "requires signed artifacts (--require-signed)" in reason
+    assert states(trusting)[("unsigned", 1)][0] == pb.MODEL_STATE_READY
 
 
 def test_the_in_process_runner_checks_signatures_too(keys, tiny_repo, tmp_path):
@@ -120,22 +151,17 @@ def test_signing_covers_preprocessing_floats_to_the_bit(keys, tiny_repo, tmp_pat
         read_artifact(path, trust=TrustPolicy.from_directory(keys / "trusted"))
 
 
-def test_a_signed_artifact_is_served_only_as_the_model_and_version_it_was_signed_as(keys, tiny_repo, tmp_path):
+def test_a_signed_artifact_is_served_only_as_the_model_and_version_it_was_signed_as(requiring):
     """Replayed under another name, or under a newer version of its own model: refused."""
-    repo, path = signed_copy(tiny_repo, tmp_path, keys / "trusted" / "release.key")
-    for name, version in (("other", 7), ("tiny", 2)):
-        (repo / name / str(version)).mkdir(parents=True)
-        shutil.copy(path, repo / name / str(version) / "model.fwa")
-    with RunningServer(repo=str(repo), trusted_keys=str(keys / "trusted"), require_signed=True,
-                       version_policy="all") as server:
-        found = states(server)
-        assert found[("tiny", 1)][0] == pb.MODEL_STATE_READY
-        for key in (("other", 7), ("tiny", 2)):
-            state, reason = found[key]
-            assert state == pb.MODEL_STATE_UNAVAILABLE
-            assert (f"the artifact signed as model 'tiny' version 1, but its path says model {key[0]!r} version "
-                    f"{key[1]}; with --require-signed an artifact is served only as the name and version it was "
-                    "signed with") in reason
-        with Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
-            c.predict(encode(random_image(1)), model="other")
-        assert info.value.code.name == "UNAVAILABLE"
+    server, _ = requiring
+    found = states(server)
+    assert found[("tiny", 1)][0] == pb.MODEL_STATE_READY
+    for key in (("other", 7), ("tiny", 2)):
+        state, reason = found[key]
+        assert state == pb.MODEL_STATE_UNAVAILABLE
+        assert (f"the artifact signed as model 'tiny' version 1, but its path says model {key[0]!r} version "
+                f"{key[1]}; with --require-signed an artifact is served only as the name and version it was "
+                "signed with") in reason
+    with Client(server.address, retries=0) as c, pytest.raises(FramewireError) as info:
+        c.predict(encode(random_image(1)), model="other")
+    assert info.value.code.name == "UNAVAILABLE"

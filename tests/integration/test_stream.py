@@ -19,6 +19,7 @@ from framewire.client import Client
 from framewire.stream import CameraStream
 from support.images import encode, random_image
 from support.server import RunningServer, ServerProcess
+from support.waiting import wait_until
 
 N_FRAMES = 200
 
@@ -76,13 +77,6 @@ def play(stream: CameraStream, frames, fps: float) -> None:
         if delay > 0:
             time.sleep(delay)
         stream.submit(frame)
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_every_frame_is_answered_in_order_with_its_own_prediction(fast_server, frames):
@@ -211,7 +205,8 @@ class Warnings(logging.Handler):
 def test_the_stream_survives_a_server_restart_on_the_same_port(tiny_repo, frames):
     # A long drain: SIGTERM must end the open stream at once (UNAVAILABLE once the
     # frames read are answered) rather than wait it out while the camera goes on.
-    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "300")
+    args = ("--repo", str(tiny_repo), "--device", "cpu", "--poll-seconds", "0", "--drain-seconds", "300",
+            "--instances-per-device", "1")
     first, second = ServerProcess(*args), None
     stream = CameraStream(first.address, model="tiny", max_in_flight=2, drop="oldest", max_backoff=0.5)
     warnings = Warnings()

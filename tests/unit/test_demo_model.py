@@ -61,13 +61,12 @@ def test_the_demo_graph_serves_without_the_architecture_package(demo_artifact, t
     assert out.stdout.strip() == "(2, 1000)"
 
 
-def test_the_cli_exports_and_inspects_the_demo(tmp_path):
+def test_the_cli_exports_and_inspects_the_demo(demo_repo, demo_artifact):
+    # The session's demo repository is what `framewire export --demo` wrote (see conftest.py).
+    assert (demo_repo / "efficientnet_lite0" / "1" / "model.fwa").is_file()
     framewire = shutil.which("framewire")
     assert framewire, "the framewire console script is not installed"
-    done = subprocess.run([framewire, "export", "--demo", "--repo", str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    artifact = tmp_path / "efficientnet_lite0" / "1" / "model.fwa"
-    shown = subprocess.run([framewire, "inspect", str(artifact), "--json"], capture_output=True, text=True)
+    shown = subprocess.run([framewire, "inspect", str(demo_artifact), "--json"], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     summary = json.loads(shown.stdout)
     assert summary["name"] == "efficientnet_lite0" and summary["labels"] == 1000

@@ -9,7 +9,7 @@ import torch
 
 from framewire.cli import main as cli
 from framewire.exporter import load_model, read_artifact
-from framewire.exporter.errors import InvalidArtifactFieldError, WeightsMismatchError
+from framewire.exporter.errors import InvalidArtifactFieldError
 from framewire.exporter.export import export_module
 from framewire.v1 import artifact_pb2 as pb
 from support.artifacts import TinyNet

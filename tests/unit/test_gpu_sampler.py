@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 
 from framewire.service.gpu import GpuSampler, load_nvml
 from framewire.service.metrics import gpu_families
 from support.nvml import FakeGpu, FakeNvml
+from support.waiting import wait_until
 
 
 def test_a_sample_reads_every_figure_in_its_unit():
@@ -73,8 +73,7 @@ def test_the_sampler_thread_keeps_sampling():
     sampler = GpuSampler(nvml, interval=0.01)
     sampler.start()
     first = nvml.calls
-    deadline = time.monotonic() + 5
-    while nvml.calls <= first * 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    sampler.stop()
-    assert nvml.calls > first * 3
+    try:
+        wait_until(lambda: nvml.calls > first * 3, 5, f"more than {first * 3} NVML calls", interval=0.01)
+    finally:
+        sampler.stop()
