@@ -4,6 +4,7 @@ table (the runs themselves are in tests/integration/test_load_tests.py)."""
 
 from __future__ import annotations
 
+import re
 import statistics
 
 import pytest
@@ -213,3 +214,14 @@ def test_the_admission_cost_tool_refuses_every_request_after_the_probe(capsys):
 
     assert admission_cost.main(["200"]) == 0
     assert "(200 of 200 requests refused)" in capsys.readouterr().out
+
+
+def test_the_grpc_floor_tool_loads_both_server_kinds(capsys):
+    from load_tests import grpc_floor
+
+    assert grpc_floor.main(["--seconds", "0.5", "--clients", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["aio", "sync"]
+    for line in lines:
+        rate, cpu = re.search(r"(\d+) requests/s, server CPU ([\d.]+) ms per request", line).groups()
+        assert int(rate) > 0 and float(cpu) > 0, line
