@@ -23,6 +23,7 @@ from concurrent import futures
 
 import grpc
 
+from framewire.connection import Connection
 from framewire.v1 import inference_pb2 as pb
 from framewire.v1 import inference_pb2_grpc as pb_grpc
 
@@ -69,7 +70,7 @@ def _client(port: int, seconds: float) -> None:
     """Send Predicts one after another for `seconds`; print how many."""
     request = pb.PredictRequest(model="m", image=pb.Image(encoded=b"x" * 3072))
     sent = 0
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with Connection(f"127.0.0.1:{port}").channel() as channel:
         predict = pb_grpc.ModelInferenceStub(channel).Predict
         end = time.monotonic() + seconds
         while time.monotonic() < end:
