@@ -241,8 +241,8 @@ def test_one_connection_may_hold_only_so_many_streams(limited):
             feed.put(pb.StreamFrame(stream_id=f"c{i}", frame_number=0, image=image, model="tiny"))
             feeds.append(feed)
             calls.append(stub.StreamPredict(iter(feed.get, None)))
-        for call in calls[:3]:
-            assert next(call).status.code == 0
+            if i < 3:  # open one after another: the server takes up concurrent calls in any order
+                assert next(calls[i]).status.code == 0
         with pytest.raises(grpc.RpcError) as info:
             next(calls[3])
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
