@@ -27,13 +27,16 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class ProcessRole:
-    """Which of the server's processes a pid is."""
+    """Which of the server's processes a pid is. A worker hosts every model
+    version placed on its device: `models` names them ("name:version");
+    `model`, `version` and `instance` are the first one's."""
 
     pid: int
     role: str  # "front end" or "worker"
     model: str = ""
     version: int = 0
     instance: int = 0
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 import logging
 import time
 from concurrent.futures import Executor
@@ -33,10 +34,15 @@ from .model_view import ModelView
 from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner, WorkerStatus
 from .stats import ModelStats
 from .tasks import task_handler
+from .device_workers import DeviceWorkers
 from .worker_runner import ProcessRunner
 from .worker_settings import WorkerSettings
 
 log = logging.getLogger("framewire.model")
+
+#: Numbers each load, so two loads of one version (a changed file reloaded
+#: while the old copy serves) are two models to the worker hosting both.
+_loads = itertools.count(1)
 
 #: Requests with more images than this have their headers checked off the event loop.
 INLINE_ADMISSION = 4
@@ -186,14 +192,22 @@ class ServedModel:
 
 def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: ServerMetrics | None = None,
                        trust=None, admission_pool: Executor | None = None,
-                       budget: LoadBudget | None = None) -> ServedModel:
+                       budget: LoadBudget | None = None, workers: DeviceWorkers | None = None) -> ServedModel:
     """Read an artifact and give it a runner: worker processes (`--runner
-    process`) or instances in this process (`--runner thread`). Nothing is
-    loaded onto a device yet (`ServedModel.load`). `trust` (a TrustPolicy)
-    checks its signature, in the worker too. `budget` bounds the load (by
-    default --load-timeout-seconds from now); the version is the bytes read
-    here: a worker, a restarted one too, refuses any other."""
+    process`; the server's `workers`, shared with its other versions, or
+    processes of its own without them) or instances in this process
+    (`--runner thread`). Nothing is loaded onto a device yet
+    (`ServedModel.load`). `trust` (a TrustPolicy) checks its signature, in
+    the worker too. `budget` bounds the load (by default
+    --load-timeout-seconds from now); the version is the bytes read here: a
+    worker, a restarted one too, refuses any other."""
     instances, threads = instance_plan(config, plan.on_cuda)
+    if workers is not None and config.runner == "process":
+        # Intra-op threads are process-wide in a worker: the workers' own plan's.
+        if instances > workers.per_device:
+            log.info("%s: %d instances per device asked; %s has %d worker process(es), one instance in each",
+                     path, instances, plan.label, workers.per_device)
+        instances, threads = min(instances, workers.per_device), workers.threads
     config = dataclasses.replace(config, instances_per_device=instances, cpu_threads=threads)
     budget = budget or LoadBudget(config.load_timeout_seconds)
     data = read_artifact_bytes(path, max_bytes=config.max_artifact_bytes)
@@ -206,7 +220,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: Ser
         artifact.graph.ClearField("program_json")
     handler = task_handler(artifact)
     name = f"{artifact.name}:{artifact.version}"
-    settings = [WorkerSettings.from_config(config, model_id=name, artifact=str(path), device=device, dtype=plan.dtype,
+    settings = [WorkerSettings.from_config(config, model_id=f"{name}#{next(_loads)}", artifact=str(path), device=device, dtype=plan.dtype,
                                            expect_sha256=file_sha256) for device in plan.devices]
     batching = BatchingSettings.from_config(config, max_batch_size=min(config.max_batch_size, artifact.input.max_batch),
                                             on_cuda=plan.on_cuda)
@@ -216,7 +230,7 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: Ser
     else:
         del data
         runner = ProcessRunner(handler, settings, instances_per_device=instances, batching=batching, name=name,
-                               load_timeout=config.load_timeout_seconds, load_budget=budget)
+                               load_timeout=config.load_timeout_seconds, load_budget=budget, workers=workers)
     return ServedModel(artifact, str(path), runner, config, on_cuda=plan.on_cuda, metrics=metrics,
                        admission_pool=admission_pool)
 

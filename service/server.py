@@ -35,6 +35,7 @@ from .api.oip import InferenceProtocolServicer
 from .auth import AuthInterceptor, TokenStore
 from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
+from .device_workers import DeviceWorkers
 from .devices import plan_devices
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
@@ -88,6 +89,8 @@ class FramewireServer:
                      "; unsigned artifacts are refused" if config.require_signed else "")
         log.info("devices: %s (%s)%s", self.plan.label, self.plan.dtype,
                  f"; CPU fallback: {self.plan.fallback_reason}" if self.plan.fallback_reason else "")
+        #: Worker processes per device, hosting every version placed there (--runner process).
+        self.workers = DeviceWorkers.for_plan(self.plan, config) if config.runner == "process" else None
         # Checks the image headers of large requests off the event loop.
         self.admission_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="admit")
         self.state = ServerState()
@@ -129,12 +132,14 @@ class FramewireServer:
     def _build_model(self, path: Path, budget: LoadBudget) -> ServedModel:
         model_config = self.config.for_model(path.parent.parent.name)
         return build_served_model(path, model_config, self.plan, self.metrics, self.trust, self.admission_pool,
-                                  budget)
+                                  budget, self.workers)
 
     def _our_pids(self) -> set[int]:
         pids = {os.getpid()}
         for model in self.repo.served():
             pids |= model.pids()
+        if self.workers is not None:
+            pids |= self.workers.pids()
         return pids
 
     async def start(self) -> int:
@@ -197,6 +202,8 @@ class FramewireServer:
         self.streams.drain()
         await self.grpc.stop(grace)
         await self.repo.close()
+        if self.workers is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.workers.close)
         await self.status.close()
         if self._health_task is not None:
             self._health_task.cancel()

@@ -10,8 +10,9 @@ by `build_document(inputs, history)` from a `StatusInputs` and the
   dtype, CPU fallback reason, ports, and the CPU percent (of one core) and
   RSS/PSS bytes of all its processes together), `host` (CPU count, CPU
   percent of the whole machine, memory total and available).
-- `processes`: the front end and each worker: role, pid, model, version,
-  instance, CPU percent, RSS and PSS bytes.
+- `processes`: the front end and each worker process once: role, pid,
+  model, version, instance (of the first version it hosts), `models` (every
+  version it hosts, "name:version"), CPU percent, RSS and PSS bytes.
 - `gpus`: per GPU NVML sees, utilisation, memory used / total / this
   server's, power and limit, temperature, SM clock; `gpu_note` says why
   the list is empty ("no GPU: ...").
@@ -60,7 +61,7 @@ def build_document(inputs: StatusInputs, history: StatusHistory, sample: dict) -
         "host": {**dataclasses.asdict(inputs.host), "cpu_percent": rounded(inputs.host.cpu_percent, 3)},
         "processes": [{
             "role": p.role.role, "pid": p.role.pid, "model": p.role.model, "version": p.role.version,
-            "instance": p.role.instance, "cpu_percent": rounded(p.cpu_percent, 3),
+            "instance": p.role.instance, "models": list(p.role.models), "cpu_percent": rounded(p.cpu_percent, 3),
             "rss_bytes": p.rss_bytes, "pss_bytes": p.pss_bytes,
         } for p in inputs.processes],
         "gpus": [_gpu(g) for g in inputs.gpus],
@@ -118,7 +119,15 @@ def visible_json(document: bytes, allowed: Callable[[str], bool]) -> str:
         return document.decode()
     parsed["models"] = [m for m in parsed["models"] if allowed(m["model"])]
     parsed["requests_by_code"] = {k: v for k, v in parsed["requests_by_code"].items() if allowed(k)}
-    parsed["processes"] = [p for p in parsed["processes"] if p["role"] != "worker" or allowed(p["model"])]
+    processes = []
+    for p in parsed["processes"]:
+        hosted = [m for m in p.get("models", []) if allowed(m.rpartition(":")[0])]
+        if p["role"] != "worker" or hosted or (not p.get("models") and allowed(p["model"])):
+            if p["role"] == "worker" and p.get("models"):
+                first = hosted[0].rpartition(":")
+                p.update(models=hosted, model=first[0], version=int(first[2]))
+            processes.append(p)
+    parsed["processes"] = processes
     sample = parsed.get("sample", {})
     sample["models"] = {k: v for k, v in sample.get("models", {}).items() if allowed(k.rpartition(":")[0])}
     return json.dumps(parsed, separators=(",", ":"))

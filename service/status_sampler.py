@@ -90,15 +90,22 @@ class StatusSampler:
 
 
 def process_roles(server: "FramewireServer") -> list[ProcessRole]:
-    """The front end and every worker process that is running."""
-    roles = [ProcessRole(os.getpid(), "front end")]
+    """The front end and every worker process that is running, each once
+    (a worker hosts several versions: its PSS and CPU count once)."""
+    workers: dict[int, ProcessRole] = {}
     for slots in server.repo.models().values():
         for slot in slots:
             if slot.served is None:
                 continue
-            roles += [ProcessRole(w.pid, "worker", slot.name, slot.version, w.instance)
-                      for w in slot.served.workers() if w.state in ("running", "starting")]
-    return roles
+            for w in slot.served.workers():
+                if w.state not in ("running", "starting"):
+                    continue
+                hosted = f"{slot.name}:{slot.version}"
+                role = workers.get(w.pid) or ProcessRole(w.pid, "worker", slot.name, slot.version, w.instance)
+                if hosted not in role.models:
+                    role = dataclasses.replace(role, models=(*role.models, hosted))
+                workers[w.pid] = role
+    return [ProcessRole(os.getpid(), "front end"), *workers.values()]
 
 
 def gather(server: "FramewireServer", now: float, host, processes: tuple) -> StatusInputs:

@@ -11,19 +11,24 @@ comes back in its reply):
 | -------------------------------- | ----------------------------------------------------------- |
 | `load` {settings}                | `loaded` {model, task, dtype, device}, or `failed` {kind, message} |
 | `warm` {model, sizes}            | `warmed`, or `failed`                                       |
-| `buffer` {slot, path, size}      | `buffer_ok`: the connection's shared memory for one slot    |
+| `buffer` {model, slot, path, size} | `buffer_ok`: shared memory for one slot of one model      |
 | `run` {model, slot, batch}       | `done` {rows, errors, output, preprocess_us, compute_us} + output bytes, or `error` {kind, message} |
 | `unload` {model}                 | `unloaded`                                                  |
 | `stop`                           | (exits)                                                     |
 
 `settings` is a `WorkerSettings` message; models are keyed by its
-`model_id`, so one worker can host several. A `run`'s batch is a
+`model_id`, and a worker hosts every model version the front end places on
+its device (see `device_workers`). Shared memory is keyed by (model id,
+slot): each version has its own slots. A `run`'s batch is a
 `payloads.pack` header: offsets into the slot's shared memory, where the
 front end wrote compact payloads (encoded bytes, client pixels). Batches
 go through two threads: one decodes and preprocesses (`DeviceModel.prepare`),
 the other runs the network and replies, so on CUDA a batch is decoded
 while the previous one computes. Images that fail to decode are reported
-per row; the rest of the batch is answered.
+per row; the rest of the batch is answered; a model whose forward raises
+fails its own batch, and the worker goes on serving every model. `load`
+and `warm` run on a control thread of their own, so loading one version
+does not hold up the batches of the others.
 
 Running the network in its own process keeps the front end's event loop
 from holding the GIL the network's Python dispatch needs, and keeps a
@@ -54,13 +59,15 @@ class WorkerHost:
         self.inp = inp
         self.out = out
         self.models: dict = {}
-        self.buffers: dict[int, object] = {}
+        self.buffers: dict[tuple, object] = {}  # (model id, slot) -> mapping
         self.decode_pool = None
         self._write_lock = threading.Lock()
         self._configured = False
         self._to_prepare: queue.Queue = queue.Queue()
         self._to_compute: queue.Queue = queue.Queue()
-        for target, name in ((self._prepare_loop, "prepare"), (self._compute_loop, "compute")):
+        self._to_control: queue.Queue = queue.Queue()
+        for target, name in ((self._prepare_loop, "prepare"), (self._compute_loop, "compute"),
+                             (self._control_loop, "control")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def reply(self, header: dict, payload: bytes = b"") -> None:
@@ -69,8 +76,8 @@ class WorkerHost:
 
     def serve(self) -> int:
         """Answer messages until `stop` or the pipe closes."""
-        handlers = {"load": self._load, "warm": self._warm, "buffer": self._buffer, "run": self._run,
-                    "unload": self._unload}
+        handlers = {"load": self._to_control.put, "warm": self._to_control.put, "buffer": self._buffer,
+                    "run": self._run, "unload": self._unload}
         while True:
             try:
                 header, _ = read_message(self.inp)
@@ -87,6 +94,13 @@ class WorkerHost:
             handler(header)
 
     # ------------------------------------------------------------ control
+
+    def _control_loop(self) -> None:
+        """Loads and warm-ups, one at a time, beside other models' batches."""
+        handlers = {"load": self._load, "warm": self._warm}
+        while True:
+            header = self._to_control.get()
+            handlers[header["op"]](header)
 
     def _configure(self, settings) -> None:
         """Process-wide settings, from the first model loaded."""
@@ -159,11 +173,14 @@ class WorkerHost:
         self.reply({"op": "warmed", "id": header.get("id"), "seconds": {str(k): v for k, v in seconds.items()}})
 
     def _buffer(self, header: dict) -> None:
-        self.buffers[int(header["slot"])] = map_buffer(header["path"], int(header["size"]))
+        self.buffers[(header.get("model"), int(header["slot"]))] = map_buffer(header["path"], int(header["size"]))
         self.reply({"op": "buffer_ok", "id": header.get("id")})
 
     def _unload(self, header: dict) -> None:
-        self.models.pop(header.get("model"), None)
+        model = header.get("model")
+        self.models.pop(model, None)
+        for key in [k for k in self.buffers if k[0] == model]:  # a batch still holding a view keeps the mapping
+            del self.buffers[key]
         self.reply({"op": "unloaded", "id": header.get("id")})
 
     # ------------------------------------------------------------ batches
@@ -172,7 +189,7 @@ class WorkerHost:
         from .payloads import unpack
 
         model = self.models.get(header.get("model"))
-        buffer = self.buffers.get(header.get("slot"))
+        buffer = self.buffers.get((header.get("model"), header.get("slot")))
         if model is None or buffer is None:
             what = "model" if model is None else "shared memory slot"
             self.reply({"op": "error", "id": header.get("id"), "kind": "internal",

@@ -1,35 +1,40 @@
 """The front end's side of model worker processes (see `worker`).
 
 `ProcessRunner` implements the declared runner interface (`runner.Runner`)
-with one worker process per instance. It forms batches here and ships each
-to a worker with a free slot: the batch's compact payloads are written into
-the slot's shared memory (`payloads.pack`), the `run` message carries the
-offsets, and the reply carries the outputs, per-row decode errors and the
-worker's timings. A worker has `1 + pipeline depth` slots, so on CUDA it
-decodes the next batch while the current one computes.
+with one instance per worker process it is placed on. The processes are the
+server's (`device_workers.DeviceWorkers`: per GPU one, on the CPU the
+instance plan's count) and host every version placed on their device; a
+`WorkerProcess` is one version's instance in one of them. The runner forms
+batches here and ships each to an instance with a free slot: the batch's
+compact payloads are written into the slot's shared memory (`payloads.pack`;
+each version has its own slots in each process), the `run` message carries
+the offsets, and the reply carries the outputs, per-row decode errors and
+the worker's timings. An instance has `1 + pipeline depth` slots, so on CUDA
+a worker decodes the next batch while the current one computes.
 
-Loading is explicit: `load` starts every worker and sends each its
-`load` message (a `WorkerSettings`), `warm_up` its `warm` message, both
-under the version's load budget (--load-timeout-seconds): a worker that
-overruns it is killed and the version alone fails. A worker refuses a file
-whose bytes are not the ones the version was loaded from. A worker that
-dies fails its batches in flight with UNAVAILABLE; `WorkerPool` restarts it
-in the background (loaded and warmed, under a budget of its own) while the
-other workers serve.
+Loading is explicit: `load` starts the processes that are not running yet
+and sends each its `load` message (a `WorkerSettings`), `warm_up` its `warm`
+message, both under the version's load budget (--load-timeout-seconds): a
+load that overruns it kills the process, the version alone fails, and the
+process comes back for the versions it hosted (see `device_workers`). A
+worker refuses a file whose bytes are not the ones the version was loaded
+from. A worker that dies fails its batches in flight with UNAVAILABLE;
+`WorkerPool` has it restarted in the background (once for every version it
+hosted, each loaded and warmed again) while the other workers serve.
+`release` unloads the version from its processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .errors import InferenceError, LimitExceededError, ServiceError, error_from_code
 from .device_model import BatchOutcome
-from .ipc import Connection, SharedBuffer, WorkerGone
+from .device_workers import WORKER_COMMAND, DeviceWorkers, SharedWorker, WorkerStartError
+from .ipc import SharedBuffer, WorkerGone
 from .load_budget import LoadBudget
 from .payloads import pack, packed_size
 from .runner import BatchedRunner, BatchingSettings, WorkerStatus, answers
@@ -37,7 +42,7 @@ from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
 
-WORKER_COMMAND = [sys.executable, "-m", "framewire.service.worker"]
+__all__ = ["WORKER_COMMAND", "ProcessRunner", "WorkerCrashedError", "WorkerProcess", "WorkerStartError"]
 
 
 class WorkerCrashedError(ServiceError):
@@ -46,71 +51,111 @@ class WorkerCrashedError(ServiceError):
     code = "UNAVAILABLE"
 
 
-class WorkerStartError(Exception):
-    """A worker could not load the model; `kind` is "artifact", "changed"
-    (the file is not the bytes the version was loaded from), "timeout" or
-    "internal"."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
 class WorkerProcess:
-    """One worker process, its connection and its shared-memory slots."""
+    """One version's instance in a worker process (`SharedWorker`): its model
+    there, and its shared-memory slots."""
 
-    def __init__(self, name: str, index: int, settings, slots: int, handler, load_timeout: float = 120.0):
+    def __init__(self, name: str, index: int, settings, slots: int, handler, load_timeout: float = 120.0,
+                 shared: SharedWorker | None = None):
         self.name = name
         self.handler = handler
         self.index = index
         self.settings = settings
         self.slots = slots
         self.load_timeout = load_timeout
+        self.shared = shared if shared is not None else SharedWorker(settings.device, index)
         self.warm_sizes: list[int] = []
         #: Seconds each warm-up batch size took ({size: seconds}).
         self.warm_seconds: dict[int, float] = {}
-        self.proc: subprocess.Popen | None = None
-        self.connection: Connection | None = None
+        #: The SharedWorker generation (process) the model is loaded in; None when not loaded.
+        self.generation: int | None = None
         self.buffers: dict[int, SharedBuffer] = {}
         self.info: dict = {}
         self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
         self.budget: LoadBudget | None = None
-        self.restarts = 0  # starts after the first (a worker that died)
         self.warm = False
         self.stopped = False
         self._stopping = False
         #: Restarts run here (WorkerPool), never on the event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{name}-{index}")
 
+    @property
+    def proc(self):
+        """The process this instance runs in (shared with other versions)."""
+        return self.shared.proc
+
+    @property
+    def connection(self):
+        return self.shared.connection
+
+    @property
+    def restarts(self) -> int:
+        """Starts of its process after one died."""
+        return self.shared.restarts
+
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and self.connection.alive
+        """Whether its process runs with this version loaded in it."""
+        return self.generation is not None and self.generation == self.shared.generation and self.shared.alive()
 
     def spawn_and_load(self, budget: LoadBudget) -> None:
-        """Start the process and load the model in it (blocking); past the
-        budget the process is killed. Warming up is `warm_up`; taking work,
-        the runner's `start`."""
+        """Load the model in its worker process, starting the process if it is
+        not running (blocking). Past the budget the process is killed, and
+        started again for the other versions it hosts before this one fails.
+        Warming up is `warm_up`; taking work, the runner's `start`."""
         self.budget = budget
         if self._stopping:
             budget.cancel()
-        if self.proc is not None:  # a process ran before: this is a restart
-            self.restarts += 1
-        self.warm = False
-        # The arguments only label the process (ps, top): what it hosts comes in messages.
-        label = [self.settings.model_id, self.settings.artifact]
-        self.proc = subprocess.Popen([*WORKER_COMMAND, *label], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     start_new_session=True)
-        self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
-        self._drop_buffers()
-        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading", budget)
-        if header.get("op") != "loaded":
-            self._stop_process()
-            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
-        self.info = header
+        with self.shared.lock:
+            self.shared.ensure_running()
+            try:
+                self._load_here(budget)
+            except WorkerStartError:
+                self._revive_others(budget)
+                raise
+            self.shared.host(self)
 
     def warm_up(self, sizes: list[int], budget: LoadBudget) -> None:
         """Run each batch size once in the worker (blocking); then it is ready."""
         self.warm_sizes = list(sizes)
+        with self.shared.lock:
+            if not self.alive():
+                raise WorkerStartError("internal", f"the model worker exited before {self.name} was warmed up")
+            try:
+                self._warm_here(budget)
+            except WorkerStartError:
+                self._revive_others(budget)
+                raise
+        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
+
+    def reload_here(self) -> None:
+        """Load and warm the model again in the worker's current process, under
+        a budget of its own (`SharedWorker.bring_up`, lock held)."""
+        budget = LoadBudget(self.load_timeout)
+        self.budget = budget
+        if self._stopping:
+            budget.cancel()
+        self._load_here(budget)
+        self._warm_here(budget)
+        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
+
+    def restart(self) -> None:
+        """Have the worker running with this version loaded and warm again:
+        its process is started again once for every version it hosted
+        (WorkerPool's restart of a worker that died)."""
+        self.shared.bring_up(self)
+
+    def _load_here(self, budget: LoadBudget) -> None:
+        self.warm = False
+        self.generation = None
+        self._drop_buffers()
+        header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading", budget)
+        if header.get("op") != "loaded":
+            raise WorkerStartError(header.get("kind", "internal"), header.get("message", "worker failed to start"))
+        self.info = header
+        self.generation = self.shared.generation
+
+    def _warm_here(self, budget: LoadBudget) -> None:
+        sizes = self.warm_sizes
         if sizes:
             header = self._control({"op": "warm", "model": self.settings.model_id, "sizes": sizes}, "warming up",
                                    budget)
@@ -118,22 +163,23 @@ class WorkerProcess:
                 raise WorkerStartError(header.get("kind", "internal"), header.get("message", "warm-up failed"))
             self.warm_seconds = {int(k): float(v) for k, v in header.get("seconds", {}).items()}
         self.warm = True
-        log.info("%s: worker %d (pid %d) ready on %s", self.name, self.index, self.proc.pid, self.info.get("device"))
 
-    def restart(self) -> None:
-        """Stop the process if it runs, then spawn, load and warm it again, under
-        a budget of its own (WorkerPool's restart of a worker that died)."""
-        self._stop_process()
-        budget = LoadBudget(self.load_timeout)
-        self.spawn_and_load(budget)
-        self.warm_up(self.warm_sizes, budget)
+    def _revive_others(self, budget: LoadBudget) -> None:
+        """This version's load failed (lock held): if that killed the process,
+        start it again for the versions it hosts, unless the server is stopping."""
+        self.generation = None
+        if self in self.shared.hosted:
+            self.shared.hosted.remove(self)
+        if not budget.cancelled and not self._stopping:
+            self.shared.revive()
 
     def _control(self, header: dict, doing: str, budget: LoadBudget) -> dict:
+        proc = self.proc
         try:
-            with budget.watch(self.proc):
+            with budget.watch(proc):
                 reply, _ = self.connection.request(header).result()
         except WorkerGone:
-            code = self.proc.wait()
+            code = proc.wait()
             why = budget.failure()
             if why is not None:
                 raise WorkerStartError("timeout", why) from None
@@ -141,13 +187,15 @@ class WorkerProcess:
         return reply
 
     def cancel_loading(self) -> None:
-        """Kill the process if it is still loading, now and in any later start (the runner is closing)."""
+        """Kill the process if this version is still loading in it, now and in
+        any later start (the runner is closing)."""
         self._stopping = True
         if self.budget is not None:
             self.budget.cancel()
 
     def run(self, slot: int, payloads: list) -> BatchOutcome:
         """Run one batch in `slot` (blocking; from the runner's I/O threads)."""
+        proc = self.proc  # a restart for another version may start a new one meanwhile
         try:
             buffer = self._buffer(slot, packed_size(payloads))
             layout = pack(payloads, buffer.map)
@@ -155,7 +203,7 @@ class WorkerProcess:
             header, payload = self.connection.request(
                 {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout}).result()
         except (WorkerGone, OSError):
-            code = self.proc.wait() if self.proc else None
+            code = proc.wait() if proc else None
             raise WorkerCrashedError(
                 f"model {self.name}: its worker process exited (code {code}) while running a batch; "
                 "it is restarting, retry"
@@ -176,8 +224,8 @@ class WorkerProcess:
             buffer.close()
         buffer = self.buffers[slot] = SharedBuffer(max(size, int(size * 1.5)))
         try:
-            reply, _ = self.connection.request(
-                {"op": "buffer", "slot": slot, "path": buffer.path, "size": buffer.size}).result()
+            reply, _ = self.connection.request({"op": "buffer", "model": self.settings.model_id, "slot": slot,
+                                                "path": buffer.path, "size": buffer.size}).result()
             if reply.get("op") != "buffer_ok":
                 raise WorkerGone(f"worker refused the buffer: {reply}")
         finally:
@@ -190,11 +238,11 @@ class WorkerProcess:
         self.buffers.clear()
 
     def status(self) -> WorkerStatus:
-        """What operators see of this worker (read from any thread)."""
+        """What operators see of this instance (read from any thread)."""
         proc = self.proc
         if self.stopped:
             state = "stopped"
-        elif proc is not None and proc.poll() is None:
+        elif self.alive():
             state = "running" if self.warm else "starting"
         else:
             state = "restarting"  # WorkerPool starts a dead worker again in the background
@@ -202,41 +250,27 @@ class WorkerProcess:
                             pid=proc.pid if proc is not None else 0, restarts=self.restarts)
 
     def stop(self, timeout: float = 30) -> None:
+        """Unload the version from its worker (the process stops once it hosts nothing)."""
         self.stopped = True
-        if self.alive():
-            try:
-                self.connection.send({"op": "stop"})
-                self.proc.stdin.close()
-                self.proc.wait(timeout)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self._stop_process()
-
-    def _stop_process(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc is not None:
-            for stream in (self.proc.stdin, self.proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        self.shared.leave(self)
         self._drop_buffers()
 
 
 class ProcessRunner(BatchedRunner):
-    """Instances of a model as worker processes (see the module doc).
+    """Instances of a model in worker processes (see the module doc).
 
     `settings` holds one WorkerSettings per device; `instances_per_device`
-    workers are started for each.
+    instances run on each, in the server's worker processes of that device
+    (`workers`, a DeviceWorkers) or, without one, in processes of their own.
     """
 
     def __init__(self, handler, settings: list, *, instances_per_device: int, batching: BatchingSettings,
                  on_batch=None, name: str = "model", load_timeout: float = 120.0,
-                 load_budget: LoadBudget | None = None):
+                 load_budget: LoadBudget | None = None, workers: DeviceWorkers | None = None):
         """`load_budget` bounds the first start and warm-up of every worker
         (together); a restart gets `load_timeout` seconds of its own."""
+        if workers is not None:
+            instances_per_device = min(instances_per_device, workers.per_device)
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
         super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots, lanes=count)
@@ -247,8 +281,11 @@ class ProcessRunner(BatchedRunner):
         #: version's file no longer holds the bytes it was loaded from.
         self.on_stale: Callable[[str], None] | None = None
         self._budget = load_budget or LoadBudget(load_timeout)
-        self.processes = [WorkerProcess(name, i, s, slots, handler, load_timeout)
-                        for i, s in enumerate(s for s in settings for _ in range(instances_per_device))]
+        placed = [(s, shared) for s in settings for shared in
+                  (workers.place(s.device, instances_per_device) if workers is not None
+                   else [None] * instances_per_device)]
+        self.processes = [WorkerProcess(name, i, s, slots, handler, load_timeout, shared)
+                          for i, (s, shared) in enumerate(placed)]
         self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
         self._pool: WorkerPool | None = None
 
@@ -258,14 +295,12 @@ class ProcessRunner(BatchedRunner):
         return sum(w.shared_bytes for w in self.processes)
 
     def load(self) -> None:
-        """Start every worker and load the model in each (blocking)."""
-        started = []
+        """Load the model in each of its workers, starting those not running (blocking)."""
         try:
             for worker in self.processes:
                 worker.spawn_and_load(self._budget)
-                started.append(worker)
         except BaseException:
-            for worker in started:
+            for worker in self.processes:
                 worker.stop()
             raise
 
@@ -305,6 +340,7 @@ class ProcessRunner(BatchedRunner):
         return [w.status() for w in self.processes]
 
     def release(self) -> None:
+        """Unload the version from its workers (blocking); a worker left hosting nothing stops."""
         if self._pool is not None:
             self._pool.close()
         for worker in self.processes:  # a worker still loading is killed, not waited for

@@ -180,9 +180,14 @@ def test_one_worker_process_hosts_two_models_by_id(tiny_repo, tmp_path):
         image = random_image(3)
         payloads = [Payload("uint8", image, *image.shape[:2]), Payload("encoded", encode(image), *image.shape[:2], "PNG")]
         buffer = SharedBuffer(packed_size(payloads))
-        assert connection.request({"op": "buffer", "slot": 0, "path": buffer.path, "size": buffer.size}).result(30)[0][
-            "op"] == "buffer_ok"
+        assert connection.request({"op": "buffer", "model": "tiny:1", "slot": 0, "path": buffer.path,
+                                   "size": buffer.size}).result(30)[0]["op"] == "buffer_ok"
         layout = pack(payloads, buffer.map)
+        # Shared memory is each model's own: slot 0 of tiny:1 is not slot 0 of other:1.
+        reply, _ = connection.request({"op": "run", "model": "other:1", "slot": 0, "batch": layout}).result(30)
+        assert reply["op"] == "error" and "no shared memory slot" in reply["message"]
+        assert connection.request({"op": "buffer", "model": "other:1", "slot": 0, "path": buffer.path,
+                                   "size": buffer.size}).result(30)[0]["op"] == "buffer_ok"
         logits = {}
         for model_id in ("tiny:1", "other:1"):
             reply, payload = connection.request({"op": "run", "model": model_id, "slot": 0, "batch": layout}).result(60)
