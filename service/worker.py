@@ -141,6 +141,7 @@ class WorkerHost:
             from .tasks import task_handler
 
             self._configure(settings)
+            log.info("loading %s from %s", settings.model_id, settings.artifact)
             loaded = load_network(settings, trust=trust_policy(settings), data=data)
             del data
             handler = task_handler(loaded.artifact)

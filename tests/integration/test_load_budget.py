@@ -63,6 +63,26 @@ def processes_loading(path: Path) -> list[int]:
     return found
 
 
+def worker_processes(parent: int) -> set[int]:
+    """Pids of the model worker processes `parent` started that still run (not zombies)."""
+    found = set()
+    children = []
+    for task in Path(f"/proc/{parent}/task").iterdir():  # a child is listed under the thread that started it
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"framewire.service.worker" in cmdline and state != "Z":
+            found.add(int(child))
+    return found
+
+
 def health(address: str, service: str) -> int:
     with grpc.insecure_channel(address) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(
@@ -85,6 +105,16 @@ def test_a_load_that_overruns_its_budget_fails_alone(runner, hostile_repo, plugi
         assert health(server.address, "framewire.model.tiny") == serving
         assert health(server.address, "framewire.model.hang") == not_serving
         wait_until(lambda: not processes_loading(hang_file), timeout=10, what="the overrunning load to be killed")
+        if runner == "process":
+            # The one worker process hosts tiny too (loaded before or after hang overran): no
+            # process is left running the load. test_shared_workers has a load overrunning next
+            # to a version already serving.
+            (worker,) = server.server.workers.all()
+            assert worker.alive()
+            assert [w.pid for w in next(m for m in server.server.repo.served() if m.name == "tiny").workers()] == [
+                worker.pid]
+            wait_until(lambda: worker_processes(os.getpid()) == {worker.pid}, timeout=10,
+                       what="the killed worker to be gone")
 
 
 def test_sigterm_while_a_load_hangs_exits_at_once(hostile_repo, plugin_env, tmp_path):
@@ -94,12 +124,17 @@ def test_sigterm_while_a_load_hangs_exits_at_once(hostile_repo, plugin_env, tmp_
     server = ServerProcess("--repo", str(hostile_repo), "--models", "hang", "--config", str(config),
                            env=plugin_env, wait_serving=False)
     try:
-        wait_until(lambda: processes_loading(hang_file), timeout=120, what="the hanging load to start")
+        # The worker logs the load it starts (its command line names no model: it hosts any).
+        wait_until(lambda: f"loading hang:1#1 from {hang_file}" in server.output(), timeout=120,
+                   what="the hanging load to start")
+        workers = worker_processes(server.proc.pid)
+        assert workers
         started = time.monotonic()
         assert server.terminate(timeout=60) == 0
         assert time.monotonic() - started < 30
         assert "loading was stopped: the server is stopping" in server.output()
-        wait_until(lambda: not processes_loading(hang_file), timeout=10, what="the load's process to be gone")
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10,
+                   what="the load's process to be gone")
     finally:
         server.close()
 
