@@ -36,3 +36,54 @@ def hanging_artifact(source: Path, repo: Path, name: str = "hang", version: int 
     artifact.name, artifact.version = name, version
     artifact.registry.builder = HANGING_BUILDER  # replaces the graph
     return artifacts.write(artifact, repo / name / str(version) / "model.fwa")
+
+
+BRIGHT_REFUSING_BUILDER = "refuse/bright"
+
+
+def install_bright_refusing_architecture(directory: Path) -> Path:
+    """Write, into `directory`, an operator-installed architecture whose
+    forward raises for a batch holding a (nearly) white image and answers
+    any other: a model failing in its forward pass, for some inputs only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "brightarch.py").write_text(
+        "import torch\n\n\n"
+        "class BrightRefusingNet(torch.nn.Module):\n"
+        "    def __init__(self, num_classes=5):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.head = torch.nn.Linear(8, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        if bool((x.float().mean(dim=(1, 2, 3)) > 1.5).any()):\n"
+        "            raise ValueError('this model refuses bright images')\n"
+        "        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))\n\n\n"
+        "def build(**kwargs):\n"
+        "    return BrightRefusingNet(**kwargs)\n"
+    )
+    meta = directory / "brightarch-1.0.dist-info"
+    meta.mkdir(exist_ok=True)
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: brightarch\nVersion: 1.0\n")
+    (meta / "entry_points.txt").write_text(
+        f"[framewire.architectures]\n{BRIGHT_REFUSING_BUILDER} = brightarch:build\n")
+    return directory
+
+
+def bright_refusing_artifact(source: Path, repo: Path, plugin_dir: Path, name: str = "bright",
+                             version: int = 1) -> Path:
+    """A copy of the tiny artifact at `source` (its preprocessing: mean 0.5, std
+    0.25, so a white image normalises to 2.0) whose architecture is the
+    bright-refusing builder, with weights of its own."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save
+
+    spec = importlib.util.spec_from_file_location("brightarch", plugin_dir / "brightarch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(11)
+    artifact = artifacts.read(source)
+    artifact.name, artifact.version = name, version
+    artifact.registry.builder = BRIGHT_REFUSING_BUILDER  # replaces the graph
+    artifact.weights = save({k: v.contiguous() for k, v in module.build(num_classes=5).state_dict().items()})
+    return artifacts.write(artifact, repo / name / str(version) / "model.fwa")
