@@ -76,12 +76,15 @@ class ServeConfig:
                                "health checks needs a token; re-read on SIGHUP and when it changes")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto: every visible GPU, else the CPU)")
     dtype: str = setting("auto", "auto | float32 | float16 | bfloat16 (auto: float16 on CUDA, float32 on CPU)")
-    runner: str = setting("process", "process: each model instance runs in its own worker process (a crash "
-                          "cannot take the server down, and the network never waits for the event loop's GIL); "
+    runner: str = setting("process", "process: models run in worker processes per device, shared by every "
+                          "model placed there (a crash cannot take the server down, and the network never waits "
+                          "for the event loop's GIL); "
                           "thread: in the server process (lighter for many small models)")
-    instances_per_device: int = setting(0, "model instances per device; each batch goes to a free one (0: auto, "
-                                        "1 per GPU; on the CPU 2 worker processes that split the cores, which keeps "
-                                        "OpenMP teams small and the cores busy)")
+    instances_per_device: int = setting(0, "model instances per device, one per worker process; each batch goes "
+                                        "to a free one (0: auto, 1 per GPU; on the CPU 2 worker processes that split "
+                                        "the cores, which keeps OpenMP teams small and the cores busy). The server's "
+                                        "value sets the CPU worker processes, shared by every model; on CUDA there "
+                                        "is one worker process per GPU")
     channels_last: bool = setting(True, "run convolutions in channels_last memory format")
     cuda_graphs: bool = setting(False, "on CUDA, replay CUDA graphs captured per batch-size bucket (batches are "
                                 "padded up to the next warm-up size); falls back to eager when capture fails")
