@@ -124,6 +124,25 @@ def test_a_model_limited_token_sees_only_its_models():
     assert set(seen["sample"]["models"]) == {"tiny:1"}
 
 
+def test_a_shared_worker_shows_a_limited_token_only_the_models_it_may_see():
+    """A worker process hosts every model on its device: a token limited to
+    tiny sees the process (its pid and figures) with tiny alone among its
+    models, and no process that hosts only models it may not see."""
+    history = StatusHistory()
+    shared = ProcessRole(2, "worker", "secret", 1, 0, models=("secret:1", "tiny:1"))
+    only_secret = ProcessRole(3, "worker", "secret", 1, 1, models=("secret:1",))
+    both = inputs(1.0, version(1), version(1, model="secret"),
+                  processes=(ProcessFigures(ProcessRole(1, "front end")), ProcessFigures(shared, pss_bytes=500),
+                             ProcessFigures(only_secret, pss_bytes=400)))
+    raw = json.dumps(build_document(both, history, history.record(both))).encode()
+    everything = json.loads(raw)
+    assert everything["processes"][1]["models"] == ["secret:1", "tiny:1"]
+    seen = json.loads(visible_json(raw, lambda name: name == "tiny"))
+    assert [(p["pid"], p.get("models")) for p in seen["processes"]] == [(1, []), (2, ["tiny:1"])]
+    assert (seen["processes"][1]["model"], seen["processes"][1]["version"]) == ("tiny", 1)
+    assert seen["processes"][1]["pss_bytes"] == 500
+
+
 def test_rounding_keeps_significant_digits():
     assert rounded(1234.5678) == 1235 and rounded(0.000123456) == 0.0001235 and rounded(0.0) == 0.0
     assert rounded(None) is None and rounded(math.nan) is None and rounded(12.3456, 3) == 12.3
