@@ -173,18 +173,22 @@ class SharedWorker:
         except WorkerStartError as exc:
             log.error("worker %s could not be started again: %s", self.name, exc.message)
 
+    def unload(self, version) -> None:
+        """`version` is no longer hosted here; unloaded if the process it was loaded in runs (lock held)."""
+        if version in self.hosted:
+            self.hosted.remove(version)
+        if self.alive() and version.generation == self.generation:
+            try:
+                self.connection.request({"op": "unload", "model": version.settings.model_id}).result(
+                    CONTROL_SECONDS)
+            except (WorkerGone, FutureTimeout):
+                pass
+        version.generation = None
+
     def leave(self, version) -> None:
         """`version` leaves: unload it here; the process stops when nothing is left."""
         with self.lock:
-            if version in self.hosted:
-                self.hosted.remove(version)
-            if self.alive() and version.generation == self.generation:
-                try:
-                    self.connection.request({"op": "unload", "model": version.settings.model_id}).result(
-                        CONTROL_SECONDS)
-                except (WorkerGone, FutureTimeout):
-                    pass
-            version.generation = None
+            self.unload(version)
             if not self.hosted:
                 self._stop_gracefully()
                 self._exited = True

@@ -165,11 +165,11 @@ class WorkerProcess:
         self.warm = True
 
     def _revive_others(self, budget: LoadBudget) -> None:
-        """This version's load failed (lock held): if that killed the process,
-        start it again for the versions it hosts, unless the server is stopping."""
-        self.generation = None
-        if self in self.shared.hosted:
-            self.shared.hosted.remove(self)
+        """This version's load or warm-up failed (lock held): it leaves the
+        process (unloaded there if it still runs), and if the failure killed
+        the process, it starts again for the versions it hosts, unless the
+        server is stopping."""
+        self.shared.unload(self)
         if not budget.cancelled and not self._stopping:
             self.shared.revive()
 
