@@ -66,9 +66,10 @@ def _serve(kind: str, threads: int) -> None:
     server.stop(0)
 
 
-def _client(port: int, seconds: float) -> None:
-    """Send Predicts one after another for `seconds`; print how many."""
-    request = pb.PredictRequest(model="m", image=pb.Image(encoded=b"x" * 3072))
+def _client(port: int, seconds: float, image_bytes: int = 3072, pause: float = 0.0) -> None:
+    """Send Predicts one after another for `seconds` (`pause` seconds apart);
+    print how many."""
+    request = pb.PredictRequest(model="m", image=pb.Image(encoded=b"x" * image_bytes))
     sent = 0
     with Connection(f"127.0.0.1:{port}").channel() as channel:
         predict = pb_grpc.ModelInferenceStub(channel).Predict
@@ -76,6 +77,8 @@ def _client(port: int, seconds: float) -> None:
         while time.monotonic() < end:
             predict(request, timeout=30)
             sent += 1
+            if pause:
+                time.sleep(pause)
     print(sent, flush=True)
 
 
@@ -85,14 +88,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _clients(port: int, seconds: float, count: int) -> int:
+def _clients(port: int, seconds: float, count: int, image_bytes: int = 3072, pause: float = 0.0) -> int:
     command = [sys.executable, "-m", "load_tests.grpc_floor", "--role", "client", "--port", str(port),
-               "--seconds", str(seconds)]
+               "--seconds", str(seconds), "--image-bytes", str(image_bytes), "--pause-ms", str(pause * 1000)]
     loaders = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     return sum(int(p.communicate(timeout=seconds + 120)[0]) for p in loaders)
 
 
-def measure(kind: str, *, seconds: float, clients: int, threads: int = 16) -> tuple[float, float]:
+def measure(kind: str, *, seconds: float, clients: int, threads: int = 16, image_bytes: int = 3072,
+            pause: float = 0.0) -> tuple[float, float]:
     """(requests/s, server CPU seconds per request) of one server kind, "aio" or "sync"."""
     server = subprocess.Popen([sys.executable, "-m", "load_tests.grpc_floor", "--role", "server", "--kind", kind,
                                "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -100,7 +104,7 @@ def measure(kind: str, *, seconds: float, clients: int, threads: int = 16) -> tu
         port = int(server.stdout.readline())
         _clients(port, min(2.0, seconds), 1)  # warm up
         before = _cpu_seconds(server.pid)
-        sent = _clients(port, seconds, clients)
+        sent = _clients(port, seconds, clients, image_bytes, pause)
         cpu = _cpu_seconds(server.pid) - before
     finally:
         server.stdin.close()
@@ -117,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per server (default 10)")
     parser.add_argument("--clients", type=int, default=8, help="client processes (default 8)")
     parser.add_argument("--threads", type=int, default=16, help="the sync server's thread pool (default 16)")
+    parser.add_argument("--image-bytes", type=int, default=3072,
+                        help="bytes of the image each request carries (default 3072; a 1280x720 JPEG is 100-300 kB)")
+    parser.add_argument("--pause-ms", type=float, default=0.0,
+                        help="each client's pause between requests, to measure at lower rates (default 0)")
     parser.add_argument("--role", choices=("run", "server", "client"), default="run", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=("aio", "sync"), default="aio", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -125,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         _serve(args.kind, args.threads)
         return 0
     if args.role == "client":
-        _client(args.port, args.seconds)
+        _client(args.port, args.seconds, args.image_bytes, args.pause_ms / 1000)
         return 0
     for kind in ("aio", "sync"):
-        rate, cpu = measure(kind, seconds=args.seconds, clients=args.clients, threads=args.threads)
+        rate, cpu = measure(kind, seconds=args.seconds, clients=args.clients, threads=args.threads,
+                            image_bytes=args.image_bytes, pause=args.pause_ms / 1000)
         print(f"{kind:4s} server: {rate:7.0f} requests/s, server CPU {cpu * 1000:.3f} ms per request "
-              f"({args.clients} clients, {args.seconds:g} s)")
+              f"({args.clients} clients, {args.image_bytes} B images, {args.seconds:g} s)")
     return 0
 
 

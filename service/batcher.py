@@ -254,29 +254,36 @@ class DynamicBatcher:
             self._supersede(latest_of, works)
         self._arrival.set()
 
-        gathered = asyncio.gather(*(w.future for w in works))
-        # A batch can fail in the same moment the caller is cancelled; then no
-        # one awaits `gathered`, and asyncio would log its error at ERROR.
-        gathered.add_done_callback(retrieve_exception)
+        # One timer per request for its deadline, and the item's own future
+        # when it is alone: the common case costs no extra task or future.
+        timer = loop.call_at(deadline, self._time_out, works) if deadline is not None else None
+        if len(works) == 1:
+            waiting = works[0].future
+        else:
+            waiting = asyncio.gather(*(w.future for w in works))
+            # A batch can fail in the same moment the caller is cancelled; then no
+            # one awaits `waiting`, and asyncio would log its error at ERROR.
+            waiting.add_done_callback(retrieve_exception)
         try:
-            if deadline is None:
-                await gathered
-            else:
-                await asyncio.wait_for(gathered, timeout=deadline - now)
-        except asyncio.TimeoutError:
-            self._abandon(works)
-            raise DeadlineExceededError(
-                f"deadline passed while the request waited for model {self.name}"
-            ) from None
+            await waiting
         except BaseException:
             self._abandon(works)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if latest_of is not None and self._latest.get(latest_of) is works:
                 del self._latest[latest_of]
         return [w.future.result() for w in works]
 
     # ---------------------------------------------------------------- internals
+
+    def _time_out(self, works: list[_Work]) -> None:
+        """A request's deadline passed: its items still unanswered fail (queued ones are not run)."""
+        error = DeadlineExceededError(f"deadline passed while the request waited for model {self.name}")
+        for work in works:
+            if not work.future.done():
+                work.future.set_exception(error)
 
     def _drop(self, work: _Work) -> None:
         """Take a queued item out of the count (idempotent)."""

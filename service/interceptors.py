@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
-import uuid
+import os
 
 import grpc
 
 from .logs import REQUEST_ID
 
+
 log = logging.getLogger("framewire.api")
 
 REQUEST_ID_HEADER = "x-request-id"
+
+#: Request ids: a random prefix per process and a counter, unique without a
+#: system call per request (uuid4 reads os.urandom each time).
+_ids = {"prefix": os.urandom(4).hex(), "counter": itertools.count(1)}
+
+
+def _new_id_prefix() -> None:
+    _ids["prefix"] = os.urandom(4).hex()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked front end numbers its own
+
+
+def new_request_id() -> str:
+    """A 16-hex-digit id for a request that brought none."""
+    return f"{_ids['prefix']}{next(_ids['counter']) & 0xFFFFFFFF:08x}"
+
 
 #: Only framewire's own services are wrapped (health and reflection are not).
 _WRAPPED_PREFIXES = ("/framewire.", "/inference.")
@@ -31,7 +50,7 @@ class LastResortInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(_WRAPPED_PREFIXES):
             return handler
         metadata = dict(details.invocation_metadata or ())
-        request_id = str(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16])[:64]
+        request_id = str(metadata.get(REQUEST_ID_HEADER) or new_request_id())[:64]
         streaming = handler.request_streaming
         return rebuild_handler(
             handler, lambda behavior: _wrap(behavior, details.method, request_id, streaming),

@@ -11,6 +11,7 @@ leaks if either side dies); messages carry offsets into them.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import mmap
@@ -19,7 +20,7 @@ import struct
 import tempfile
 import threading
 from concurrent.futures import Future
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable
 
 _LENGTHS = struct.Struct("<II")
 #: Refuse absurd frames from a confused peer.
@@ -91,17 +92,65 @@ def map_buffer(path: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
+class _ThreadWaiter:
+    """A reply awaited by a thread: a concurrent Future of (header, payload)."""
+
+    def __init__(self):
+        self.future: Future = Future()
+
+    def resolve(self, header: dict, payload: bytes) -> None:
+        self.future.set_result((header, payload))
+
+    def fail(self, error: BaseException) -> None:
+        self.future.set_exception(error)
+
+
+class _LoopWaiter:
+    """A reply awaited on an event loop: `convert(header, payload)` runs on
+    the reader thread and its value (or exception) resolves an asyncio
+    future, with one hop to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, convert: Callable[[dict, bytes], Any] | None):
+        self.loop = loop
+        self.future = loop.create_future()
+        self.convert = convert
+
+    def resolve(self, header: dict, payload: bytes) -> None:
+        try:
+            value = self.convert(header, payload) if self.convert is not None else (header, payload)
+        except BaseException as exc:  # the converter's error is the request's
+            self.fail(exc)
+            return
+        self._settle(self.future.set_result, value)
+
+    def fail(self, error: BaseException) -> None:
+        self._settle(self.future.set_exception, error)
+
+    def _settle(self, setter, value) -> None:
+        def settle() -> None:
+            if not self.future.done():  # the awaiting task may have been cancelled
+                setter(value)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop has closed: nobody awaits this reply any more
+            pass
+
+
 class Connection:
     """The front end's side of one worker connection: requests by id, and a
     reader thread that hands each reply to the request that asked for it.
-    When the other end goes away every pending and later request fails with
-    WorkerGone."""
+    `request` is for threads (a concurrent Future); `request_on_loop` is for
+    the event loop's hot path: the request is written from the loop (headers
+    only, payloads travel in shared memory) and the reply reaches the loop
+    in one hop, already converted on the reader thread. When the other end
+    goes away every pending and later request fails with WorkerGone."""
 
     def __init__(self, inp: BinaryIO, out: BinaryIO, name: str = "worker"):
         self._inp = inp
         self._out = out
         self._ids = itertools.count(1)
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, _ThreadWaiter | _LoopWaiter] = {}
         self._lock = threading.Lock()
         self._gone: WorkerGone | None = None
         self._reader = threading.Thread(target=self._read_replies, name=f"{name}-replies", daemon=True)
@@ -109,19 +158,30 @@ class Connection:
 
     def request(self, header: dict, payload: bytes = b"") -> Future:
         """Send a request; the future resolves to its reply (header, payload)."""
-        future: Future = Future()
+        waiter = _ThreadWaiter()
+        self._send(waiter, header, payload)
+        return waiter.future
+
+    def request_on_loop(self, header: dict, convert: Callable[[dict, bytes], Any] | None = None) -> asyncio.Future:
+        """From the running event loop: send a request; the asyncio future
+        resolves to `convert(header, payload)` of its reply (run on the reader
+        thread), or to the reply itself; WorkerGone when the worker goes."""
+        waiter = _LoopWaiter(asyncio.get_running_loop(), convert)
+        self._send(waiter, header, b"")
+        return waiter.future
+
+    def _send(self, waiter, header: dict, payload: bytes) -> None:
         with self._lock:
             if self._gone is not None:
-                future.set_exception(self._gone)
-                return future
+                waiter.fail(self._gone)
+                return
             request_id = next(self._ids)
-            self._pending[request_id] = future
+            self._pending[request_id] = waiter
             try:
                 write_message(self._out, {**header, "id": request_id}, payload)
             except (OSError, ValueError) as exc:
                 self._pending.pop(request_id, None)
-                future.set_exception(WorkerGone(f"the model worker's pipe is closed ({exc})"))
-        return future
+                waiter.fail(WorkerGone(f"the model worker's pipe is closed ({exc})"))
 
     def send(self, header: dict) -> None:
         """A message that has no reply (stop)."""
@@ -133,16 +193,16 @@ class Connection:
             while True:
                 header, payload = read_message(self._inp)
                 with self._lock:
-                    future = self._pending.pop(header.get("id"), None)
-                if future is not None:
-                    future.set_result((header, payload))
+                    waiter = self._pending.pop(header.get("id"), None)
+                if waiter is not None:
+                    waiter.resolve(header, payload)
         except (WorkerGone, OSError, ValueError) as exc:
             gone = exc if isinstance(exc, WorkerGone) else WorkerGone(str(exc))
             with self._lock:
                 self._gone = gone
                 pending, self._pending = list(self._pending.values()), {}
-            for future in pending:
-                future.set_exception(gone)
+            for waiter in pending:
+                waiter.fail(gone)
 
     @property
     def alive(self) -> bool:

@@ -102,6 +102,8 @@ class ServerMetrics:
         self._http = None
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple]] = {}
+        #: (family, labels) -> child: the hot path's lookup, without a lock.
+        self._children: dict[tuple, object] = {}
 
     def serve(self, host: str, port: int, pages=None) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port. `pages`
@@ -123,9 +125,13 @@ class ServerMetrics:
     # ------------------------------------------------------------- recording
 
     def _child(self, family, *labels):
-        with self._lock:
-            self._series.setdefault(labels[:2], set()).add((family, labels))
-        return family.labels(*labels)
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                self._series.setdefault(labels[:2], set()).add(key)
+                child = self._children[key] = family.labels(*labels)
+        return child
 
     @contextmanager
     def track(self, api: str, model: str, version: int, known: Callable[..., bool]):
@@ -174,6 +180,8 @@ class ServerMetrics:
         """Drop an unloaded version's series (requests for "any version" stay)."""
         with self._lock:
             series = self._series.pop((model, str(version)), set())
+            for key in series:
+                self._children.pop(key, None)
         for family, labels in series:
             try:
                 family.remove(*labels)

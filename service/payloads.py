@@ -15,6 +15,7 @@ process for the thread runner.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -116,7 +117,7 @@ def pack(payloads: Sequence[Payload], memory) -> dict:
     groups = []
     for (kind, shape), rows in _groups(payloads).items():
         dtype = _DTYPES[kind]
-        count = int(np.prod(shape)) * len(rows)
+        count = math.prod(shape) * len(rows)
         view = target[offset : offset + count * dtype.itemsize].view(dtype).reshape(len(rows), *shape)
         for i, row in enumerate(rows):
             np.copyto(view[i], payloads[row].data, casting="no")
@@ -141,7 +142,7 @@ def unpack(header: dict, memory) -> BatchInput:
     for g in header["groups"]:
         dtype = _DTYPES[g["kind"]]
         shape = tuple(int(d) for d in g["shape"])
-        array = np.frombuffer(source, dtype=dtype, count=int(np.prod(shape)), offset=int(g["offset"])).reshape(shape)
+        array = np.frombuffer(source, dtype=dtype, count=math.prod(shape), offset=int(g["offset"])).reshape(shape)
         batch.groups.append(DenseGroup(g["kind"], array, [int(r) for r in g["rows"]]))
     for e in header["encoded"]:
         start = int(e["offset"])

@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 from framewire.exporter import ARTIFACT_FILENAME, ArtifactError
 from framewire.exporter.format import MODEL_NAME_RE
@@ -150,18 +149,10 @@ class ModelRepository:
 
     # ------------------------------------------------------------- requests
 
-    @asynccontextmanager
-    async def lease(self, name: str, version: int = 0) -> AsyncIterator[ModelView]:
-        """The version that serves a request, held until the request is done."""
-        slot = self._resolve(name, version)
-        slot.leases += 1
-        slot.idle.clear()
-        try:
-            yield slot.served.view
-        finally:
-            slot.leases -= 1
-            if slot.leases == 0:
-                slot.idle.set()
+    def lease(self, name: str, version: int = 0) -> "_Lease":
+        """The version that serves a request, held until the request is done
+        (`async with repo.lease(name, version) as model`)."""
+        return _Lease(self, name, version)
 
     def get(self, name: str, version: int = 0) -> ModelView:
         """The READY version that would serve a request now (no lease)."""
@@ -459,3 +450,27 @@ class ModelRepository:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class _Lease:
+    """`ModelRepository.lease`: a plain async context manager, as it runs once per request."""
+
+    __slots__ = ("repo", "name", "version", "slot")
+
+    def __init__(self, repo: ModelRepository, name: str, version: int):
+        self.repo = repo
+        self.name = name
+        self.version = version
+        self.slot = None
+
+    async def __aenter__(self) -> ModelView:
+        slot = self.slot = self.repo._resolve(self.name, self.version)
+        slot.leases += 1
+        slot.idle.clear()
+        return slot.served.view
+
+    async def __aexit__(self, *exc) -> None:
+        slot = self.slot
+        slot.leases -= 1
+        if slot.leases == 0:
+            slot.idle.set()

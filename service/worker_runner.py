@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -41,6 +42,12 @@ from .runner import BatchedRunner, BatchingSettings, WorkerStatus, answers
 from .worker_pool import WorkerPool
 
 log = logging.getLogger("framewire.worker")
+
+#: A batch this small is staged on the event loop (a copy of tens of microseconds);
+#: a bigger one on an I/O thread, so the loop keeps answering meanwhile.
+INLINE_STAGE_BYTES = 1 << 20
+#: How long a batch lost with its worker waits for the exit code it reports.
+EXIT_WAIT_SECONDS = 5.0
 
 __all__ = ["WORKER_COMMAND", "ProcessRunner", "WorkerCrashedError", "WorkerProcess", "WorkerStartError"]
 
@@ -193,21 +200,29 @@ class WorkerProcess:
         if self.budget is not None:
             self.budget.cancel()
 
-    def run(self, slot: int, payloads: list) -> BatchOutcome:
-        """Run one batch in `slot` (blocking; from the runner's I/O threads)."""
-        proc = self.proc  # a restart for another version may start a new one meanwhile
-        try:
-            buffer = self._buffer(slot, packed_size(payloads))
-            layout = pack(payloads, buffer.map)
-            self.shared_bytes += layout["bytes"]
-            header, payload = self.connection.request(
-                {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout}).result()
-        except (WorkerGone, OSError):
-            code = proc.wait() if proc else None
-            raise WorkerCrashedError(
-                f"model {self.name}: its worker process exited (code {code}) while running a batch; "
-                "it is restarting, retry"
-            ) from None
+    def fits(self, slot: int, size: int) -> bool:
+        """Whether `slot`'s shared memory already holds `size` bytes."""
+        buffer = self.buffers.get(slot)
+        return buffer is not None and buffer.size >= size
+
+    def stage(self, slot: int, payloads: list) -> dict:
+        """Write a batch into `slot`'s shared memory; its `pack` header. Blocks
+        only when the slot's buffer must grow (a round trip to the worker)."""
+        buffer = self._buffer(slot, packed_size(payloads))
+        layout = pack(payloads, buffer.map)
+        self.shared_bytes += layout["bytes"]
+        return layout
+
+    def run_on_loop(self, slot: int, layout: dict, convert: Callable[[BatchOutcome], object]) -> asyncio.Future:
+        """From the event loop: run the batch staged in `slot`; the future
+        resolves to `convert(outcome)`, computed on the connection's reader
+        thread, or fails with the worker's error or WorkerGone."""
+        return self.connection.request_on_loop(
+            {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout},
+            lambda header, payload: convert(self.outcome(header, payload)))
+
+    def outcome(self, header: dict, payload: bytes) -> BatchOutcome:
+        """A `run` reply as a BatchOutcome; the worker's refusal as its error."""
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
             raise error(header.get("message", "the model failed"))
@@ -215,6 +230,19 @@ class WorkerProcess:
         errors = {int(r): error_from_code(code, message) for r, (code, message) in header["errors"].items()}
         output = self.handler.decode_output(header["output"], payload) if rows else None
         return BatchOutcome(output, rows, errors, header["preprocess_us"] / 1e6, header["compute_us"] / 1e6)
+
+    def crashed(self) -> WorkerCrashedError:
+        """The error for batches lost with this worker (blocking: waits for its exit code)."""
+        code = None
+        if self.proc is not None and not self.shared.alive():  # alive: already restarted for another version
+            try:
+                code = self.proc.wait(EXIT_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+        return WorkerCrashedError(
+            f"model {self.name}: its worker process exited (code {code}) while running a batch; "
+            "it is restarting, retry"
+        )
 
     def _buffer(self, slot: int, size: int) -> SharedBuffer:
         buffer = self.buffers.get(slot)
@@ -318,18 +346,29 @@ class ProcessRunner(BatchedRunner):
         super().start()
 
     async def _run_batch(self, items: list) -> list:
+        """Stage the batch in a free lane's shared memory and run it there.
+        On the hot path nothing leaves the event loop but the worker's
+        reply, converted to answers on the connection's reader thread; a
+        slot that must grow, or a batch big enough that copying it would hold
+        up the loop, is staged on an I/O thread."""
+        loop = asyncio.get_running_loop()
         worker, slot = await self._pool.take()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._io, self._run_on, worker, slot, items)
+            payloads = [item.payload for item in items]
+            size = packed_size(payloads)
+            if size <= INLINE_STAGE_BYTES and worker.fits(slot, size):
+                layout = worker.stage(slot, payloads)
+            else:
+                layout = await loop.run_in_executor(self._io, worker.stage, slot, payloads)
+            return await worker.run_on_loop(slot, layout, lambda outcome: answers(self.handler, outcome, items))
+        except (WorkerGone, OSError):
+            raise await loop.run_in_executor(self._io, worker.crashed) from None
         finally:
             self._pool.give_back(worker, slot)
 
     def _stale(self, why: str) -> None:
         if self.on_stale is not None:
             self.on_stale(why)
-
-    def _run_on(self, worker: WorkerProcess, slot: int, items: list) -> list:
-        return answers(self.handler, worker.run(slot, [item.payload for item in items]), items)
 
     def pids(self) -> set[int]:
         """Process ids of the running workers."""

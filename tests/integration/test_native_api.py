@@ -204,6 +204,13 @@ def test_requests_carry_a_request_id(server):
     assert dict(call.trailing_metadata())["x-request-id"] == "abc123"
 
 
+def test_requests_without_an_id_get_a_fresh_one_each(server):
+    stub = Client(server.address).stub
+    request = pb.PredictRequest(model="tiny", image=pb.Image(encoded=encode(random_image(5))))
+    ids = [dict(stub.Predict.with_call(request, timeout=30)[1].trailing_metadata())["x-request-id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_top_k(client, k):
     assert len(client.predict(encode(random_image(7)), model="tiny", top_k=k).classes) == k
