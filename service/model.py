@@ -26,6 +26,7 @@ from framewire.v1 import artifact_pb2 as pb
 
 from .batcher import BatchRecord
 from .config import ServeConfig, instance_plan
+from .device_workers import DeviceWorkers
 from .devices import DevicePlan
 from .domain import ImageInput, PredictParams, Served
 from .load_budget import LoadBudget
@@ -34,7 +35,6 @@ from .model_view import ModelView
 from .runner import BatchingSettings, BatchItem, Runner, ThreadRunner, WorkerStatus
 from .stats import ModelStats
 from .tasks import task_handler
-from .device_workers import DeviceWorkers
 from .worker_runner import ProcessRunner
 from .worker_settings import WorkerSettings
 
@@ -220,7 +220,8 @@ def build_served_model(path, config: ServeConfig, plan: DevicePlan, metrics: Ser
         artifact.graph.ClearField("program_json")
     handler = task_handler(artifact)
     name = f"{artifact.name}:{artifact.version}"
-    settings = [WorkerSettings.from_config(config, model_id=f"{name}#{next(_loads)}", artifact=str(path), device=device, dtype=plan.dtype,
+    model_id = f"{name}#{next(_loads)}"
+    settings = [WorkerSettings.from_config(config, model_id=model_id, artifact=str(path), device=device, dtype=plan.dtype,
                                            expect_sha256=file_sha256) for device in plan.devices]
     batching = BatchingSettings.from_config(config, max_batch_size=min(config.max_batch_size, artifact.input.max_batch),
                                             on_cuda=plan.on_cuda)

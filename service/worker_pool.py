@@ -1,8 +1,10 @@
-"""Which worker processes of a model version take traffic.
+"""Which instances of a model version take traffic.
 
-A worker holds up to `slots` batches at once (its shared-memory slots), so
-the pool hands out lanes: (worker, slot). A batch goes to a free lane of a
-worker that is alive. A worker found dead (killed
+An instance is the version's model in one worker process (shared with the
+other versions on its device, see `device_workers`); it holds up to `slots`
+batches at once (its shared-memory slots), so the pool hands out lanes:
+(worker, slot). A batch goes to a free lane of a worker that is alive. A
+worker found dead (killed
 while idle, or dying under a batch) leaves the rotation at once and is
 restarted in the background, in its own thread: batches go to the live
 workers meanwhile, and when none is live a batch fails at once with
@@ -10,6 +12,8 @@ UNAVAILABLE instead of waiting for a restart. A restarted worker loads and
 warms up before it rejoins, so it takes traffic only once warm. A restart
 that fails is retried with backoff, except when the version's bytes are
 gone (`on_stale`): then the version is reloaded or retired, not restarted.
+Every version's pool asks for the restart of a process they share; the
+process starts again once, with all of them (`SharedWorker.bring_up`).
 
 Everything but the restart thread runs on the event loop.
 """
