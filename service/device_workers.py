@@ -145,7 +145,9 @@ class SharedWorker:
             tried: dict = {}
             while True:
                 self.ensure_running()
-                pending = [v for v in self.hosted if v.generation != self.generation and v not in tried]
+                # A version whose runner is closing is not reloaded: it is about to leave.
+                pending = [v for v in self.hosted
+                           if v.generation != self.generation and v not in tried and not v.leaving]
                 if caller not in self.hosted:
                     raise WorkerStartError("internal", "the version was unloaded")
                 if not pending:

@@ -100,6 +100,11 @@ class WorkerProcess:
         """Starts of its process after one died."""
         return self.shared.restarts
 
+    @property
+    def leaving(self) -> bool:
+        """Whether its runner is closing (it is not reloaded after a crash)."""
+        return self._stopping
+
     def alive(self) -> bool:
         """Whether its process runs with this version loaded in it."""
         return self.generation is not None and self.generation == self.shared.generation and self.shared.alive()
