@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +107,8 @@ class WorkerProcess:
         self.proc = subprocess.Popen([*WORKER_COMMAND, *label], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}-{self.index}")
+        if self.settings.nice:  # before it loads: its threads inherit the priority
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.settings.nice)
         self._drop_buffers()
         header = self._control({"op": "load", "settings": self.settings.to_json()}, "loading", budget)
         if header.get("op") != "loaded":

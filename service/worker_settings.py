@@ -43,6 +43,8 @@ class WorkerSettings:
     cuda_graphs: bool = False
     cpu_threads: int = 0
     decode_threads: int = 0
+    #: Niceness the front end gives the worker process (0: none).
+    nice: int = 0
     decoder: str = "auto"
     jpeg_draft: bool = False
     max_image_pixels: int = 40_000_000
@@ -61,7 +63,7 @@ class WorkerSettings:
         return cls(
             model_id=model_id, artifact=str(artifact), device=device, dtype=dtype, expect_sha256=expect_sha256,
             channels_last=config.channels_last, cuda_graphs=config.cuda_graphs, cpu_threads=config.cpu_threads,
-            decode_threads=config.decode_threads, jpeg_draft=config.jpeg_draft,
+            decode_threads=config.decode_threads, nice=config.worker_nice, jpeg_draft=config.jpeg_draft,
             max_image_pixels=config.max_image_pixels, max_artifact_bytes=config.max_artifact_bytes,
             trusted_keys=config.trusted_keys, require_signed=config.require_signed,
             log_level=config.log_level, log_format=config.log_format,
@@ -99,6 +101,7 @@ class WorkerSettings:
             need(getattr(self, name) >= 0, name, "must be 0 (auto) or more")
         for name in ("max_image_pixels", "max_artifact_bytes"):
             need(getattr(self, name) >= 1, name, "must be positive")
+        need(0 <= self.nice <= 19, "nice", "must be between 0 and 19")
         return self
 
     def to_json(self) -> dict[str, Any]:
