@@ -53,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m load_tests", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="workload", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default="mobilenet_v3_small", help="torchvision architecture to export and serve")
+    common.add_argument("--model", default="mobilenet_v3_small",
+                        help="torchvision architecture to export and serve, or noop (a model that costs nothing: "
+                        "framewire's own cost per request)")
     common.add_argument("--artifact", help="serve this artifact instead of exporting --model")
     common.add_argument("--server", help="load a server already running at HOST:PORT (and --model names its model)")
     common.add_argument("--token", help="bearer token for a server with --tokens-file")
@@ -138,6 +140,10 @@ def prepare_repo(args, repo: Path) -> tuple[str, Path | None]:
         target.parent.mkdir(parents=True)
         shutil.copy(args.artifact, target)
         return artifact.name, target
+    if args.model == "noop":
+        from .noop_model import NAME, export_noop
+
+        return NAME, export_noop(repo)
     from framewire.exporter.torchvision_export import export_torchvision
 
     result = export_torchvision(f"torchvision/{args.model}", name=args.model, version=1, repo=repo, random_init=True)

@@ -93,6 +93,10 @@ class ServeConfig:
                                "--runner process; torch's default with --runner thread)")
     decode_threads: int = setting(0, "threads decoding and preprocessing images next to each model instance (0: "
                                   "auto, the instance's --cpu-threads on the CPU, min(8, CPUs) beside a GPU)")
+    worker_nice: int = setting(0, "scheduling niceness added to model worker processes (0-19; 0: none). On a CPU "
+                               "host where the front end shares cores with the workers, a positive value lets "
+                               "the front end's short, latency-critical work (admission, refusals, answers) "
+                               "preempt the long batches")
     jpeg_draft: bool = setting(False, "decode a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain when it is at least "
                                "twice the size the model resizes to (much less CPU per large image; pixels change "
                                "slightly, see docs/request-path.md); per model in the TOML file too")
@@ -166,6 +170,7 @@ class ServeConfig:
         need(self.instances_per_device >= 0, "instances_per_device", "must be 0 (auto) or more")
         need(self.cpu_threads >= 0, "cpu_threads", "must be 0 (auto) or more")
         need(self.decode_threads >= 0, "decode_threads", "must be 0 (auto) or more")
+        need(0 <= self.worker_nice <= 19, "worker_nice", "must be between 0 and 19")
         need(1 <= self.max_batch_size <= 4096, "max_batch_size", "must be 1..4096")
         need(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must not be negative")
         need(math.isfinite(self.latency_budget_ms) and self.latency_budget_ms >= 0, "latency_budget_ms",

@@ -52,6 +52,7 @@ the `SharedWorker`'s lock; the batch path (`WorkerProcess.run`) does not.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -85,9 +86,11 @@ class SharedWorker:
     process of one generation (`WorkerProcess.generation`), and is live only
     while that process runs."""
 
-    def __init__(self, device: str, index: int):
+    def __init__(self, device: str, index: int, nice: int = 0):
         self.device = device
         self.index = index
+        #: Niceness the process runs at (--worker-nice; 0: the front end's).
+        self.nice = nice
         self.proc: subprocess.Popen | None = None
         self.connection: Connection | None = None
         self.generation = 0
@@ -127,6 +130,8 @@ class SharedWorker:
         self.proc = subprocess.Popen([*WORKER_COMMAND, self.device, f"worker-{self.index}"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, start_new_session=True)
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}")
+        if self.nice:  # before it loads anything: the threads it starts inherit the priority
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
         self.generation += 1
 
     def host(self, version) -> None:
@@ -226,18 +231,18 @@ class SharedWorker:
 class DeviceWorkers:
     """The server's worker processes, per device (see the module doc)."""
 
-    def __init__(self, devices: tuple[str, ...], per_device: int, threads: int):
+    def __init__(self, devices: tuple[str, ...], per_device: int, threads: int, nice: int = 0):
         self.per_device = per_device
         #: Intra-op threads of every worker (process-wide in a worker: the CPU instance plan's).
         self.threads = threads
-        self.workers = {device: [SharedWorker(device, i) for i in range(per_device)] for device in devices}
+        self.workers = {device: [SharedWorker(device, i, nice) for i in range(per_device)] for device in devices}
         self._lock = threading.Lock()
 
     @classmethod
     def for_plan(cls, plan, config) -> "DeviceWorkers":
         """One process per GPU; on the CPU the instance plan's count and threads."""
         instances, threads = instance_plan(config, plan.on_cuda)
-        return cls(plan.devices, 1 if plan.on_cuda else instances, threads)
+        return cls(plan.devices, 1 if plan.on_cuda else instances, threads, config.worker_nice)
 
     def place(self, device: str, count: int) -> list[SharedWorker]:
         """The `count` workers of `device` (at most all of them) hosting the fewest versions."""

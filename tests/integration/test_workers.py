@@ -204,3 +204,23 @@ def test_one_worker_process_hosts_two_models_by_id(tiny_repo, tmp_path):
     finally:
         proc.stdin.close()
         proc.wait(30)
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The nice value of every thread of a process (field 19 of /proc/PID/task/TID/stat)."""
+    values = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        values.add(int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+def test_worker_nice_lowers_every_worker_thread_and_not_the_front_end(tiny_repo):
+    with RunningServer(repo=str(tiny_repo), worker_nice=7) as server, Client(server.address) as c:
+        c.predict(encode(random_image(1)), model="tiny")
+        def listed():  # the status document is sampled each second
+            (model,) = json.loads(c.server_status().status_json)["models"]
+            return [w["pid"] for w in model["workers"]]
+
+        pids = wait_until(listed, 30, "the workers in the status document")
+        assert all(thread_niceness(pid) == {7} for pid in pids)
+        assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0  # the front end (here: this process) keeps its own

@@ -97,6 +97,7 @@ def test_list_flags_split_on_commas():
     (("--version-policy", "newest"), "version_policy='newest'"),
     (("--preferred-batch-sizes", "64", "--max-batch-size", "32"), "preferred_batch_sizes"),
     (("--max-batch-size", "lots"), "max_batch_size='lots' (from --max-batch-size): expected int"),
+    (("--worker-nice", "20"), "worker_nice=20: must be between 0 and 19"),
     (("--latency-budget-ms", "-5"), "latency_budget_ms=-5.0: must be 0 (off) or a positive number of milliseconds"),
     (("--latency-budget-ms", "nan"), "latency_budget_ms=nan"),
 ])

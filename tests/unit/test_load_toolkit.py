@@ -225,3 +225,31 @@ def test_the_grpc_floor_tool_loads_both_server_kinds(capsys):
     for line in lines:
         rate, cpu = re.search(r"(\d+) requests/s, server CPU ([\d.]+) ms per request", line).groups()
         assert int(rate) > 0 and float(cpu) > 0, line
+
+
+def test_the_grpc_floor_tool_takes_the_image_size_and_a_pause(capsys):
+    from load_tests import grpc_floor
+
+    assert grpc_floor.main(["--seconds", "0.5", "--clients", "1", "--image-bytes", "100000", "--pause-ms", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("100000 B images" in line for line in lines)
+    rates = [float(re.search(r"(\d+) requests/s", line).group(1)) for line in lines]
+    assert all(0 < r <= 25 for r in rates)  # one client pausing 50 ms between requests
+
+
+def test_the_noop_model_is_served_like_any_artifact(tmp_path):
+    import numpy as np
+    import torch
+
+    from framewire.exporter import load_model, read_artifact
+    from load_tests.__main__ import prepare_repo
+
+    args = parse_args(["sweep", "--model", "noop"])
+    name, path = prepare_repo(args, tmp_path)
+    artifact = read_artifact(path)
+    assert (name, artifact.name, artifact.input.height, artifact.input.width) == ("noop", "noop", 224, 224)
+    prep = artifact.preprocessing
+    assert (prep.resize_shorter, prep.crop_height, prep.crop_width) == (224, 224, 224)
+    module = load_model(path).module
+    out = module(torch.from_numpy(np.zeros((2, 3, 224, 224), np.float32)))
+    assert out.shape == (2, 10)
