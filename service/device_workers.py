@@ -59,7 +59,7 @@ import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from .config import instance_plan
-from .ipc import Connection, WorkerGone
+from .ipc import FRONT_END_PID, Connection, WorkerGone
 
 log = logging.getLogger("framewire.worker")
 
@@ -128,7 +128,8 @@ class SharedWorker:
         self._exited = False
         # The arguments only label the process (ps, top): what it hosts comes in messages.
         self.proc = subprocess.Popen([*WORKER_COMMAND, self.device, f"worker-{self.index}"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, start_new_session=True,
+                                     env={**os.environ, FRONT_END_PID: str(os.getpid())})
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}")
         if self.nice:  # before it loads anything: the threads it starts inherit the priority
             os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)

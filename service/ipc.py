@@ -23,6 +23,8 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO, Callable
 
 _LENGTHS = struct.Struct("<II")
+#: The environment variable that tells a worker its front end's pid (it exits once that process is gone).
+FRONT_END_PID = "FRAMEWIRE_FRONT_END_PID"
 #: Refuse absurd frames from a confused peer.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 

@@ -46,8 +46,9 @@ import queue
 import signal
 import sys
 import threading
+import time
 
-from .ipc import WorkerGone, map_buffer, read_message, write_message
+from .ipc import FRONT_END_PID, WorkerGone, map_buffer, read_message, write_message
 
 log = logging.getLogger("framewire.worker")
 
@@ -252,7 +253,26 @@ def main(argv=None) -> int:
     # stdout carries the protocol; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    # The front end's pid as it said it (it may be gone before this line runs).
+    parent = int(os.environ.get(FRONT_END_PID) or os.getppid())
+    threading.Thread(target=watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
     return WorkerHost(sys.stdin.buffer, out).serve()
+
+
+#: How often a worker checks that the front end that started it still runs.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def watch_parent(parent: int, interval: float = PARENT_CHECK_SECONDS) -> None:
+    """Exit once the front end that started this worker is gone (the worker
+    was re-parented). Its closed pipe normally ends the worker, but not when
+    another process still holds the pipe's other end, or a load that never
+    returns keeps the worker busy: a worker must never outlive its server."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            log.warning("the front end (pid %d) is gone; this worker exits", parent)
+            exit_now(0)
 
 
 def exit_now(code: int) -> None:

@@ -224,3 +224,30 @@ def test_worker_nice_lowers_every_worker_thread_and_not_the_front_end(tiny_repo)
         pids = wait_until(listed, 30, "the workers in the status document")
         assert all(thread_niceness(pid) == {7} for pid in pids)
         assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0  # the front end (here: this process) keeps its own
+
+
+def test_a_worker_exits_when_its_front_end_is_gone_even_with_its_pipe_held_open():
+    """The closed pipe normally ends a worker; here another process holds its
+    stdin open after the front end that started it has exited."""
+    import subprocess
+    import sys
+
+    script = (  # a front end that starts a worker the way the server does, then exits
+        "import subprocess\n"
+        "from framewire.service.device_workers import SharedWorker\n"
+        "w = SharedWorker('cpu', 0)\n"
+        "w.ensure_running()\n"
+        "h = subprocess.Popen(['sleep', '120'], pass_fds=[w.proc.stdin.fileno()], stdout=subprocess.DEVNULL,"
+        " stderr=subprocess.DEVNULL, start_new_session=True)\n"
+        "print(w.proc.pid, h.pid, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    worker, holder = (int(p) for p in done.stdout.split())
+    try:
+        wait_until(lambda: gone(worker), timeout=30, what="the orphaned worker to exit")
+    finally:
+        for pid in (holder, worker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
