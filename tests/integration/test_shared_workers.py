@@ -27,6 +27,7 @@ from support.images import encode, random_image
 from support.plugins import (bright_refusing_artifact, hanging_artifact, install_bright_refusing_architecture,
                              install_hanging_architecture)
 from support.server import RunningServer
+from support.processes import gone, kill_and_wait as kill
 from support.waiting import wait_until
 
 WHITE = encode(np.full((48, 64, 3), 255, np.uint8))
@@ -66,17 +67,8 @@ def worker_pids(server, model: str) -> list[int]:
     return [w.pid for w in served.workers()]
 
 
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
-    except (OSError, IndexError):
-        return True
 
 
-def kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: gone(pid), timeout=10, what=f"worker {pid} to die")
 
 
 def answer_or_unavailable(client, image, model):

@@ -22,6 +22,7 @@ from framewire.v1 import inference_pb2 as pb
 from support import artifacts
 from support.images import encode, random_image
 from support.server import RunningServer
+from support.processes import gone, kill_and_wait as kill_worker
 from support.waiting import wait_until
 
 
@@ -29,19 +30,8 @@ def worker_pids(server) -> list[int]:
     return [w.proc.pid for m in server.server.repo.served() for w in m.runner.processes]
 
 
-def gone(pid: int) -> bool:
-    """Whether the process has exited: a zombie whose threads have all exited
-    (one that its parent can reap) counts."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
-    except (OSError, IndexError):
-        return True
 
 
-def kill_worker(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: gone(pid), timeout=10, what=f"worker {pid} to die")
 
 
 def test_with_no_live_worker_a_request_fails_at_once_and_the_worker_comes_back(tiny_repo):
