@@ -259,11 +259,23 @@ def test_tensor_element_limit(limited):
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "the limit is 1000" in info.value.message
 
 
-def test_3000_concurrent_calls_get_answers_or_a_retryable_refusal_never_cancelled(limited):
+@pytest.fixture(scope="module")
+def holding(tiny_repo):
+    """A server that holds each call up to a second for its batch to fill (batches
+    of up to 128), so that calls pile up past --max-concurrent-rpcs however fast
+    the model answers."""
+    held = {"max_batch_size": 128, "max_queue_size": 1024, "max_queue_delay_us": 1_000_000}
+    with RunningServer(repo=str(tiny_repo), max_concurrent_rpcs=100, model_overrides={"tiny": held}) as server:
+        yield server
+
+
+def test_3000_concurrent_calls_get_answers_or_a_retryable_refusal_never_cancelled(holding):
     """Past --max-concurrent-rpcs a call is refused at once with UNAVAILABLE (which
     clients retry); none is CANCELLED by gRPC's queue of calls not yet taken up;
     health checks are never refused."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    limited = holding
 
     request = pb.PredictRequest(model="tiny", image=pb.Image(encoded=encode(random_image(5, 16, 16))))
 

@@ -169,8 +169,10 @@ def test_every_dashboard_query_returns_numbers(stack):
         return {tuple(s["metric"].get(label) for label in labels): float(s["value"][1]) for s in results[where]}
 
     # The numbers mean what the panels say.
-    assert by("panel 'Queue fill' target A", "model", "version") == {
-        ("tiny", "1"): 0.0, ("slowq", "1"): HELD_IMAGES / QUEUE_SIZE}
+    fill = by("panel 'Queue fill' target A", "model", "version")
+    assert set(fill) == {("tiny", "1"), ("slowq", "1")} and fill[("slowq", "1")] == HELD_IMAGES / QUEUE_SIZE
+    # tiny's steady client has one image in flight at most (queue of 1024 by default).
+    assert fill[("tiny", "1")] in (0.0, 1 / 1024), fill
     assert by("panel 'Model state' target A", "model", "version") == {
         ("tiny", "1"): 2.0, ("tiny", "2"): 3.0, ("slowq", "1"): 2.0}
     assert set(by("panel 'GPU utilisation' target A").values()) == {0.87}
@@ -205,7 +207,9 @@ def test_the_hpa_metric_comes_through_the_adapter_rule(stack):
              .replace("<<.GroupBy>>", "pod"))
     result = prometheus.query(query)
     assert [s["metric"] for s in result] == [{"pod": "framewire-0"}]
-    assert 0 < float(result[0]["value"][1]) <= HELD_IMAGES
+    # The held request's images, plus at most the one image of tiny's steady
+    # client when a scrape found it queued.
+    assert 0 < float(result[0]["value"][1]) <= HELD_IMAGES + 1
 
 
 def test_each_alert_is_pending_for_what_was_arranged_and_nothing_else(stack):
