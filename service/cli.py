@@ -87,7 +87,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from framewire.exporter import ArtifactError
 
+    from .config import frontend_count
+    from .frontends import frontend_label, serve_argv, supervise
+
     try:
+        if frontend_label() is None and frontend_count(config) > 1:
+            return supervise(config, serve_argv())
         return asyncio.run(serve(config))
     except (ConfigError, OSError, ArtifactError) as exc:
         print(f"framewire serve: {exc}", file=sys.stderr)

@@ -93,6 +93,10 @@ class ServeConfig:
                                "--runner process; torch's default with --runner thread)")
     decode_threads: int = setting(0, "threads decoding and preprocessing images next to each model instance (0: "
                                   "auto, the instance's --cpu-threads on the CPU, min(8, CPUs) beside a GPU)")
+    frontends: str = setting(
+        "1", "front-end processes sharing the gRPC port (SO_REUSEPORT), each parsing, checking and batching the "
+        "requests of its connections; they share the device worker processes, which merge their batches of one "
+        "model (auto: one per 4 usable CPUs, at most 8)")
     worker_nice: int = setting(0, "scheduling niceness added to model worker processes (0-19; 0: none). On a CPU "
                                "host where the front end shares cores with the workers, a positive value lets "
                                "the front end's short, latency-critical work (admission, refusals, answers) "
@@ -170,6 +174,10 @@ class ServeConfig:
         need(self.instances_per_device >= 0, "instances_per_device", "must be 0 (auto) or more")
         need(self.cpu_threads >= 0, "cpu_threads", "must be 0 (auto) or more")
         need(self.decode_threads >= 0, "decode_threads", "must be 0 (auto) or more")
+        need(re.fullmatch(r"auto|\d+", self.frontends) is not None and self.frontends not in ("0",)
+             and (self.frontends == "auto" or int(self.frontends) <= 64), "frontends", "use auto or 1..64")
+        need(self.frontends in ("1", "auto") or self.runner == "process", "frontends",
+             "several front ends share worker processes: use --runner process")
         need(0 <= self.worker_nice <= 19, "worker_nice", "must be between 0 and 19")
         need(1 <= self.max_batch_size <= 4096, "max_batch_size", "must be 1..4096")
         need(self.max_queue_delay_us >= 0, "max_queue_delay_us", "must not be negative")
@@ -368,6 +376,21 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
     except ValueError:  # "max": no limit
         return None
     return q / p if q > 0 and p > 0 else None
+
+
+#: Usable CPUs per front-end process with `--frontends auto`.
+CPUS_PER_FRONTEND = 4
+MAX_AUTO_FRONTENDS = 8
+
+
+def frontend_count(config: ServeConfig, cpus: int | None = None) -> int:
+    """Front-end processes to run, `auto` resolved from the usable CPUs (cgroup-aware)."""
+    if config.frontends != "auto":
+        return int(config.frontends)
+    if config.runner == "thread":  # models would load in every front end
+        return 1
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, min(MAX_AUTO_FRONTENDS, cpus // CPUS_PER_FRONTEND))
 
 
 def instance_plan(config: ServeConfig, on_cuda: bool, cpus: int | None = None) -> tuple[int, int]:

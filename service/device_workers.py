@@ -47,19 +47,37 @@ compute with --pipeline-depth).
 
 Everything that changes which process runs, or what is loaded in it, holds
 the `SharedWorker`'s lock; the batch path (`WorkerProcess.run`) does not.
+
+**Attached workers (--frontends N).** With several front ends, the
+supervisor (`frontends`) starts the worker processes, each listening on a
+Unix socket in the server's runtime directory (`worker_socket`), restarts
+one that dies, and every front end attaches to every worker: a
+`SharedWorker` with a `socket` connects instead of starting a process
+(waiting for the supervisor's restart when the process is gone), learns the
+pid from the worker's `hello`, and closes only its own connection when it
+has nothing left to host. A worker loads an artifact once however many
+front ends load it, and merges their pending batches of one model into one
+forward pass (`worker`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import select
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 from .config import instance_plan
-from .ipc import FRONT_END_PID, Connection, WorkerGone
+from .ipc import FRONT_END_PID, RUNTIME_DIR, Connection, WorkerGone
 
 log = logging.getLogger("framewire.worker")
 
@@ -79,6 +97,80 @@ class WorkerStartError(Exception):
         self.message = message
 
 
+def worker_socket(runtime_dir: str | Path, device: str, index: int) -> Path:
+    """Where the supervisor's worker `index` of `device` listens (--frontends N)."""
+    return Path(runtime_dir) / f"worker-{re.sub(r'[^A-Za-z0-9]', '-', device)}-{index}.sock"
+
+
+class AttachedProcess:
+    """A worker process the supervisor started, as a front end sees it: the
+    part of `subprocess.Popen` the front end uses (poll, wait, kill, pid).
+    Its exit code belongs to its parent, the supervisor: `returncode` stays
+    None once it has exited."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode = None
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # already gone, or no pidfd (then `poll` asks the kernel by pid)
+            self._fd = None
+        self._exited = False
+
+    def poll(self):
+        """None while it runs (the code is unknown here once it has exited: -1)."""
+        if not self._exited:
+            if self._fd is not None:
+                self._exited = bool(select.select([self._fd], [], [], 0)[0])
+            else:
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    self._exited = True
+        return -1 if self._exited else None
+
+    def wait(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout)
+            if self._fd is not None:
+                select.select([self._fd], [], [], None if deadline is None else max(0.0, deadline - time.monotonic()))
+            else:
+                time.sleep(0.05)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._exited = True
+
+
+def connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A connection to the worker listening at `path`, waiting up to `timeout`
+    seconds for it to listen (the supervisor restarts a worker that died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED) or time.monotonic() >= deadline:
+                raise WorkerStartError("internal", f"no model worker listens at {path} ({exc.strerror or exc}); "
+                                       "the supervisor starts it (--frontends)") from None
+            time.sleep(0.05)
+
+
 class SharedWorker:
     """One worker process on one device and the versions loaded in it (see the module doc).
 
@@ -86,9 +178,12 @@ class SharedWorker:
     process of one generation (`WorkerProcess.generation`), and is live only
     while that process runs."""
 
-    def __init__(self, device: str, index: int, nice: int = 0):
+    def __init__(self, device: str, index: int, nice: int = 0, socket_path: Path | None = None):
         self.device = device
         self.index = index
+        #: Where the supervisor's worker listens (--frontends N); None: this front end starts its own.
+        self.socket_path = socket_path
+        self._sock: socket.socket | None = None
         #: Niceness the process runs at (--worker-nice; 0: the front end's).
         self.nice = nice
         self.proc: subprocess.Popen | None = None
@@ -119,6 +214,9 @@ class SharedWorker:
             raise WorkerStartError("internal", "the server is stopping")
         if self.alive():
             return
+        if self.socket_path is not None:
+            self._attach()
+            return
         died = self.proc is not None and not self._exited
         self._stop_process()
         if died:
@@ -133,6 +231,26 @@ class SharedWorker:
         self.connection = Connection(self.proc.stdout, self.proc.stdin, name=f"worker-{self.name}")
         if self.nice:  # before it loads anything: the threads it starts inherit the priority
             os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
+        self.generation += 1
+
+    def _attach(self) -> None:
+        """Connect to the supervisor's worker (lock held), waiting while it restarts."""
+        before = self.proc.pid if self.proc is not None else None
+        died = before is not None and not self._exited
+        self._stop_process()
+        self._sock = connect_unix(self.socket_path, CONTROL_SECONDS)
+        self.connection = Connection(self._sock.makefile("rb"), self._sock.makefile("wb"), name=f"worker-{self.name}")
+        try:
+            hello, _ = self.connection.request({"op": "hello"}).result(CONTROL_SECONDS)
+        except (WorkerGone, FutureTimeout) as exc:
+            self._stop_process()
+            raise WorkerStartError("internal", f"the model worker at {self.socket_path} did not answer: {exc}") from None
+        self.proc = AttachedProcess(int(hello["pid"]))
+        self._exited = False
+        if died and self.proc.pid != before:
+            self.restarts += 1
+            log.warning("worker %s (was pid %d) was restarted (now pid %d); reloading %d version(s)", self.name,
+                        before, self.proc.pid, len(self.hosted))
         self.generation += 1
 
     def host(self, version) -> None:
@@ -208,6 +326,9 @@ class SharedWorker:
             self._stop_gracefully()
 
     def _stop_gracefully(self) -> None:
+        if self.socket_path is not None:  # the worker serves other front ends: only this connection closes
+            self._stop_process()
+            return
         if self.alive():
             try:
                 self.connection.send({"op": "stop"})
@@ -218,6 +339,20 @@ class SharedWorker:
         self._stop_process()
 
     def _stop_process(self) -> None:
+        if self.socket_path is not None:
+            if self._sock is not None:
+                try:  # the reader thread sees the end and fails what is pending
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                if self.connection is not None:
+                    self.connection.join(CONTROL_SECONDS)
+                    self.connection.close()
+                self._sock.close()
+                self._sock = None
+            if isinstance(self.proc, AttachedProcess):
+                self.proc.close()
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -232,18 +367,30 @@ class SharedWorker:
 class DeviceWorkers:
     """The server's worker processes, per device (see the module doc)."""
 
-    def __init__(self, devices: tuple[str, ...], per_device: int, threads: int, nice: int = 0):
+    def __init__(self, devices: tuple[str, ...], per_device: int, threads: int, nice: int = 0,
+                 runtime_dir: str | None = None):
         self.per_device = per_device
         #: Intra-op threads of every worker (process-wide in a worker: the CPU instance plan's).
         self.threads = threads
-        self.workers = {device: [SharedWorker(device, i, nice) for i in range(per_device)] for device in devices}
+        #: The supervisor's runtime directory when the workers are its (--frontends N), else None.
+        self.runtime_dir = runtime_dir
+        self.workers = {device: [SharedWorker(device, i, nice, worker_socket(runtime_dir, device, i)
+                                              if runtime_dir else None) for i in range(per_device)]
+                        for device in devices}
         self._lock = threading.Lock()
 
     @classmethod
-    def for_plan(cls, plan, config) -> "DeviceWorkers":
-        """One process per GPU; on the CPU the instance plan's count and threads."""
+    def for_plan(cls, plan, config, runtime_dir: str | None = None) -> "DeviceWorkers":
+        """One process per GPU; on the CPU the instance plan's count and threads.
+        In a front end the supervisor started, the supervisor's (RUNTIME_DIR)."""
         instances, threads = instance_plan(config, plan.on_cuda)
-        return cls(plan.devices, 1 if plan.on_cuda else instances, threads, config.worker_nice)
+        runtime_dir = runtime_dir or os.environ.get(RUNTIME_DIR) or None
+        return cls(plan.devices, 1 if plan.on_cuda else instances, threads, config.worker_nice, runtime_dir)
+
+    @property
+    def attached(self) -> bool:
+        """Whether the workers are the supervisor's, shared with other front ends."""
+        return self.runtime_dir is not None
 
     def place(self, device: str, count: int) -> list[SharedWorker]:
         """The `count` workers of `device` (at most all of them) hosting the fewest versions."""

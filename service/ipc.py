@@ -25,6 +25,10 @@ from typing import Any, BinaryIO, Callable
 _LENGTHS = struct.Struct("<II")
 #: The environment variable that tells a worker its front end's pid (it exits once that process is gone).
 FRONT_END_PID = "FRAMEWIRE_FRONT_END_PID"
+#: The environment variable that makes a worker listen on this Unix socket path instead of reading stdin.
+WORKER_SOCKET = "FRAMEWIRE_WORKER_SOCKET"
+#: The supervisor's runtime directory (worker sockets, front-end ready files), in the processes it starts.
+RUNTIME_DIR = "FRAMEWIRE_RUNTIME_DIR"
 #: Refuse absurd frames from a confused peer.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -209,6 +213,14 @@ class Connection:
     @property
     def alive(self) -> bool:
         return self._gone is None
+
+    def close(self) -> None:
+        """Close both streams (a socket connection's end); pending requests fail with WorkerGone."""
+        for stream in (self._out, self._inp):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
 
     def join(self, timeout: float | None = None) -> None:
         self._reader.join(timeout)

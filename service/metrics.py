@@ -14,7 +14,8 @@ Names carry their unit. Per model and version (labels `model`, `version`):
 | `framewire_compute_duration_seconds` | histogram | time each device batch took |
 | `framewire_inferences_total` | counter | images run |
 | `framewire_executions_total` | counter | device batches run (inferences / executions = average batch) |
-| `framewire_batch_size` | histogram | images per device batch (its sum equals the inferences) |
+| `framewire_batch_size` | histogram | images per batch this front end formed (its sum equals the inferences) |
+| `framewire_device_forwards_total` | counter | forward passes that ran the version's images; with `--frontends N` a worker merges the front ends' batches, and a merged pass counts as each batch's share (inferences / device forwards = the device's mean batch) |
 | `framewire_queue_depth` | gauge | images waiting now |
 | `framewire_payload_bytes_total` | counter | bytes of image payloads shipped to the device side (shared memory with worker processes): encoded files as sent, client pixels as sent |
 | `framewire_queue_capacity` | gauge | images the queue holds at most (`--max-queue-size`) |
@@ -203,6 +204,9 @@ class _LiveCollector:
                                   labels=[*MODEL_LABELS, "state"])
         payload = CounterMetricFamily("framewire_payload_bytes", "Bytes of image payloads shipped to the device side.",
                                       labels=list(MODEL_LABELS))
+        forwards = CounterMetricFamily("framewire_device_forwards", "Forward passes that ran the version's images "
+                                       "(a pass merged across front ends counts as each batch's share).",
+                                       labels=list(MODEL_LABELS))
         capacity = GaugeMetricFamily("framewire_queue_capacity", "Images the batcher queue holds at most "
                                      "(--max-queue-size); more are refused.", labels=list(MODEL_LABELS))
         for name, slots in self.models().items():
@@ -214,10 +218,12 @@ class _LiveCollector:
                     depth.add_metric(labels, slot.served.queue_depth)
                     capacity.add_metric(labels, slot.served.queue_capacity)
                     payload.add_metric(labels, slot.served.payload_bytes)
+                    forwards.add_metric(labels, slot.served.device_forwards)
         yield depth
         yield capacity
         yield state
         yield payload
+        yield forwards
         yield from budget_families(
             ([name, str(slot.version)], status) for name, slots in self.models().items() for slot in slots
             if slot.served is not None and (status := slot.served.budget_status) is not None)

@@ -106,6 +106,11 @@ class ServedModel:
         """Bytes of image payloads shipped to the device side since load."""
         return self.runner.payload_bytes
 
+    @property
+    def device_forwards(self) -> float:
+        """Forward passes that ran this version's images (see Runner.device_forwards)."""
+        return self.runner.device_forwards
+
     def workers(self) -> list[WorkerStatus]:
         """Where its instances run: each worker process (pid, state, restarts), or
         this process for each instance with --runner thread."""

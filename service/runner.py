@@ -97,6 +97,13 @@ class Runner(Protocol):
         """Bytes of image payloads shipped to the device side since load
         (shared memory with worker processes)."""
 
+    @property
+    def device_forwards(self) -> float:
+        """Forward passes on the device that ran this version's batches; a
+        pass a shared worker merged with other front ends' batches counts as
+        this runner's share of it (inferences / device forwards = the
+        device's mean batch)."""
+
     def load(self) -> None:
         """Place the network on every instance (blocking): the only step that
         starts worker processes."""
@@ -168,6 +175,7 @@ class BatchedRunner:
         self.handler = handler
         self.batching = batching
         self.on_batch = on_batch
+        self._batches_run = 0
         #: Warm-up compute seconds per batch size, one per instance (the budget's prior).
         self.warm_seconds: dict[int, list[float]] = {}
         self.latency_budget = None
@@ -187,8 +195,15 @@ class BatchedRunner:
             self.warm_seconds.setdefault(int(size), []).append(float(value))
 
     def _report(self, record: BatchRecord) -> None:
+        if not record.failed:
+            self._batches_run += 1
         if self.on_batch is not None:
             self.on_batch(record)
+
+    @property
+    def device_forwards(self) -> float:
+        """Batches run (each one forward pass; see Runner.device_forwards)."""
+        return float(self._batches_run)
 
     @property
     def queue_depth(self) -> int:

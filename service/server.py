@@ -37,6 +37,7 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
+from .frontends import announce_ready, frontend_label
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
 from .load_budget import LoadBudget
@@ -109,7 +110,8 @@ class FramewireServer:
         options = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            # Front ends of one server share the port (--frontends N); otherwise the port is ours alone.
+            ("grpc.so_reuseport", 1 if frontend_label() else 0),
         ]
         if config.max_connection_age_seconds:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)))
@@ -178,8 +180,9 @@ class FramewireServer:
                 raise OSError(f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port}: "
                               f"{exc.strerror or exc}; pick another --metrics-port (0: any free port, -1: off)"
                               ) from None
-            log.info("metrics at http://%s:%d/metrics, live page at http://%s:%d/", self.config.metrics_host,
-                     self.state.metrics_port, self.config.metrics_host, self.state.metrics_port)
+            if frontend_label() is None:  # a front end's own is read by its supervisor, which serves the sum
+                log.info("metrics at http://%s:%d/metrics, live page at http://%s:%d/", self.config.metrics_host,
+                         self.state.metrics_port, self.config.metrics_host, self.state.metrics_port)
         self.gpu.start()
         self.status.start()
         await self._sync_health()
@@ -189,7 +192,13 @@ class FramewireServer:
         await self.repo.start()
         self.state.serving = True
         await self._sync_health()
-        log.info("%s", serving_summary(self.repo.models()))
+        summary = serving_summary(self.repo.models())
+        label = frontend_label()
+        if label is None:
+            log.info("%s", summary)
+        else:  # the supervisor says "serving" once every front end is up
+            log.info("front end %s is up (pid %d): %s", label, os.getpid(), summary.replace("serving: ", "models ", 1))
+            announce_ready(os.getpid(), self.state.metrics_port, summary)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -304,6 +313,10 @@ async def serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stopping.set)
     if server.tokens is not None:
         loop.add_signal_handler(signal.SIGHUP, server.tokens.reload)
+    if frontend_label() is not None:
+        from .frontends import watch_supervisor
+
+        watch_supervisor(lambda: loop.call_soon_threadsafe(stopping.set))
     starting = loop.create_task(server.start())
     done, _ = await asyncio.wait({starting, loop.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:

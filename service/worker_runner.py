@@ -27,6 +27,7 @@ hosted, each loaded and warmed again) while the other workers serve.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,12 @@ class WorkerProcess:
         self.buffers: dict[int, SharedBuffer] = {}
         self.info: dict = {}
         self.shared_bytes = 0  # payload bytes written to shared memory, for metrics
+        #: Forward passes that ran this instance's batches; a pass the worker
+        #: merged with other front ends' batches counts as its share (1/merged).
+        self.device_forwards = 0.0
+        #: With workers shared by several front ends: the largest batch the
+        #: worker may merge this version's batches into (0: never merged).
+        self.merge_rows = 0
         self.budget: LoadBudget | None = None
         self.warm = False
         self.stopped = False
@@ -222,15 +229,17 @@ class WorkerProcess:
         """From the event loop: run the batch staged in `slot`; the future
         resolves to `convert(outcome)`, computed on the connection's reader
         thread, or fails with the worker's error or WorkerGone."""
-        return self.connection.request_on_loop(
-            {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout},
-            lambda header, payload: convert(self.outcome(header, payload)))
+        header = {"op": "run", "model": self.settings.model_id, "slot": slot, "batch": layout}
+        if self.merge_rows:
+            header["max_rows"] = self.merge_rows
+        return self.connection.request_on_loop(header, lambda header, payload: convert(self.outcome(header, payload)))
 
     def outcome(self, header: dict, payload: bytes) -> BatchOutcome:
         """A `run` reply as a BatchOutcome; the worker's refusal as its error."""
         if header.get("op") == "error":
             error = LimitExceededError if header.get("kind") == "limit" else InferenceError
             raise error(header.get("message", "the model failed"))
+        self.device_forwards += 1 / max(1, int(header.get("merged", 1)))
         rows = [int(r) for r in header["rows"]]
         errors = {int(r): error_from_code(code, message) for r, (code, message) in header["errors"].items()}
         output = self.handler.decode_output(header["output"], payload) if rows else None
@@ -245,8 +254,8 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 pass
         return WorkerCrashedError(
-            f"model {self.name}: its worker process exited (code {code}) while running a batch; "
-            "it is restarting, retry"
+            f"model {self.name}: its worker process exited{'' if code is None else f' (code {code})'} while "
+            "running a batch; it is restarting, retry"
         )
 
     def _buffer(self, slot: int, size: int) -> SharedBuffer:
@@ -304,6 +313,10 @@ class ProcessRunner(BatchedRunner):
         (together); a restart gets `load_timeout` seconds of its own."""
         if workers is not None:
             instances_per_device = min(instances_per_device, workers.per_device)
+        if workers is not None and workers.attached and batching.pipeline_depth < 1:
+            # Workers shared by several front ends merge the batches waiting for them: each front end keeps
+            # one waiting while another computes, or the worker would only ever see one batch at a time.
+            batching = dataclasses.replace(batching, pipeline_depth=1)
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
         super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots, lanes=count)
@@ -319,6 +332,9 @@ class ProcessRunner(BatchedRunner):
                    else [None] * instances_per_device)]
         self.processes = [WorkerProcess(name, i, s, slots, handler, load_timeout, shared)
                           for i, (s, shared) in enumerate(placed)]
+        if workers is not None and workers.attached:  # other front ends' batches of this version may join ours
+            for process in self.processes:
+                process.merge_rows = batching.max_batch_size
         self._io = ThreadPoolExecutor(max_workers=count * slots, thread_name_prefix=f"worker-io-{name}")
         self._pool: WorkerPool | None = None
 
@@ -326,6 +342,11 @@ class ProcessRunner(BatchedRunner):
     def payload_bytes(self) -> int:
         """Payload bytes written to shared memory since load."""
         return sum(w.shared_bytes for w in self.processes)
+
+    @property
+    def device_forwards(self) -> float:
+        """Forward passes that ran this version's batches (a merged pass counts as this runner's share)."""
+        return sum(w.device_forwards for w in self.processes)
 
     def load(self) -> None:
         """Load the model in each of its workers, starting those not running (blocking)."""

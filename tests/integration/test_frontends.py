@@ -1,0 +1,267 @@
+"""`framewire serve --frontends 2`: two front-end processes on one port,
+sharing the supervisor's worker processes (service/frontends.py).
+
+The real command runs in a subprocess; clients open connections of their
+own (a local subchannel pool each), which the kernel spreads over the front
+ends, and each connection asks GetServerStatus which front end it reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from framewire.client import Client, FramewireError
+from framewire.service.auth import new_token, token_entry
+from support.artifacts import export_tiny
+from support.images import encode, random_image
+from support.metrics import scrape, value
+from support.processes import gone
+from support.server import ServerProcess
+from support.waiting import wait_until
+
+#: A connection of its own per client: gRPC would otherwise share one between channels to one address.
+OWN_CONNECTION = {"channel_options": (("grpc.use_local_subchannel_pool", 1),)}
+
+
+class Split:
+    """The supervisor, its front ends (from their ready files) and a token."""
+
+    def __init__(self, server: ServerProcess, token: str, tokens_file: Path):
+        self.server = server
+        self.token = token
+        self.tokens_file = tokens_file
+        output = server.output()
+        self.runtime = Path(re.search(r"runtime directory (\S+)\)", output).group(1))
+        self.metrics_url = "http://127.0.0.1:%s/metrics" % re.search(
+            r"metrics at http://127\.0\.0\.1:(\d+)/metrics", output).group(1)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def frontends(self) -> dict[int, dict]:
+        """index -> {"pid", "metrics_port", ...} of the front ends up now."""
+        found = {}
+        for path in self.runtime.glob("frontend-*.json"):
+            try:
+                found[int(path.stem.split("-")[1])] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def client(self, token: str | None = None, retries: int = 0) -> Client:
+        return Client(self.address, token=token or self.token, retries=retries, timeout=60, **OWN_CONNECTION)
+
+
+def frontend_pid(client: Client) -> int:
+    status = json.loads(client.server_status().status_json)
+    (pid,) = [p["pid"] for p in status["processes"] if p["role"] == "front end"]
+    return pid
+
+
+def clients_on_each_frontend(split: Split, want: int = 2, tries: int = 40) -> dict[int, Client]:
+    """A connected client per front end pid (new connections until both were reached)."""
+    found: dict[int, Client] = {}
+    for _ in range(tries):
+        client = split.client()
+        pid = frontend_pid(client)
+        if pid in found:
+            client.close()
+        else:
+            found[pid] = client
+        if len(found) == want:
+            return found
+    raise AssertionError(f"{tries} connections reached only front ends {sorted(found)}")
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("split-repo")
+    export_tiny(repo, "tiny", 1)
+    export_tiny(repo, "slow", 1, seed=3, size=192)  # a forward pass of milliseconds: batches wait for it
+    token, digest = new_token()
+    tokens = tmp_path_factory.mktemp("split-tokens") / "tokens.toml"
+    tokens.write_text(token_entry("reader", digest, ["infer"], []))
+    server = ServerProcess("--repo", str(repo), "--frontends", "2", "--instances-per-device", "1",
+                           "--tokens-file", str(tokens), "--poll-seconds", "0.5", "--drain-seconds", "20")
+    try:
+        wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")
+        yield Split(server, token, tokens)
+    finally:
+        server.close()
+
+
+def test_two_front_ends_answer_on_one_port_with_one_set_of_workers(split):
+    clients = clients_on_each_frontend(split)
+    ready = split.frontends()
+    assert sorted(clients) == sorted(f["pid"] for f in ready.values())
+    image = encode(random_image(1))
+    answers = [c.predict(image, model="tiny") for c in clients.values()]
+    assert answers[0].classes[0].label == answers[1].classes[0].label
+    assert answers[0].classes[0].score == pytest.approx(answers[1].classes[0].score, abs=1e-6)
+    # Both front ends run their models in the same worker process (one per device here).
+    workers = []
+    for client in clients.values():
+        status = json.loads(client.server_status().status_json)
+        workers.append({p["pid"] for p in status["processes"] if p["role"] == "worker"})
+        client.close()
+    assert workers[0] == workers[1] and len(workers[0]) == 1, workers
+
+
+def test_batches_of_two_front_ends_merge_on_the_device(split):
+    """Concurrent requests reaching both front ends are run in forward passes
+    that hold both front ends' batches: fewer device passes than batches
+    formed, and every answer as a lone request gets it."""
+    clients = clients_on_each_frontend(split)
+    images = [encode(random_image(i, 64, 64)) for i in range(8)]
+    alone = [clients[min(clients)].predict(image, model="slow") for image in images]
+    before = scrape(split.metrics_url)
+
+    def load(client: Client, round_: int) -> list:
+        return [client.predict(images[(round_ + k) % 8], model="slow") for k in range(12)]
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [(r, pool.submit(load, c, r)) for r in range(8) for c in clients.values()]
+        answers = [(r, f.result(timeout=120)) for r, f in futures]
+    for round_, got in answers:
+        for k, answer in enumerate(got):
+            expected = alone[(round_ + k) % 8]
+            assert answer.classes[0].label == expected.classes[0].label
+            assert answer.classes[0].score == pytest.approx(expected.classes[0].score, abs=1e-5)
+    after = scrape(split.metrics_url)
+
+    def delta(name: str) -> float:
+        return value(after, name, model="slow") - value(before, name, model="slow")
+
+    batches, forwards, images_run = (delta("framewire_executions_total"), delta("framewire_device_forwards_total"),
+                                     delta("framewire_inferences_total"))
+    assert images_run == 16 * 12
+    assert forwards < 0.9 * batches, (forwards, batches)
+    for client in clients.values():
+        client.close()
+
+
+def test_metrics_are_the_sum_over_the_front_ends(split):
+    clients = clients_on_each_frontend(split)
+    image = encode(random_image(2))
+    for client in clients.values():
+        for _ in range(3):
+            client.predict(image, model="tiny")
+    merged = scrape(split.metrics_url)
+    each = [scrape(f"http://127.0.0.1:{f['metrics_port']}/metrics") for f in split.frontends().values()]
+    name, labels = "framewire_requests_total", {"model": "tiny", "code": "OK"}
+    assert all(value(samples, name, **labels) >= 3 for samples in each)
+    # The front ends' counts only grow; the merged one lies between the sums read before and after it.
+    assert sum(value(s, name, **labels) for s in each) >= value(merged, name, **labels) >= 6
+    # Gauges of a shared thing are not doubled: one queue capacity per version, as one front end has.
+    assert value(merged, "framewire_queue_capacity", model="tiny") == value(each[0], "framewire_queue_capacity",
+                                                                             model="tiny")
+    for client in clients.values():
+        client.close()
+
+
+def test_a_new_token_works_on_every_front_end(split):
+    token, digest = new_token()
+    with open(split.tokens_file, "a") as fh:
+        fh.write("\n" + token_entry("later", digest, ["infer"], []))
+    os.kill(split.server.proc.pid, signal.SIGHUP)
+    clients = clients_on_each_frontend(split)
+    image = encode(random_image(3))
+    for pid in clients:
+        with split.client(token=token) as client:
+            def works() -> bool:
+                try:
+                    return client.predict(image, model="tiny").model == "tiny"
+                except FramewireError:
+                    return False
+            wait_until(works, 20, f"the new token on front end {pid}")
+        clients[pid].close()
+    assert split.server.proc.poll() is None
+
+
+def test_hot_reload_reaches_every_front_end(split, tmp_path):
+    repo = Path(re.search(r"--repo (\S+)", " ".join(split.server.proc.args)).group(1))
+    export_tiny(repo, "tiny", 2, seed=11)
+    clients = clients_on_each_frontend(split)
+    image = encode(random_image(4))
+    try:
+        for client in clients.values():
+            wait_until(lambda: client.predict(image, model="tiny").version == 2, 60, "version 2 served")
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def test_stream_order_holds_on_its_front_end(split):
+    with split.client() as client:
+        frames = [encode(random_image(i, 40, 40)) for i in range(20)]
+        answers = list(client.stream(iter(frames), model="tiny"))
+    assert [a.frame_number for a in answers] == list(range(20))
+
+
+def test_a_killed_front_end_is_restarted_while_the_other_keeps_serving(split):
+    clients = clients_on_each_frontend(split)
+    victim, survivor = sorted(clients)
+    image = encode(random_image(5))
+    errors: list = []
+    served = 0
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                clients[survivor].predict(image, model="tiny")
+                served += 1
+            except FramewireError as exc:
+                errors.append(exc)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: gone(victim), 10, "the killed front end gone")
+        wait_until(lambda: "front end 1/2" in split.server.output().split("exited with code")[-1]
+                   or len([f for f in split.frontends().values() if f["pid"] != victim]) == 2, 120,
+                   "the front end started again")
+        wait_until(lambda: len(split.frontends()) == 2 and victim not in {f["pid"] for f in split.frontends().values()},
+                   120, "the new front end up")
+    finally:
+        stop.set()
+        caller.join(60)
+    assert not errors, errors[:3]
+    assert served > 0
+    assert "exited with code -9; starting it again" in split.server.output()
+    new = clients_on_each_frontend(split)
+    assert survivor in new and victim not in new
+    for client in [*clients.values(), *new.values()]:
+        client.close()
+
+
+def test_sigterm_drains_every_front_end(split):
+    """Last in this module: the server stops. Calls in flight when SIGTERM
+    arrives are answered; the supervisor exits 0 and leaves no process."""
+    clients = clients_on_each_frontend(split)
+    images = [encode(random_image(i, 64, 64)) for i in range(4)]
+    pids = [int(p) for p in split.frontends() and [f["pid"] for f in split.frontends().values()]]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(c.batch_predict, images, model="slow") for c in clients.values() for _ in range(4)]
+        time.sleep(0.3)
+        code = split.server.terminate(60)
+        answers = [f.result(timeout=60) for f in futures]
+    assert code == 0, split.server.output()[-3000:]
+    assert all(len(a) == 4 for a in answers)
+    for pid in pids:
+        wait_until(lambda: gone(pid), 10, f"front end {pid} gone")
+    for client in clients.values():
+        client.close()
