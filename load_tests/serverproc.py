@@ -123,12 +123,31 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"framewire.service.worker" in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return False
+
+
 def server_cpu(pid: int | None) -> dict:
-    """CPU seconds of a server's front end (`pid`) and of each of its worker processes."""
+    """CPU seconds of a server's front end (`pid`) and of each of its worker
+    processes. With --frontends N, `pid` is the supervisor: "frontend" is the
+    sum of the supervisor and its front-end processes."""
     if pid is None:
         return {}
-    return {"frontend": _cpu_seconds(pid) or 0.0,
-            "workers": {child: seconds for child in _children(pid) if (seconds := _cpu_seconds(child)) is not None}}
+    frontend, workers, todo = 0.0, {}, [pid]
+    while todo:
+        current = todo.pop()
+        seconds = _cpu_seconds(current)
+        if seconds is None:
+            continue
+        if current != pid and _is_worker(current):
+            workers[current] = seconds
+            continue
+        frontend += seconds
+        todo += _children(current)
+    return {"frontend": frontend, "workers": workers}
 
 
 def cpu_view(before: dict, after: dict, images: int) -> dict:

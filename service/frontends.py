@@ -63,6 +63,8 @@ log = logging.getLogger("framewire.frontends")
 
 #: In a front end the supervisor started: "index/count" (index from 1).
 FRONTEND_ENV = "FRAMEWIRE_FRONTEND"
+#: In a front end: the supervisor's /metrics port (what GetServerStatus reports to operators).
+METRICS_PORT_ENV = "FRAMEWIRE_SUPERVISOR_METRICS_PORT"
 #: How often the supervisor looks at its children.
 CHECK_SECONDS = 0.2
 #: A child that exits sooner than this after its start is restarted no faster than this.
@@ -72,6 +74,11 @@ RESTART_BACKOFF_SECONDS = 1.0
 def frontend_label() -> str | None:
     """"i/N" in a front end the supervisor started, else None."""
     return os.environ.get(FRONTEND_ENV) or None
+
+
+def supervisor_metrics_port() -> int:
+    """In a front end: the port of the supervisor's merged /metrics (0: none)."""
+    return int(os.environ.get(METRICS_PORT_ENV) or 0) if frontend_label() else 0
 
 
 def ready_file(runtime_dir: str | Path, index: int) -> Path:
@@ -193,7 +200,7 @@ class Supervisor:
             if self.config.metrics_port >= 0:  # each front end's own, on loopback; the supervisor serves the sum
                 extra += ["--metrics-port", "0", "--metrics-host", "127.0.0.1"]
             env = {**os.environ, FRONTEND_ENV: f"{index}/{self.count}", RUNTIME_DIR: str(self.runtime),
-                   FRONT_END_PID: str(os.getpid())}
+                   FRONT_END_PID: str(os.getpid()), METRICS_PORT_ENV: str(self.metrics_port)}
             return subprocess.Popen([sys.executable, "-m", "framewire", "serve", *self.argv, *extra], env=env,
                                     stdin=subprocess.DEVNULL)
         return start
@@ -221,6 +228,8 @@ class Supervisor:
         if self.config.tokens_file:
             signal.signal(signal.SIGHUP, lambda *_: self._signal_frontends(signal.SIGHUP))
         try:
+            if self.config.metrics_port >= 0:
+                self._serve_metrics()
             self.workers = self._worker_children()
             for child in self.workers:
                 child.start()
@@ -230,8 +239,6 @@ class Supervisor:
                 child.start()
             log.info("supervising %d front end(s) on %s:%d and %d worker process(es) (runtime directory %s)",
                      self.count, self.config.host, self.port, len(self.workers), self.runtime)
-            if self.config.metrics_port >= 0:
-                self._serve_metrics()
             while not self.stopping.wait(CHECK_SECONDS):
                 self._keep_running(self.workers)
                 self._keep_running(self.frontends)

@@ -37,7 +37,7 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
-from .frontends import announce_ready, frontend_label
+from .frontends import announce_ready, frontend_label, supervisor_metrics_port
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
 from .load_budget import LoadBudget
@@ -62,7 +62,10 @@ NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["ModelInference"].ful
 class ServerState:
     started: float = field(default_factory=time.monotonic)
     serving: bool = False
+    #: The /metrics port operators scrape (with --frontends N, the supervisor's: the sum over front ends).
     metrics_port: int = 0
+    #: This process's own metrics listener (the same but in a front end the supervisor started).
+    own_metrics_port: int = 0
 
 
 class FramewireServer:
@@ -174,8 +177,9 @@ class FramewireServer:
         if self.config.metrics_port >= 0:
             pages = OperatorPages(lambda: self.status.document_json, self.status.history_json)
             try:
-                self.state.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port,
-                                                             pages)
+                self.state.own_metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port,
+                                                                 pages)
+                self.state.metrics_port = supervisor_metrics_port() or self.state.own_metrics_port
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port}: "
                               f"{exc.strerror or exc}; pick another --metrics-port (0: any free port, -1: off)"
@@ -198,7 +202,7 @@ class FramewireServer:
             log.info("%s", summary)
         else:  # the supervisor says "serving" once every front end is up
             log.info("front end %s is up (pid %d): %s", label, os.getpid(), summary.replace("serving: ", "models ", 1))
-            announce_ready(os.getpid(), self.state.metrics_port, summary)
+            announce_ready(os.getpid(), self.state.own_metrics_port, summary)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

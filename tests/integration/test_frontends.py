@@ -163,9 +163,11 @@ def test_metrics_are_the_sum_over_the_front_ends(split):
     assert all(value(samples, name, **labels) >= 3 for samples in each)
     # The front ends' counts only grow; the merged one lies between the sums read before and after it.
     assert sum(value(s, name, **labels) for s in each) >= value(merged, name, **labels) >= 6
-    # Gauges of a shared thing are not doubled: one queue capacity per version, as one front end has.
-    assert value(merged, "framewire_queue_capacity", model="tiny") == value(each[0], "framewire_queue_capacity",
-                                                                             model="tiny")
+    # A gauge every front end reports about the same thing is not doubled: the version is READY once.
+    assert value(merged, "framewire_model_state", model="tiny", version="1", state="READY") == 1
+    # One each front end holds a part of is summed: each has its own queue.
+    assert value(merged, "framewire_queue_capacity", model="tiny", version="1") == sum(
+        value(samples, "framewire_queue_capacity", model="tiny", version="1") for samples in each)
     for client in clients.values():
         client.close()
 
