@@ -128,27 +128,16 @@ def merge_and_report(texts: Sequence[str], names: Sequence[str] | None = None) -
     names = list(names) if names is not None else [f"exposition {i + 1} of {len(texts)}" for i in range(len(texts))]
     if len(names) != len(texts):
         raise ValueError(f"{len(names)} names for {len(texts)} expositions")
-    families: dict[str, _Family] = {}
+    parsed: list[tuple[str, list[Metric]]] = []
     problems: list[str] = []
     for name, text in zip(names, texts):
-        try:
-            parsed = _parse(text)
-        except Exception as exc:  # the parser raises ValueError, IndexError... on malformed text
-            problems.append(f"{name}: not a Prometheus text exposition ({type(exc).__name__}: {exc}); left out")
-            continue
-        for metric in parsed:
-            family = families.get(metric.name)
-            if family is None:
-                family = families[metric.name] = _Family(metric.name, metric.type, metric.documentation)
-            elif family.type != metric.type:
-                problems.append(f"{name}: {metric.name} is a {metric.type} here but a {family.type} in an earlier "
-                                f"exposition; its samples were left out")
-                continue
-            for sample in metric.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                family.values.setdefault(key, []).append(float(sample.value))
-    text = generate_latest(_Collected(list(_merged(families)))).decode("utf-8")
-    return text, problems
+        metrics, problem = _parse(name, text)
+        if problem is not None:
+            problems.append(f"{problem}; left out")
+        else:
+            parsed.append((name, metrics))
+    text, conflicts = _merge(parsed)
+    return text, problems + conflicts
 
 
 def fetch_and_merge(urls: Sequence[str], timeout: float,
@@ -158,43 +147,37 @@ def fetch_and_merge(urls: Sequence[str], timeout: float,
     Returns (merged text, errors): one error per URL that failed (refused,
     timed out, not 200, not UTF-8, not an exposition), naming it. With
     `cache` (a dict the caller keeps between calls), each URL's last good
-    text stands in for a failed fetch (still reported), so one missed scrape
+    text stands in for a failed one (still reported), so one missed scrape
     does not make the summed counters dip, which Prometheus would read as a
     counter reset.
     """
-    def get(url: str) -> tuple[str | None, str | None]:
+    def get(url: str) -> tuple[str | None, list[Metric], str | None]:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
-                return response.read().decode("utf-8"), None
+                text = response.read().decode("utf-8")
         except Exception as exc:  # URLError, HTTPError, timeouts, UnicodeDecodeError: all mean "no figures"
-            return None, f"{url}: fetching failed ({type(exc).__name__}: {exc})"
+            return None, [], f"{url}: fetching failed ({type(exc).__name__}: {exc})"
+        metrics, problem = _parse(url, text)
+        return text, metrics, problem
 
-    if not urls:
-        return merge_expositions([]), []
-    with ThreadPoolExecutor(max_workers=min(len(urls), 32), thread_name_prefix="metrics-fetch") as pool:
-        answers = list(pool.map(get, urls))
+    answers = []
+    if urls:
+        with ThreadPoolExecutor(max_workers=min(len(urls), 32), thread_name_prefix="metrics-fetch") as pool:
+            answers = list(pool.map(get, urls))
     errors: list[str] = []
-    texts: list[str] = []
-    names: list[str] = []
-    for url, (text, error) in zip(urls, answers):
-        if error is not None:
-            errors.append(error)
-            if cache is not None and url in cache:
-                errors[-1] += "; its last good figures stand in"
-                text = cache[url]
-            else:
-                continue
-        elif cache is not None:
-            try:
-                _parse(text)
-            except Exception:
-                pass  # merge_and_report reports it; the last good text stays cached
-            else:
+    parsed: list[tuple[str, list[Metric]]] = []
+    for url, (text, metrics, error) in zip(urls, answers):
+        if error is None:
+            if cache is not None:
                 cache[url] = text
-        texts.append(text)
-        names.append(url)
-    merged, problems = merge_and_report(texts, names)
-    return merged, errors + problems
+            parsed.append((url, metrics))
+        elif cache is not None and url in cache:
+            errors.append(f"{error}; its last good figures stand in")
+            parsed.append((url, _parse(url, cache[url])[0]))
+        else:
+            errors.append(f"{error}; left out")
+    text, conflicts = _merge(parsed)
+    return text, errors + conflicts
 
 
 def gauge_rule(family: str) -> str:
@@ -207,20 +190,46 @@ def gauge_rule(family: str) -> str:
 _CUMULATIVE = ("counter", "histogram", "summary")
 
 
-def _parse(text: str) -> list[Metric]:
-    """Every family of `text` (parsed in full, so a bad line anywhere fails it)."""
-    return list(text_string_to_metric_families(text))
+def _parse(name: str, text: str) -> tuple[list[Metric], str | None]:
+    """(every family of `text`, None), or ([], why not): parsed in full, so a
+    bad line anywhere fails the whole text."""
+    try:
+        return list(text_string_to_metric_families(text)), None
+    except Exception as exc:  # the parser raises ValueError, IndexError... on malformed text
+        return [], f"{name}: not a Prometheus text exposition ({type(exc).__name__}: {exc})"
+
+
+def _merge(parsed: list[tuple[str, list[Metric]]]) -> tuple[str, list[str]]:
+    """(merged text, type conflicts) of (name, families) pairs."""
+    families: dict[str, _Family] = {}
+    problems: list[str] = []
+    for name, metrics in parsed:
+        for metric in metrics:
+            # Keyed by the name the text shows (a counter's with `_total`), so a
+            # counter `x` and a gauge `x_total` are one family in conflict, not two.
+            shown = f"{metric.name}_total" if metric.type == "counter" else metric.name
+            family = families.get(shown)
+            if family is None:
+                family = families[shown] = _Family(metric.name, metric.type, metric.documentation)
+            elif family.type != metric.type:
+                problems.append(f"{name}: {shown} is a {metric.type} here but a {family.type} in an earlier "
+                                f"exposition; its samples were left out")
+                continue
+            for sample in metric.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                family.values.setdefault(key, []).append(float(sample.value))
+    return generate_latest(_Collected(list(_merged(families)))).decode("utf-8"), problems
 
 
 def _merged(families: dict[str, _Family]) -> Iterable[Metric]:
-    created = {f"{name}_created" for name, family in families.items() if family.type in _CUMULATIVE}
-    for name, family in families.items():
-        if name in created:
+    created = {f"{family.name}_created" for family in families.values() if family.type in _CUMULATIVE}
+    created = {name for name in created if name in families and families[name].type == "gauge"}
+    for shown, family in families.items():
+        if shown in created:
             continue
         yield _combine(family)
-        own = families.get(f"{name}_created")
-        if own is not None and family.type in _CUMULATIVE:
-            yield _combine(own, created=True)
+        if family.type in _CUMULATIVE and f"{family.name}_created" in created:
+            yield _combine(families[f"{family.name}_created"], created=True)
 
 
 def _combine(family: _Family, created: bool = False) -> Metric:
