@@ -26,6 +26,11 @@ would have shown:
   framewire exports a gauge the table does not name, so a new gauge gets a
   decision.
 - Untyped samples are merged like gauges (by the table, else `max`).
+- The client library's process collectors: `process_cpu_seconds_total` is a
+  counter (summed); resident and virtual memory and open descriptors are
+  summed; the descriptor limit, the start time (the latest start) and
+  `python_info` take `max`. None is dropped, so a dashboard built on a single
+  front end's page keeps working.
 
 HELP and TYPE appear once per family, with the first process's help text;
 families come in the order first seen (a `_created` family right after its
