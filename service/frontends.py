@@ -165,6 +165,7 @@ class Supervisor:
         self._http: ThreadingHTTPServer | None = None
         self._ready: dict[int, dict] = {}
         self._serving = False
+        self._last_metrics: dict[str, str] = {}
 
     # ------------------------------------------------------------ children
 
@@ -304,12 +305,15 @@ class Supervisor:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                headers: list = []
                 if self.path.split("?")[0] in ("/metrics", "/metrics/"):
                     body, content_type, status = supervisor._merged_metrics()
                 else:
-                    body, content_type, status = supervisor._proxied(self.path)
+                    body, content_type, status, headers = supervisor._proxied(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -329,23 +333,30 @@ class Supervisor:
                  self.metrics_port)
 
     def _merged_metrics(self) -> tuple[bytes, str, int]:
-        from .metrics_merge import fetch_and_merge
+        from .metrics_merge import CONTENT_TYPE, fetch_and_merge
 
-        merged, errors = fetch_and_merge(self.frontend_urls("/metrics"), timeout=5.0)
+        # A front end that misses one scrape counts with its last answer: the sums never step back.
+        merged, errors = fetch_and_merge(self.frontend_urls("/metrics"), timeout=5.0, cache=self._last_metrics)
         for error in errors:
-            log.warning("metrics: a front end did not answer: %s", error)
-        return merged.encode(), "text/plain; version=0.0.4; charset=utf-8", 200
+            log.warning("metrics: %s", error)
+        return merged.encode(), CONTENT_TYPE, 200
 
-    def _proxied(self, path: str) -> tuple[bytes, str, int]:
+    def _proxied(self, path: str) -> tuple[bytes, str, int, list]:
+        """The operator's page and its JSON: the first front end that answers."""
         for url in self.frontend_urls(path):
             try:
                 with urllib.request.urlopen(url, timeout=5.0) as answer:
-                    return answer.read(), answer.headers.get("Content-Type", "text/plain"), answer.status
+                    return (answer.read(), answer.headers.get("Content-Type", "text/plain"), answer.status,
+                            [(k, v) for k, v in answer.headers.items() if k.lower() in _KEPT_HEADERS])
             except urllib.error.HTTPError as exc:
-                return exc.read(), exc.headers.get("Content-Type", "text/plain"), exc.code
+                return exc.read(), exc.headers.get("Content-Type", "text/plain"), exc.code, []
             except OSError:
                 continue
-        return b"no front end is ready yet\n", "text/plain; charset=utf-8", 503
+        return b"no front end is ready yet\n", "text/plain; charset=utf-8", 503, []
+
+
+#: Headers of a front end's page that the supervisor passes on.
+_KEPT_HEADERS = {"content-security-policy", "x-content-type-options", "cache-control"}
 
 
 def supervise(config: ServeConfig, argv: list[str]) -> int:
