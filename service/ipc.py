@@ -25,6 +25,9 @@ from typing import Any, BinaryIO, Callable
 _LENGTHS = struct.Struct("<II")
 #: The environment variable that tells a worker its front end's pid (it exits once that process is gone).
 FRONT_END_PID = "FRAMEWIRE_FRONT_END_PID"
+#: The environment variable that puts a worker in listen mode: it serves
+#: connections on a Unix socket at this path instead of its stdin/stdout.
+WORKER_SOCKET = "FRAMEWIRE_WORKER_SOCKET"
 #: Refuse absurd frames from a confused peer.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
