@@ -10,7 +10,8 @@ same model that allows it too, while the rows stay within the smallest
 not fit, so a model's batches still run in the order they came; batches of
 other models keep their places. A batch without `max_rows` always runs alone.
 
-Items are anything with `model` (compared by identity), `rows` and
+Items are anything with `merge_key` (batches merge only with batches of an
+equal key: the same model, inputs of the same shape), `rows` and
 `max_rows` (0: never merged) attributes; nothing here knows of torch.
 """
 
@@ -51,7 +52,7 @@ class ReadyBatches:
         kept: deque = deque()
         blocked = False
         for item in self._items:
-            if item.model is not first.model:
+            if item.merge_key != first.merge_key:
                 kept.append(item)
             elif blocked or not item.max_rows or rows + item.rows > min(cap, item.max_rows):
                 blocked = True  # later batches of this model must not overtake it

@@ -164,10 +164,9 @@ class Job:
     max_rows: int  # 0: never merged
     prepared: Any = None
     rows: int = 0
-
-    @property
-    def model(self) -> HostedModel:  # what ReadyBatches merges by
-        return self.hosted
+    #: What ReadyBatches merges by: the model, and the shape of one input
+    #: row when inputs are stacked (a batch of another shape never merges).
+    merge_key: tuple = ()
 
 
 class WorkerHost:
@@ -415,6 +414,8 @@ class WorkerHost:
             finally:
                 job.batch = None
             job.rows = len(job.prepared.rows)
+            inputs = job.prepared.inputs
+            job.merge_key = (job.hosted, tuple(inputs.shape[1:]) if hasattr(inputs, "shape") else None)
             self._ready.put(job)
 
     def _compute_loop(self) -> None:
