@@ -8,9 +8,12 @@ worker process for each model it hosts.
 
 On CUDA `prepare` runs on a side stream and records an event, so a batch
 can be decoded and uploaded while the previous one computes; the forward
-pass waits for the event. A CUDA out-of-memory error splits the batch in
-halves and retries; only a single image that does not fit fails. With
-`cuda_graphs`, warm-up captures a graph per batch-size bucket.
+pass waits for the event. `forward_many` runs several prepared batches
+(a worker's sub-batches of one model from several front ends) as one
+forward pass and splits the output back. A CUDA out-of-memory error
+splits the batch in halves and retries; only a single image that does not
+fit fails. With `cuda_graphs`, warm-up captures a graph per batch-size
+bucket.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class BatchOutcome:
     errors: dict[int, ServiceError] = field(default_factory=dict)
     preprocess_seconds: float = 0.0
     compute_seconds: float = 0.0
+    #: Rows in the forward pass that ran this batch (more than its own when
+    #: it was merged with other batches); 0 when no forward ran.
+    device_rows: int = 0
+    #: How many batches that forward pass ran (1 when not merged; 0 when none ran).
+    merged: int = 0
 
 
 class DeviceModel:
@@ -67,6 +75,7 @@ class DeviceModel:
             jpeg_draft=settings.jpeg_draft, max_pixels=settings.max_image_pixels, jpeg_decode=jpeg_decode,
         )
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._graphed = False  # whether warm-up captured CUDA graphs (it does once)
 
     @property
     def device_label(self) -> str:
@@ -93,30 +102,61 @@ class DeviceModel:
 
     def forward(self, prepared: Prepared) -> BatchOutcome:
         """Run a prepared batch; the outcome holds outputs only for rows that decoded."""
+        return self.forward_many([prepared])[0]
+
+    def forward_many(self, prepared_list: list[Prepared]) -> list[BatchOutcome]:
+        """Run several prepared batches as one forward pass over their
+        concatenated inputs; one outcome per batch, in order, each holding
+        outputs only for its own rows that decoded. A batch whose every row
+        failed to decode takes no part (its outcome has no rows). An error
+        of the forward pass (or of the model's output) is every batch's."""
         import torch
 
         started = time.perf_counter()
-        rows = prepared.rows
+        parts = [p for p in prepared_list if p.rows and len(p.errors) < len(p.rows)]
         output = None
-        if rows and len(prepared.errors) < len(rows):
-            if prepared.ready is not None:
-                current = torch.cuda.current_stream(self.device)
-                current.wait_event(prepared.ready)
-                for tensor in prepared.inputs if isinstance(prepared.inputs, list) else [prepared.inputs]:
-                    tensor.record_stream(current)
+        if parts:
+            current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+            for prepared in parts:
+                if prepared.ready is not None:
+                    current.wait_event(prepared.ready)
+                    for tensor in prepared.inputs if isinstance(prepared.inputs, list) else [prepared.inputs]:
+                        tensor.record_stream(current)
             with torch.inference_mode():
                 if self.device.type == "cuda":
                     with torch.cuda.device(self.device):
-                        output = self._forward_split(prepared.inputs)
+                        output = self._forward_split(self._concat_inputs(parts))
                 else:
-                    output = self._forward_split(prepared.inputs)
-            if any(r in prepared.errors for r in rows):
-                keep = [i for i, r in enumerate(rows) if r not in prepared.errors]
-                output, rows = self.handler.select(output, keep), [rows[i] for i in keep]
-        else:
-            rows = []
-        return BatchOutcome(output, rows, prepared.errors, prepared.seconds,
-                            time.perf_counter() - started)
+                    output = self._forward_split(self._concat_inputs(parts))
+        compute_seconds = time.perf_counter() - started
+        device_rows = sum(len(p.rows) for p in parts)
+        taking = {id(p) for p in parts}
+        outcomes, offset = [], 0
+        for prepared in prepared_list:
+            if id(prepared) not in taking:
+                outcomes.append(BatchOutcome(None, [], prepared.errors, prepared.seconds, 0.0))
+                continue
+            rows = prepared.rows
+            keep = [i for i, r in enumerate(rows) if r not in prepared.errors]
+            if len(parts) == 1 and len(keep) == len(rows):
+                mine = output  # the whole output is this batch's: no copy
+            else:
+                mine = self.handler.select(output, [offset + i for i in keep])
+            offset += len(rows)
+            outcomes.append(BatchOutcome(mine, [rows[i] for i in keep], prepared.errors, prepared.seconds,
+                                         compute_seconds, device_rows, len(parts)))
+        return outcomes
+
+    def _concat_inputs(self, parts: list[Prepared]):
+        """The inputs of several prepared batches as one: stacked tensors
+        concatenated along the batch dimension, lists of images joined."""
+        import torch
+
+        if len(parts) == 1:
+            return parts[0].inputs
+        if not self.handler.stacked:
+            return [image for p in parts for image in p.inputs]
+        return torch.cat([p.inputs for p in parts]).contiguous(memory_format=self.preprocessor.layout)
 
     def _forward_split(self, inputs):
         import torch
@@ -139,8 +179,10 @@ class DeviceModel:
 
     def warm_up(self, sizes: list[int]) -> dict[int, float]:
         """Run each batch size once through decode, preprocessing and the
-        network (blocking); with cuda_graphs, then capture the graphs.
-        Returns the seconds each size took (a latency budget's prior)."""
+        network (blocking); with cuda_graphs, then capture the graphs (at
+        the first warm-up only: a later one just runs its sizes, since a
+        second capture would wrap the graphs in graphs). Returns the seconds
+        each size took (a latency budget's prior)."""
         if not sizes:
             return {}
         sample = warmup_image(self.handler.warmup_shape())
@@ -151,9 +193,10 @@ class DeviceModel:
             began = time.perf_counter()
             self.run(batch)
             seconds[size] = time.perf_counter() - began
-        if self.settings.cuda_graphs and self.device.type == "cuda" and self.handler.stacked:
+        if self.settings.cuda_graphs and self.device.type == "cuda" and self.handler.stacked and not self._graphed:
             from .cuda_graphs import graph_module
 
+            self._graphed = True
             self.module = graph_module(
                 self.module, device=self.device, dtype=self.dtype, sample_shape=self.handler.input_shape,
                 buckets=sizes, channels_last=self.channels_last, name=self.name,

@@ -4,104 +4,278 @@
 
 Arguments only label the process for `ps` and `top` (the front end passes
 the model id and artifact path). Everything the worker does arrives as
-messages on stdin, answered on stdout (see `ipc`; each request's `id`
-comes back in its reply):
+messages on a connection (see `ipc`), each answered on the connection it
+came on, with the request's `id` in its reply:
+
+* **Pipe mode** (the default): one connection, the worker's stdin and
+  stdout, from the front end that started it. `stop`, or the pipe closing,
+  ends the worker.
+* **Listen mode** (`FRAMEWIRE_WORKER_SOCKET`, `ipc.WORKER_SOCKET`, set to a
+  path): the worker listens on a Unix stream socket there (a stale file is
+  removed first) and serves every connection it accepts, one per front end
+  of `--frontends N`, each on a reader thread of its own; stdin is not
+  read. `stop`, or the connection closing, ends that connection only; the
+  worker goes on serving the others. Replies meant for a closed connection
+  are dropped.
+
+In both modes the worker exits once the process that started it (the pid
+in FRAMEWIRE_FRONT_END_PID: the front end, or the supervisor) is gone.
 
 | request                          | reply                                                       |
 | -------------------------------- | ----------------------------------------------------------- |
-| `load` {settings}                | `loaded` {model, task, dtype, device}, or `failed` {kind, message} |
-| `warm` {model, sizes}            | `warmed`, or `failed`                                       |
-| `buffer` {model, slot, path, size} | `buffer_ok`: shared memory for one slot of one model      |
-| `run` {model, slot, batch}       | `done` {rows, errors, output, preprocess_us, compute_us} + output bytes, or `error` {kind, message} |
+| `hello`                          | `hello_ok` {pid}                                            |
+| `load` {settings}                | `loaded` {model, task, dtype, device, shared}, or `failed` {kind, message} |
+| `warm` {model, sizes}            | `warmed` {seconds: {size: seconds}}, or `failed` {kind, message} |
+| `buffer` {model, slot, path, size} | `buffer_ok`: shared memory for one slot of one model, or `error` |
+| `run` {model, slot, batch, max_rows?} | `done` {rows, errors, output, preprocess_us, compute_us, device_rows, merged} + output bytes, or `error` {kind, message} |
 | `unload` {model}                 | `unloaded`                                                  |
-| `stop`                           | (exits)                                                     |
+| `stop`                           | (closes the connection; in pipe mode the worker exits)      |
 
-`settings` is a `WorkerSettings` message; models are keyed by its
-`model_id`, and a worker hosts every model version the front end places on
-its device (see `device_workers`). Shared memory is keyed by (model id,
-slot): each version has its own slots. A `run`'s batch is a
-`payloads.pack` header: offsets into the slot's shared memory, where the
-front end wrote compact payloads (encoded bytes, client pixels). Batches
-go through two threads: one decodes and preprocesses (`DeviceModel.prepare`),
-the other runs the network and replies, so on CUDA a batch is decoded
-while the previous one computes. Images that fail to decode are reported
-per row; the rest of the batch is answered; a model whose forward raises
-fails its own batch, and the worker goes on serving every model. `load`
-and `warm` run on a control thread of their own, so loading one version
-does not hold up the batches of the others.
+**Models.** `settings` is a `WorkerSettings` message; a connection names
+its models by `settings.model_id`, which each front end picks on its own.
+That id is the connection's alias for a model the worker loads once per
+*fingerprint*: the settings without `model_id` and the logging fields
+(artifact path, sha256 of its bytes, device, dtype, ...). A `load` whose
+fingerprint is loaded already, by any connection, answers at once with
+`shared: true` and loads nothing. A `warm` at sizes the model was warmed at
+answers the seconds measured then and runs nothing (with `cuda_graphs` the
+graphs are captured at the first warm-up only); other sizes are warmed.
+`unload`, or the connection closing, drops the connection's alias; the
+model is freed once no alias of any connection refers to it. A worker
+hosts every model version placed on its device (see `device_workers`).
+
+**Batches.** Shared memory is a connection's own, keyed by (model id,
+slot). A `run`'s batch is a `payloads.pack` header: offsets into the
+slot's shared memory, where the front end wrote compact payloads (encoded
+bytes, client pixels). Batches go through two threads: one decodes and
+preprocesses (`DeviceModel.prepare`), the other runs the network and
+replies, so on CUDA a batch is decoded while the previous one computes. A
+`run` that carries `max_rows` (its version's maximum batch size) may be
+merged with other prepared batches of the same model waiting then, from any
+connection, that carry it too, up to the smallest `max_rows` among them
+(`ready_batches`): one forward pass (`DeviceModel.forward_many`), each
+batch answered with its own rows. `device_rows` is the rows of the forward
+pass that ran the batch and `merged` the batches in it (its own rows and 1
+when not merged; 0 and 0 when every row failed to decode and nothing ran).
+A `run` without `max_rows` runs alone. Images that fail to decode are
+reported per row; the rest of the batch is answered; a forward pass that
+raises fails every batch in it, and the worker goes on serving every model.
+`load` and `warm` run on a control thread of their own, one at a time, so
+loading one version does not hold up the batches of the others, and two
+connections loading one artifact load it once.
 
 Running the network in its own process keeps the front end's event loop
 from holding the GIL the network's Python dispatch needs, and keeps a
 crashing model from taking the server down. The worker ignores SIGINT and
-SIGTERM: the front end decides when it stops (a `stop` message, or its
-pipe closing when the front end exits).
+SIGTERM: the process that started it decides when it stops.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
-from .ipc import FRONT_END_PID, WorkerGone, map_buffer, read_message, write_message
+from .ipc import FRONT_END_PID, WORKER_SOCKET, WorkerGone, map_buffer, read_message, write_message
+from .ready_batches import ReadyBatches
 
 log = logging.getLogger("framewire.worker")
 
+#: Settings that do not change what a loaded model computes (left out of its fingerprint).
+UNSHARED_SETTINGS = ("model_id", "log_level", "log_format")
 
-class WorkerHost:
-    """The worker's models, shared memory and batch pipeline; see the module doc."""
 
-    def __init__(self, inp, out):
+def fingerprint(settings_json: dict, sha256: str) -> str:
+    """The key a loaded model is shared under: its settings but the ones in
+    UNSHARED_SETTINGS, with the sha256 of the bytes it was loaded from."""
+    kept = {k: v for k, v in settings_json.items() if k not in UNSHARED_SETTINGS}
+    return json.dumps({**kept, "expect_sha256": sha256}, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(eq=False)
+class HostedModel:
+    """A model loaded once in this worker, and how many aliases refer to it."""
+
+    key: str
+    model: Any  # a DeviceModel
+    info: dict  # task, dtype and device, for `loaded` replies
+    warmed: dict[int, float] = field(default_factory=dict)  # batch size -> seconds its warm-up took
+    aliases: int = 0
+
+
+class Peer:
+    """One connection to the worker: its streams, its write lock, and its
+    aliases and shared memory (guarded by the host's lock)."""
+
+    def __init__(self, inp: BinaryIO, out: BinaryIO, name: str, sock: socket.socket | None = None):
         self.inp = inp
         self.out = out
-        self.models: dict = {}
+        self.name = name
+        self.sock = sock
+        self.open = True
+        self.models: dict[str, HostedModel] = {}  # model id -> the model it names
         self.buffers: dict[tuple, object] = {}  # (model id, slot) -> mapping
-        self.decode_pool = None
         self._write_lock = threading.Lock()
+
+    @classmethod
+    def over_socket(cls, sock: socket.socket, name: str) -> "Peer":
+        return cls(sock.makefile("rb"), sock.makefile("wb"), name, sock)
+
+    def reply(self, header: dict, payload: bytes = b"") -> None:
+        """Send a reply; dropped once the connection has closed."""
+        with self._write_lock:
+            if not self.open:
+                return
+            try:
+                write_message(self.out, header, payload)
+            except (OSError, ValueError):  # the other end went away; its reader sees it and cleans up
+                self.open = False
+
+    def close(self) -> None:
+        with self._write_lock:
+            self.open = False
+            if self.sock is None:
+                return  # pipe mode: the process exits next
+            for closing in (self.sock.shutdown, self.out.close, self.inp.close, self.sock.close):
+                try:
+                    closing(*((socket.SHUT_RDWR,) if closing == self.sock.shutdown else ()))
+                except (OSError, ValueError):
+                    pass
+
+
+@dataclass(eq=False)
+class Job:
+    """One `run` on its way through the worker."""
+
+    peer: Peer
+    request_id: Any
+    hosted: HostedModel
+    batch: Any  # the BatchInput, until prepared
+    max_rows: int  # 0: never merged
+    prepared: Any = None
+    rows: int = 0
+    #: What ReadyBatches merges by: the model, and the shape of one input
+    #: row when inputs are stacked (a batch of another shape never merges).
+    merge_key: tuple = ()
+
+
+class WorkerHost:
+    """The worker's models, connections and batch pipeline; see the module doc."""
+
+    def __init__(self):
+        self.hosted: dict[str, HostedModel] = {}  # fingerprint -> model
+        self.decode_pool = None
+        self._lock = threading.Lock()  # `hosted`, and every peer's models and buffers
         self._configured = False
         self._to_prepare: queue.Queue = queue.Queue()
-        self._to_compute: queue.Queue = queue.Queue()
+        self._ready = ReadyBatches()
         self._to_control: queue.Queue = queue.Queue()
         for target, name in ((self._prepare_loop, "prepare"), (self._compute_loop, "compute"),
                              (self._control_loop, "control")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
-    def reply(self, header: dict, payload: bytes = b"") -> None:
-        with self._write_lock:
-            write_message(self.out, header, payload)
-
-    def serve(self) -> int:
-        """Answer messages until `stop` or the pipe closes."""
-        handlers = {"load": self._to_control.put, "warm": self._to_control.put, "buffer": self._buffer,
-                    "run": self._run, "unload": self._unload}
-        while True:
+    def listen(self, path: str) -> None:
+        """Listen mode: serve every connection made to a Unix socket at `path` (never returns)."""
+        server = listening_socket(path)
+        log.info("worker %d listening on %s", os.getpid(), path)
+        for number in itertools.count(1):
             try:
-                header, _ = read_message(self.inp)
-            except WorkerGone:
-                return 0
-            op = header.get("op")
-            if op == "stop":
-                return 0
-            handler = handlers.get(op)
-            if handler is None:
-                self.reply({"op": "error", "id": header.get("id"), "kind": "internal",
-                            "message": f"unexpected message {op!r}"})
+                sock, _ = server.accept()
+            except OSError as exc:  # out of descriptors, say: the connections open go on
+                log.warning("accepting a connection on %s failed: %s", path, exc)
+                time.sleep(0.1)
                 continue
-            handler(header)
+            peer = Peer.over_socket(sock, f"connection-{number}")
+            threading.Thread(target=self.serve, args=(peer,), name=peer.name, daemon=True).start()
+
+    def serve(self, peer: Peer) -> None:
+        """Answer one connection's messages until `stop` or it closes; then
+        drop its aliases and shared memory."""
+        handlers = {"load": self._control, "warm": self._control, "buffer": self._buffer, "run": self._run,
+                    "unload": self._unload, "hello": self._hello}
+        try:
+            while True:
+                try:
+                    header, _ = read_message(peer.inp)
+                except (WorkerGone, OSError, ValueError):
+                    return
+                op = header.get("op")
+                if op == "stop":
+                    return
+                handler = handlers.get(op)
+                if handler is None:
+                    peer.reply({"op": "error", "id": header.get("id"), "kind": "internal",
+                                "message": f"unexpected message {op!r}"})
+                    continue
+                handler(peer, header)
+        finally:
+            self._drop(peer)
+
+    def _drop(self, peer: Peer) -> None:
+        peer.close()
+        with self._lock:
+            for model_id in list(peer.models):
+                self._release(peer, model_id)
+            peer.buffers.clear()  # a batch still holding a view keeps its mapping
+
+    def _hello(self, peer: Peer, header: dict) -> None:
+        peer.reply({"op": "hello_ok", "id": header.get("id"), "pid": os.getpid()})
+
+    # ------------------------------------------------------------ models
+
+    def _attach(self, peer: Peer, model_id: str, hosted: HostedModel) -> None:
+        """Make `model_id` the peer's alias of `hosted` (lock held)."""
+        hosted.aliases += 1
+        if model_id in peer.models:
+            self._release(peer, model_id)
+        peer.models[model_id] = hosted
+
+    def _release(self, peer: Peer, model_id: str) -> None:
+        """Drop the peer's alias `model_id` and its shared memory; the model
+        goes with its last alias (lock held)."""
+        hosted = peer.models.pop(model_id, None)
+        for key in [k for k in peer.buffers if k[0] == model_id]:
+            del peer.buffers[key]
+        if hosted is None:
+            return
+        hosted.aliases -= 1
+        if hosted.aliases <= 0 and self.hosted.get(hosted.key) is hosted:
+            del self.hosted[hosted.key]
+            log.info("%s unloaded: no connection uses it", hosted.model.name)
+
+    def _shared(self, peer: Peer, model_id: str, key: str) -> HostedModel | None:
+        """The model loaded under `key` already, now aliased as `model_id` by `peer`."""
+        with self._lock:
+            hosted = self.hosted.get(key)
+            if hosted is not None and peer.open:
+                self._attach(peer, model_id, hosted)
+            return hosted
+
+    def _loaded(self, peer: Peer, request_id, model_id: str, hosted: HostedModel, shared: bool) -> None:
+        peer.reply({"op": "loaded", "id": request_id, "model": model_id, **hosted.info, "shared": shared})
 
     # ------------------------------------------------------------ control
+
+    def _control(self, peer: Peer, header: dict) -> None:
+        self._to_control.put((peer, header))
 
     def _control_loop(self) -> None:
         """Loads and warm-ups, one at a time, beside other models' batches."""
         handlers = {"load": self._load, "warm": self._warm}
         while True:
-            header = self._to_control.get()
-            handlers[header["op"]](header)
+            peer, header = self._to_control.get()
+            if peer.open:  # a connection that closed meanwhile wants nothing more
+                handlers[header["op"]](peer, header)
 
     def _configure(self, settings) -> None:
         """Process-wide settings, from the first model loaded."""
@@ -121,7 +295,7 @@ class WorkerHost:
         self.decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self._configured = True
 
-    def _load(self, header: dict) -> None:
+    def _load(self, peer: Peer, header: dict) -> None:
         from framewire.exporter import ArtifactError
         from framewire.exporter.loader import read_artifact_bytes
 
@@ -130,13 +304,24 @@ class WorkerHost:
         request_id = header.get("id")
         try:
             settings = WorkerSettings.from_json(header.get("settings"))
+            settings_json = settings.to_json()
+            if settings.expect_sha256:
+                hosted = self._shared(peer, settings.model_id, fingerprint(settings_json, settings.expect_sha256))
+                if hosted is not None:
+                    self._loaded(peer, request_id, settings.model_id, hosted, shared=True)
+                    return
             # The bytes are read and compared before torch is imported: a file
             # that changed is refused in milliseconds.
             data = read_artifact_bytes(settings.artifact, max_bytes=settings.max_artifact_bytes)
             found = hashlib.sha256(data).hexdigest()
             if settings.expect_sha256 and found != settings.expect_sha256:
-                self.reply({"op": "failed", "id": request_id, "kind": "changed",
+                peer.reply({"op": "failed", "id": request_id, "kind": "changed",
                             "message": changed_message(settings.expect_sha256, found)})
+                return
+            key = fingerprint(settings_json, found)
+            hosted = self._shared(peer, settings.model_id, key)
+            if hosted is not None:
+                self._loaded(peer, request_id, settings.model_id, hosted, shared=True)
                 return
             from .device_model import DeviceModel, load_network, trust_policy
             from .tasks import task_handler
@@ -148,94 +333,140 @@ class WorkerHost:
             handler = task_handler(loaded.artifact)
             model = DeviceModel(loaded.module, handler, settings, self.decode_pool, name=settings.model_id)
         except ArtifactError as exc:
-            self.reply({"op": "failed", "id": request_id, "kind": "artifact", "message": exc.reason})
+            peer.reply({"op": "failed", "id": request_id, "kind": "artifact", "message": exc.reason})
             return
         except SettingsError as exc:
-            self.reply({"op": "failed", "id": request_id, "kind": "internal", "message": str(exc)})
+            peer.reply({"op": "failed", "id": request_id, "kind": "internal", "message": str(exc)})
             return
         except Exception as exc:  # report why; the front end marks the model UNAVAILABLE
-            log.exception("loading %s failed", header.get("settings", {}).get("artifact"))
-            self.reply({"op": "failed", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            log.exception("loading %s failed", (header.get("settings") or {}).get("artifact"))
+            peer.reply({"op": "failed", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
             return
-        self.models[settings.model_id] = model
-        self.reply({"op": "loaded", "id": request_id, "model": settings.model_id, "task": handler.name,
-                    "dtype": settings.dtype, "device": model.device_label})
+        hosted = HostedModel(key, model, {"task": handler.name, "dtype": settings.dtype, "device": model.device_label})
+        with self._lock:
+            if not peer.open:
+                return  # nobody wants it any more
+            self.hosted[key] = hosted
+            self._attach(peer, settings.model_id, hosted)
+        self._loaded(peer, request_id, settings.model_id, hosted, shared=False)
 
-    def _warm(self, header: dict) -> None:
-        model = self.models.get(header.get("model"))
+    def _warm(self, peer: Peer, header: dict) -> None:
+        with self._lock:
+            hosted = peer.models.get(header.get("model"))
         try:
-            if model is None:
+            if hosted is None:
                 raise KeyError(f"model {header.get('model')!r} is not loaded here")
-            seconds = model.warm_up([int(s) for s in header.get("sizes", [])])
+            sizes = list(dict.fromkeys(int(s) for s in header.get("sizes", [])))
+            new = [s for s in sizes if s not in hosted.warmed]
+            if new:
+                hosted.warmed.update(hosted.model.warm_up(new))
         except Exception as exc:
             log.exception("warming up %s failed", header.get("model"))
-            self.reply({"op": "failed", "id": header.get("id"), "kind": "internal",
+            peer.reply({"op": "failed", "id": header.get("id"), "kind": "internal",
                         "message": f"warm-up failed: {type(exc).__name__}: {exc}"})
             return
-        self.reply({"op": "warmed", "id": header.get("id"), "seconds": {str(k): v for k, v in seconds.items()}})
+        peer.reply({"op": "warmed", "id": header.get("id"), "seconds": {str(s): hosted.warmed[s] for s in sizes}})
 
-    def _buffer(self, header: dict) -> None:
-        self.buffers[(header.get("model"), int(header["slot"]))] = map_buffer(header["path"], int(header["size"]))
-        self.reply({"op": "buffer_ok", "id": header.get("id")})
+    def _buffer(self, peer: Peer, header: dict) -> None:
+        try:
+            mapping = map_buffer(header["path"], int(header["size"]))
+        except (OSError, ValueError, KeyError) as exc:
+            peer.reply({"op": "error", "id": header.get("id"), "kind": "internal",
+                        "message": f"cannot map shared memory {header.get('path')!r}: {exc}"})
+            return
+        with self._lock:
+            peer.buffers[(header.get("model"), int(header["slot"]))] = mapping
+        peer.reply({"op": "buffer_ok", "id": header.get("id")})
 
-    def _unload(self, header: dict) -> None:
-        model = header.get("model")
-        self.models.pop(model, None)
-        for key in [k for k in self.buffers if k[0] == model]:  # a batch still holding a view keeps the mapping
-            del self.buffers[key]
-        self.reply({"op": "unloaded", "id": header.get("id")})
+    def _unload(self, peer: Peer, header: dict) -> None:
+        with self._lock:
+            self._release(peer, header.get("model"))
+        peer.reply({"op": "unloaded", "id": header.get("id")})
 
     # ------------------------------------------------------------ batches
 
-    def _run(self, header: dict) -> None:
+    def _run(self, peer: Peer, header: dict) -> None:
         from .payloads import unpack
 
-        model = self.models.get(header.get("model"))
-        buffer = self.buffers.get((header.get("model"), header.get("slot")))
-        if model is None or buffer is None:
-            what = "model" if model is None else "shared memory slot"
-            self.reply({"op": "error", "id": header.get("id"), "kind": "internal",
-                        "message": f"no {what} for this batch ({header.get('model')!r}, slot {header.get('slot')})"})
+        model_id = header.get("model")
+        with self._lock:
+            hosted = peer.models.get(model_id)
+            buffer = peer.buffers.get((model_id, header.get("slot")))
+        if hosted is None or buffer is None:
+            what = "model" if hosted is None else "shared memory slot"
+            peer.reply({"op": "error", "id": header.get("id"), "kind": "internal",
+                        "message": f"no {what} for this batch ({model_id!r}, slot {header.get('slot')})"})
             return
-        self._to_prepare.put((header["id"], model, unpack(header["batch"], buffer)))
+        max_rows = header.get("max_rows") or 0
+        self._to_prepare.put(Job(peer, header["id"], hosted, unpack(header["batch"], buffer),
+                                 max_rows if isinstance(max_rows, int) and max_rows > 0 else 0))
 
     def _prepare_loop(self) -> None:
         while True:
-            request_id, model, batch = self._to_prepare.get()
+            job = self._to_prepare.get()
+            if not job.peer.open:  # nobody to answer
+                continue
             try:
-                prepared = model.prepare(batch)
+                job.prepared = job.hosted.model.prepare(job.batch)
             except Exception as exc:
-                self._fail(request_id, exc)
+                self._fail([job], exc)
                 continue
             finally:
-                del batch
-            self._to_compute.put((request_id, model, prepared))
+                job.batch = None
+            job.rows = len(job.prepared.rows)
+            inputs = job.prepared.inputs
+            job.merge_key = (job.hosted, tuple(inputs.shape[1:]) if hasattr(inputs, "shape") else None)
+            self._ready.put(job)
 
     def _compute_loop(self) -> None:
         while True:
-            request_id, model, prepared = self._to_compute.get()
+            jobs = self._ready.take()
             try:
-                outcome = model.forward(prepared)
-                del prepared
-                output, payload = model.handler.encode_output(outcome.output) if outcome.rows else ({}, b"")
+                outcomes = jobs[0].hosted.model.forward_many([job.prepared for job in jobs])
             except Exception as exc:
-                self._fail(request_id, exc)
+                self._fail(jobs, exc)
                 continue
-            self.reply({
-                "op": "done", "id": request_id, "rows": outcome.rows, "output": output,
-                "errors": {str(r): [e.code, e.message] for r, e in outcome.errors.items()},
-                "preprocess_us": int(outcome.preprocess_seconds * 1e6),
-                "compute_us": int(outcome.compute_seconds * 1e6),
-            }, payload)
+            finally:
+                for job in jobs:
+                    job.prepared = None
+            for job, outcome in zip(jobs, outcomes):
+                try:
+                    output, payload = job.hosted.model.handler.encode_output(outcome.output) if outcome.rows \
+                        else ({}, b"")
+                except Exception as exc:
+                    self._fail([job], exc)
+                    continue
+                job.peer.reply({
+                    "op": "done", "id": job.request_id, "rows": outcome.rows, "output": output,
+                    "errors": {str(r): [e.code, e.message] for r, e in outcome.errors.items()},
+                    "preprocess_us": int(outcome.preprocess_seconds * 1e6),
+                    "compute_us": int(outcome.compute_seconds * 1e6),
+                    "device_rows": outcome.device_rows, "merged": outcome.merged,
+                }, payload)
 
-    def _fail(self, request_id, exc: Exception) -> None:
+    def _fail(self, jobs: list[Job], exc: Exception) -> None:
+        """Every batch of `jobs` fails with `exc`; the worker goes on."""
         from .errors import LimitExceededError
 
         if isinstance(exc, LimitExceededError):
-            self.reply({"op": "error", "id": request_id, "kind": "limit", "message": exc.message})
-            return
-        log.exception("batch failed", exc_info=exc)  # the batch fails; the worker goes on
-        self.reply({"op": "error", "id": request_id, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            kind, message = "limit", exc.message
+        else:
+            log.exception("batch failed", exc_info=exc)
+            kind, message = "internal", f"{type(exc).__name__}: {exc}"
+        for job in jobs:
+            job.peer.reply({"op": "error", "id": job.request_id, "kind": kind, "message": message})
+
+
+def listening_socket(path: str) -> socket.socket:
+    """A Unix stream socket listening at `path` (a stale file there is removed first)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    return server
 
 
 def changed_message(expected: str, found: str) -> str:
@@ -250,28 +481,35 @@ def changed_message(expected: str, found: str) -> str:
 def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # stdout carries the protocol; anything a library prints goes to stderr.
+    # stdout may carry the protocol; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    # The front end's pid as it said it (it may be gone before this line runs).
+    # The starting process's pid as it said it (it may be gone before this line runs).
     parent = int(os.environ.get(FRONT_END_PID) or os.getppid())
     threading.Thread(target=watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    return WorkerHost(sys.stdin.buffer, out).serve()
+    host = WorkerHost()
+    path = os.environ.get(WORKER_SOCKET)
+    if path:
+        host.listen(path)
+    host.serve(Peer(sys.stdin.buffer, out, "pipe"))
+    return 0
 
 
-#: How often a worker checks that the front end that started it still runs.
+#: How often a worker checks that the process that started it still runs.
 PARENT_CHECK_SECONDS = 1.0
 
 
 def watch_parent(parent: int, interval: float = PARENT_CHECK_SECONDS) -> None:
-    """Exit once the front end that started this worker is gone (the worker
-    was re-parented). Its closed pipe normally ends the worker, but not when
-    another process still holds the pipe's other end, or a load that never
-    returns keeps the worker busy: a worker must never outlive its server."""
+    """Exit once the process that started this worker (the front end, or in
+    listen mode the supervisor) is gone: the worker was re-parented. In pipe
+    mode its closed pipe normally ends the worker, but not when another
+    process still holds the pipe's other end, or a load that never returns
+    keeps the worker busy; in listen mode nothing else ends it. A worker must
+    never outlive its server."""
     while True:
         time.sleep(interval)
         if os.getppid() != parent:
-            log.warning("the front end (pid %d) is gone; this worker exits", parent)
+            log.warning("the process that started this worker (pid %d) is gone; it exits", parent)
             exit_now(0)
 
 
