@@ -110,12 +110,16 @@ def test_two_front_ends_answer_on_one_port_with_one_set_of_workers(split):
     assert answers[0].classes[0].label == answers[1].classes[0].label
     assert answers[0].classes[0].score == pytest.approx(answers[1].classes[0].score, abs=1e-6)
     # Both front ends run their models in the same worker process (one per device here).
-    workers = []
+    def workers(client: Client) -> set[int]:
+        status = json.loads(client.server_status().status_json)  # sampled every second
+        return {p["pid"] for p in status["processes"] if p["role"] == "worker"}
+
     for client in clients.values():
-        status = json.loads(client.server_status().status_json)
-        workers.append({p["pid"] for p in status["processes"] if p["role"] == "worker"})
+        wait_until(lambda: workers(client), 10, "the status document listing the worker")
+    seen = [workers(client) for client in clients.values()]
+    assert seen[0] == seen[1] and len(seen[0]) == 1, seen
+    for client in clients.values():
         client.close()
-    assert workers[0] == workers[1] and len(workers[0]) == 1, workers
 
 
 def test_batches_of_two_front_ends_merge_on_the_device(split):
