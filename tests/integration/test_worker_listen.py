@@ -162,6 +162,47 @@ def test_two_connections_share_one_model_under_their_own_ids(worker, tiny_repo):
     b.close()
 
 
+def test_two_connections_loading_one_artifact_at_once_load_it_once(worker, tiny_repo):
+    artifact = tiny_repo / "tiny" / "1" / "model.fwa"
+    a, b = worker.connect(), worker.connect()
+    settings = [WorkerSettings(model_id=f"tiny:1#{n}", artifact=str(artifact)).to_json() for n in (1, 2)]
+    futures = [peer.connection.request({"op": "load", "settings": s}) for peer, s in zip((a, b), settings)]
+    replies = [f.result(TIMEOUT)[0] for f in futures]
+    assert [r["op"] for r in replies] == ["loaded", "loaded"]
+    assert sorted(r["shared"] for r in replies) == [False, True]
+    a.close()
+    b.close()
+
+
+def test_a_model_is_shared_only_with_loads_of_the_same_bytes(worker, tmp_path):
+    """The fingerprint holds the sha256 of the bytes loaded: a load that
+    expects those bytes shares the model even after the file changed; a load
+    that expects nothing reads the file, and new bytes are another model."""
+    import hashlib
+
+    from support.artifacts import export_tiny
+
+    artifact = export_tiny(tmp_path, "tiny", 1, seed=1)
+    sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    a, b = worker.connect(), worker.connect()
+    assert a.load("tiny:1#1", artifact, expect_sha256=sha)["shared"] is False
+    assert b.load("tiny:1#2", artifact)["shared"] is True  # no expectation: the same bytes on disk
+    batch = images(4)
+    before = logits(*a.run("tiny:1#1", 0, a.stage("tiny:1#1", 0, batch)).result(TIMEOUT))
+    export_tiny(tmp_path, "tiny", 1, seed=2, overwrite=True)
+    assert b.load("tiny:1#3", artifact, expect_sha256=sha)["shared"] is True
+    np.testing.assert_array_equal(logits(*b.run("tiny:1#3", 0, b.stage("tiny:1#3", 0, batch)).result(TIMEOUT)),
+                                  before)
+    assert b.load("tiny:1#4", artifact)["shared"] is False
+    after = logits(*b.run("tiny:1#4", 1, b.stage("tiny:1#4", 1, batch)).result(TIMEOUT))
+    assert np.abs(after - before).max() > 1e-3
+    reply, _ = a.ask({"op": "load", "settings": WorkerSettings(model_id="tiny:1#5", artifact=str(artifact),
+                                                               expect_sha256="0" * 64).to_json()})
+    assert reply["op"] == "failed" and reply["kind"] == "changed"
+    a.close()
+    b.close()
+
+
 def test_a_connection_that_closes_or_stops_leaves_the_others_serving(worker, tiny_repo):
     artifact = tiny_repo / "tiny" / "1" / "model.fwa"
     a, b, c = worker.connect(), worker.connect(), worker.connect()
