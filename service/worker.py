@@ -16,7 +16,7 @@ came on, with the request's `id` in its reply:
   of `--frontends N`, each on a reader thread of its own; stdin is not
   read. `stop`, or the connection closing, ends that connection only; the
   worker goes on serving the others. Replies meant for a closed connection
-  are dropped.
+  are dropped (`worker_peers`).
 
 In both modes the worker exits once the process that started it (the pid
 in FRAMEWIRE_FRONT_END_PID: the front end, or the supervisor) is gone.
@@ -54,9 +54,11 @@ replies, so on CUDA a batch is decoded while the previous one computes. A
 merged with other prepared batches of the same model waiting then, from any
 connection, that carry it too, up to the smallest `max_rows` among them
 (`ready_batches`): one forward pass (`DeviceModel.forward_many`), each
-batch answered with its own rows. `device_rows` is the rows of the forward
-pass that ran the batch and `merged` the batches in it (its own rows and 1
-when not merged; 0 and 0 when every row failed to decode and nothing ran).
+batch answered on its own connection with its own rows, errors and output.
+`device_rows` is the rows of the forward pass that ran the batch and
+`merged` the batches in it (its own rows and 1 when not merged; 0 and 0
+when every row failed to decode and nothing ran); `compute_us` is that
+whole forward pass's time. Only batches whose inputs have one shape merge.
 A `run` without `max_rows` runs alone. Images that fail to decode are
 reported per row; the rest of the batch is answered; a forward pass that
 raises fails every batch in it, and the worker goes on serving every model.
@@ -79,15 +81,15 @@ import logging
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-from .ipc import FRONT_END_PID, WORKER_SOCKET, WorkerGone, map_buffer, read_message, write_message
+from .ipc import FRONT_END_PID, WORKER_SOCKET, WorkerGone, map_buffer, read_message
 from .ready_batches import ReadyBatches
+from .worker_peers import Peer, listening_socket
 
 log = logging.getLogger("framewire.worker")
 
@@ -111,46 +113,6 @@ class HostedModel:
     info: dict  # task, dtype and device, for `loaded` replies
     warmed: dict[int, float] = field(default_factory=dict)  # batch size -> seconds its warm-up took
     aliases: int = 0
-
-
-class Peer:
-    """One connection to the worker: its streams, its write lock, and its
-    aliases and shared memory (guarded by the host's lock)."""
-
-    def __init__(self, inp: BinaryIO, out: BinaryIO, name: str, sock: socket.socket | None = None):
-        self.inp = inp
-        self.out = out
-        self.name = name
-        self.sock = sock
-        self.open = True
-        self.models: dict[str, HostedModel] = {}  # model id -> the model it names
-        self.buffers: dict[tuple, object] = {}  # (model id, slot) -> mapping
-        self._write_lock = threading.Lock()
-
-    @classmethod
-    def over_socket(cls, sock: socket.socket, name: str) -> "Peer":
-        return cls(sock.makefile("rb"), sock.makefile("wb"), name, sock)
-
-    def reply(self, header: dict, payload: bytes = b"") -> None:
-        """Send a reply; dropped once the connection has closed."""
-        with self._write_lock:
-            if not self.open:
-                return
-            try:
-                write_message(self.out, header, payload)
-            except (OSError, ValueError):  # the other end went away; its reader sees it and cleans up
-                self.open = False
-
-    def close(self) -> None:
-        with self._write_lock:
-            self.open = False
-            if self.sock is None:
-                return  # pipe mode: the process exits next
-            for closing in (self.sock.shutdown, self.out.close, self.inp.close, self.sock.close):
-                try:
-                    closing(*((socket.SHUT_RDWR,) if closing == self.sock.shutdown else ()))
-                except (OSError, ValueError):
-                    pass
 
 
 @dataclass(eq=False)
@@ -455,18 +417,6 @@ class WorkerHost:
             kind, message = "internal", f"{type(exc).__name__}: {exc}"
         for job in jobs:
             job.peer.reply({"op": "error", "id": job.request_id, "kind": kind, "message": message})
-
-
-def listening_socket(path: str) -> socket.socket:
-    """A Unix stream socket listening at `path` (a stale file there is removed first)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(64)
-    return server
 
 
 def changed_message(expected: str, found: str) -> str:
