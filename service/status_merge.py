@@ -62,9 +62,14 @@ where it does). Rules, field by field:
 
 A document that is not a schema-1 object with a `server` object is left
 out (and counted in `frontends_missing`); inside one that is, a section or
-entry of the wrong shape is left out and the rest merged. Merging one
+entry of the wrong shape is left out and the rest merged. A second document
+of the same front end (the same front-end pid) is left out, so a peer list
+that names the answering front end again counts nothing twice. Merging one
 document gives that document back, plus the added fields. No document at
 all gives `{}`, which readers already meet before a server's first sample.
+The result shares the parts it takes unchanged (`host`, `gpus`,
+artifacts, ...) with the input documents: serialise it, or copy it before
+changing it.
 """
 
 from __future__ import annotations
@@ -86,7 +91,16 @@ PROCESS_FIGURES = ("cpu_percent", "rss_bytes", "pss_bytes")
 def merge_status(documents: list[dict | None]) -> dict:
     """The status documents of a server's front ends (the answering one's
     first) as one document of the same schema; see the module doc."""
-    usable = [(_frontend_index(d, position), d) for position, d in enumerate(documents) if _usable(d)]
+    usable: list[tuple[int, dict]] = []
+    seen: set[int] = set()
+    for position, d in enumerate(documents):
+        if not _usable(d):
+            continue
+        pid = _frontend_pid(d)
+        if pid is None or pid not in seen:
+            usable.append((_frontend_index(d, position), d))
+            seen.add(pid)
+    missing = sum(not _usable(d) for d in documents)
     if not usable:
         return {}
     base = usable[0][1]
@@ -96,7 +110,7 @@ def merge_status(documents: list[dict | None]) -> dict:
     merged.update(
         schema=SCHEMA,
         time=_largest(d.get("time") for _, d in usable),
-        server=_server([d["server"] for _, d in usable], added, missing=len(documents) - len(usable)),
+        server=_server([d["server"] for _, d in usable], added, missing=missing),
         processes=processes,
         gpus=_list(gpu_source.get("gpus")),
         gpu_note=gpu_source.get("gpu_note", base.get("gpu_note", "")),
@@ -163,6 +177,14 @@ def _usable(document) -> bool:
     return isinstance(document, dict) and document.get("schema") == SCHEMA and isinstance(document.get("server"), dict)
 
 
+def _frontend_pid(document: dict) -> int | None:
+    """The pid of the front end that built `document`, None where it lists none."""
+    for process in _list(document.get("processes")):
+        if isinstance(process, dict) and process.get("role") == "front end" and isinstance(process.get("pid"), int):
+            return process["pid"]
+    return None
+
+
 def _frontend_index(document, position: int) -> int:
     named = _dict(document).get("server", {})
     named = named.get("frontend") if isinstance(named, dict) else None
@@ -196,32 +218,38 @@ def _processes(usable: list[tuple[int, dict]]) -> tuple[list[dict], dict[str, li
         for process in _list(document.get("processes")):
             if not isinstance(process, dict):
                 continue
-            pid = process.get("pid")
-            if process.get("role") == "worker" and isinstance(pid, int) and pid > 0 and pid in workers:
-                known = workers[pid]
-                for hosted in _list(process.get("models")):
-                    if hosted not in known["models"]:
-                        known["models"].append(hosted)
-                for field in PROCESS_FIGURES:
-                    if known.get(field) is None and process.get(field) is not None:
-                        known[field] = process[field]
-                        added[field].append(process[field])
+            pid, role = process.get("pid"), process.get("role")
+            real_pid = isinstance(pid, int) and pid > 0
+            if role == "worker" and real_pid and pid in workers:
+                _unite(workers[pid], process, added)
                 continue
-            if process.get("role") == "front end":
-                key = pid if isinstance(pid, int) and pid > 0 else ("no pid", frontend)
+            if role == "front end":
+                key = pid if real_pid else ("no pid", frontend)
                 if key in fronts:
                     continue
                 fronts[key] = {**process, "frontend": frontend}
-            elif process.get("role") == "worker" and isinstance(pid, int) and pid > 0:
+            elif role == "worker" and real_pid:
                 workers[pid] = {**process, "models": list(_list(process.get("models")))}
-            elif process not in others:
-                others.append(process)
-            else:
+            elif process in others:
                 continue
-            if position:
+            else:
+                others.append(process)
+            if position:  # a process the answering document does not list
                 for field in PROCESS_FIGURES:
                     added[field].append(process.get(field))
     return [*fronts.values(), *workers.values(), *others], added
+
+
+def _unite(worker: dict, seen_again: dict, added: dict[str, list]) -> None:
+    """A shared worker as another front end lists it: the versions it hosts
+    there too, and the figures the first listing could not read."""
+    for hosted in _list(seen_again.get("models")):
+        if hosted not in worker["models"]:
+            worker["models"].append(hosted)
+    for field in PROCESS_FIGURES:
+        if worker.get(field) is None and seen_again.get(field) is not None:
+            worker[field] = seen_again[field]
+            added[field].append(seen_again[field])
 
 
 # ------------------------------------------------------------------ models
@@ -246,9 +274,9 @@ def _rank(state) -> int:
 def _version(entries: list[tuple[int, dict]], frontends: list[int]) -> dict:
     models = [m for _, m in entries]
     merged = dict(models[0])
-    states = [m.get("state") for m in models]
+    states = [m["state"] for m in models if isinstance(m.get("state"), str)]
     merged.update(
-        state=max(states, key=_rank),
+        state=max(states, key=_rank) if states else merged.get("state"),
         reason=_reason(entries, frontends),
         frontends_ready=sum(state == "READY" for state in states),
         queue_depth=_sum(m.get("queue_depth") for m in models),

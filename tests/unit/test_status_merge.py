@@ -258,7 +258,8 @@ def test_a_document_missing_sections_merges_what_is_there():
     merged = merge_status([answering(), bare])
     assert merged["server"]["frontends"] == 2 and merged["server"]["uptime_seconds"] == 100.0
     assert by_key(merged)[("tiny", 1)]["totals"] == answering()["models"][0]["totals"]
-    assert by_key(merged)[("tiny", 1)]["reason"] == "front ends disagree: READY on front end 0; not listed by front end 1"
+    reason = by_key(merged)[("tiny", 1)]["reason"]
+    assert reason == "front ends disagree: READY on front end 0; not listed by front end 1"
     render(merged, width=None)
     alone = merge_status([None, bare])  # the answering front end's own document is the unreadable one
     assert alone["server"]["frontends"] == 1 and alone["models"] == [] and alone["processes"] == []
@@ -275,3 +276,15 @@ def test_a_document_may_name_its_front_end_index():
     merged = merge_status([first, second])
     assert [(p["pid"], p.get("frontend")) for p in merged["processes"][:2]] == [(7, 2), (8, 0)]
     assert by_key(merged)[("big", 1)]["reason"].startswith("front ends disagree: READY on front end 2;")
+
+
+def test_the_same_front_end_twice_counts_once():
+    merged = merge_status([answering(), peer(), answering()])
+    assert merged == merge_status([answering(), peer()])
+
+
+def test_a_version_whose_state_is_unreadable_takes_the_state_others_report():
+    other = peer()
+    del by_key(other)[("big", 1)]["state"]
+    big = by_key(merge_status([answering(), other]))[("big", 1)]
+    assert big["state"] == "READY" and big["frontends_ready"] == 1
