@@ -40,9 +40,10 @@ where it does). Rules, field by field:
     `images_per_second`, `batches_per_second`) summed; mean times
     (`queue_ms`, `compute_ms`, `preprocess_ms`) weighted by the requests
     they average (requests per second times the window); the latency
-    percentiles the largest of the front ends' (an upper bound of the
-    pooled percentile, and no lower than it by more than the spread
-    between front ends); `average_batch_size` weighted by batches;
+    percentiles the largest of the front ends' (the pooled percentile lies
+    between the smallest and the largest: this is an upper bound, high by
+    at most the spread between front ends); `average_batch_size` weighted
+    by batches;
     `window_seconds` the longest.
   - `workers`: each once, by pid (instances inside a front end, pid 0, are
     that front end's own and all listed); the first front end's entry.
