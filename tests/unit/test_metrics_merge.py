@@ -56,6 +56,7 @@ class LoadedFigures:
     queue_capacity: int
     payload_bytes: int
     budget_status: BudgetStatus | None = None
+    device_forwards: float = 0.0
 
 
 def budget(arrival_rate: float, curve_seconds: float, target: int, refused: int) -> BudgetStatus:
