@@ -97,6 +97,48 @@ def announce_ready(pid: int, metrics_port: int, summary: str) -> None:
     os.replace(temporary, path)
 
 
+def fetch_documents(urls: list[str], timeout: float) -> list[dict | None]:
+    """The JSON each URL answers (None for one that does not), fetched at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(url: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                return json.loads(answer.read())
+        except (OSError, ValueError):
+            return None
+
+    if not urls:
+        return []
+    with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+        return list(pool.map(fetch, urls))
+
+
+def whole_server_status(own: bytes, timeout: float = 1.0) -> bytes:
+    """In a front end the supervisor started: the status document of the
+    whole server, this front end's own merged with its peers' (read from
+    their loopback listeners; one that does not answer in `timeout` counts
+    as missing). Elsewhere: `own`."""
+    runtime = os.environ.get(RUNTIME_DIR)
+    if not runtime or not frontend_label():
+        return own
+    from .status_merge import merge_status
+
+    peers = []
+    for path in sorted(Path(runtime).glob("frontend-*.json")):
+        try:
+            ready = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if ready.get("pid") != os.getpid() and ready.get("metrics_port"):
+            peers.append(f"http://127.0.0.1:{ready['metrics_port']}/api/status")
+    try:
+        mine = json.loads(own)
+    except ValueError:
+        mine = None
+    return json.dumps(merge_status([mine, *fetch_documents(peers, timeout)]), separators=(",", ":")).encode()
+
+
 def watch_supervisor(stop) -> None:
     """In a front end: call `stop()` once the supervisor that started it is gone."""
     supervisor = int(os.environ.get(FRONT_END_PID) or os.getppid())
@@ -306,8 +348,11 @@ class Supervisor:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 headers: list = []
-                if self.path.split("?")[0] in ("/metrics", "/metrics/"):
+                path = self.path.split("?")[0]
+                if path in ("/metrics", "/metrics/"):
                     body, content_type, status = supervisor._merged_metrics()
+                elif path == "/api/status":
+                    body, content_type, status = supervisor._merged_status()
                 else:
                     body, content_type, status, headers = supervisor._proxied(self.path)
                 self.send_response(status)
@@ -340,6 +385,14 @@ class Supervisor:
         for error in errors:
             log.warning("metrics: %s", error)
         return merged.encode(), CONTENT_TYPE, 200
+
+    def _merged_status(self) -> tuple[bytes, str, int]:
+        """The whole server's status document (status_merge), for the operator's page."""
+        from .status_merge import merge_status
+
+        documents = fetch_documents(self.frontend_urls("/api/status"), timeout=2.0)
+        body = json.dumps(merge_status(documents), separators=(",", ":")).encode()
+        return body, "application/json", 200
 
     def _proxied(self, path: str) -> tuple[bytes, str, int, list]:
         """The operator's page and its JSON: the first front end that answers."""

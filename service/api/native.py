@@ -17,6 +17,7 @@ from ..batcher import retrieve_exception
 from ..config import ServeConfig
 from ..devices import DevicePlan, describe_device
 from ..domain import PredictParams
+from ..frontends import frontend_label, whole_server_status
 from ..errors import (InferenceError, InvalidInputError, LimitExceededError, OverBudgetError, ServiceError,
                       SupersededError)
 from ..gpu import GpuSampler
@@ -154,7 +155,10 @@ class NativeServicer(ProtocolAdapter, inference_pb2_grpc.ModelInferenceServicer)
                     for key, value in stats.recent().items():
                         setattr(runtime, key, value)
         if self.status is not None:
-            response.status_json = visible_json(self.status.document_json, model_allowed)
+            document = self.status.document_json
+            if frontend_label() is not None:  # one of several front ends: the whole server's view
+                document = await asyncio.get_running_loop().run_in_executor(None, whole_server_status, document)
+            response.status_json = visible_json(document, model_allowed)
         return response
 
     def _describe_device(self, device: pb.DeviceStatus, name: str) -> None:

@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,9 +65,10 @@ class Split:
 
 
 def frontend_pid(client: Client) -> int:
+    """The pid of the front end `client`'s connection reached (the status
+    document lists every front end; the answering one first)."""
     status = json.loads(client.server_status().status_json)
-    (pid,) = [p["pid"] for p in status["processes"] if p["role"] == "front end"]
-    return pid
+    return [p["pid"] for p in status["processes"] if p["role"] == "front end"][0]
 
 
 def clients_on_each_frontend(split: Split, want: int = 2, tries: int = 40) -> dict[int, Client]:
@@ -110,14 +112,19 @@ def test_two_front_ends_answer_on_one_port_with_one_set_of_workers(split):
     assert answers[0].classes[0].label == answers[1].classes[0].label
     assert answers[0].classes[0].score == pytest.approx(answers[1].classes[0].score, abs=1e-6)
     # Both front ends run their models in the same worker process (one per device here).
-    def workers(client: Client) -> set[int]:
+    def processes(client: Client) -> tuple:
         status = json.loads(client.server_status().status_json)  # sampled every second
-        return {p["pid"] for p in status["processes"] if p["role"] == "worker"}
+        return (status["server"]["frontends"], {p["pid"] for p in status["processes"] if p["role"] == "front end"},
+                {p["pid"] for p in status["processes"] if p["role"] == "worker"})
 
+    # Either front end's status is the whole server's: both front ends, and the one worker process they share.
     for client in clients.values():
-        wait_until(lambda: workers(client), 10, "the status document listing the worker")
-    seen = [workers(client) for client in clients.values()]
-    assert seen[0] == seen[1] and len(seen[0]) == 1, seen
+        wait_until(lambda: processes(client) == (2, set(clients), processes(client)[2]) and processes(client)[2],
+                   10, "the status document listing both front ends and the worker")
+    seen = [processes(client) for client in clients.values()]
+    assert seen[0] == seen[1] and len(seen[0][2]) == 1, seen
+    page = json.loads(urllib.request.urlopen(split.metrics_url.replace("/metrics", "/api/status"), timeout=10).read())
+    assert page["server"]["frontends"] == 2 and {p["pid"] for p in page["processes"]} == seen[0][1] | seen[0][2]
     for client in clients.values():
         client.close()
 
