@@ -15,8 +15,10 @@ def line(result: dict) -> str:
     lat = result["latency_ms"]
     server = result["server"]
     text = (f"{_label(result['point'])}: {result['images_per_second']:.1f} img/s, {result['requests_per_second']:.1f} req/s, "
-            f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, server batch {server['average_batch_size']:.1f}, "
-            f"queue {server['mean_queue_ms']:.1f} ms, compute {server['mean_compute_ms']:.1f} ms")
+            f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, server batch {server['average_batch_size']:.1f}")
+    if "device_batch_size" in server and abs(server["device_batch_size"] - server["average_batch_size"]) > 0.05:
+        text += f" (device batch {server['device_batch_size']:.1f}, merged across front ends)"
+    text += f", queue {server['mean_queue_ms']:.1f} ms, compute {server['mean_compute_ms']:.1f} ms"
     if "goodput_per_second" in result:
         text += f", goodput {result['goodput_per_second']:.1f}/s within {result['budget_ms']:g} ms"
     if result.get("refusals", {}).get("count"):

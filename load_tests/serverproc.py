@@ -89,14 +89,23 @@ def measured_point(address: str, model: str, spec: dict, processes: int, token: 
     from . import loadgen
 
     before = model_counters(address, model, token)
-    cpu_before, bytes_before = server_cpu(pid), payload_bytes(address, model, token)
+    cpu_before, metrics_before = server_cpu(pid), metric_totals(address, model, token)
     load = loadgen.spawn(spec, processes)
     after = model_counters(address, model, token)
-    cpu_after, bytes_after = server_cpu(pid), payload_bytes(address, model, token)
+    cpu_after, metrics_after = server_cpu(pid), metric_totals(address, model, token)
     view = server_view(before, after)
+    if metrics_before and metrics_after:
+        delta = {k: metrics_after[k] - metrics_before[k] for k in metrics_after if k in metrics_before}
+        # /metrics is the whole server's (with --frontends N, the sum over the front ends; ModelStatistics
+        # answers for the front end the call reached).
+        if delta.get("executions"):
+            view.update(inferences=delta["inferences"], executions=delta["executions"],
+                        average_batch_size=delta["inferences"] / delta["executions"])
+        if delta.get("device_forwards"):
+            view["device_batch_size"] = delta["inferences"] / delta["device_forwards"]
+        if "payload_bytes" in delta and view["inferences"]:
+            view["payload_bytes_per_image"] = delta["payload_bytes"] / view["inferences"]
     view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
-    if bytes_before is not None and bytes_after is not None and view["inferences"]:
-        view["payload_bytes_per_image"] = (bytes_after - bytes_before) / view["inferences"]
     return {**load.summary(), "server": view}
 
 
@@ -160,9 +169,14 @@ def cpu_view(before: dict, after: dict, images: int) -> dict:
             "workers_ms_per_image": workers * 1000 / images, "worker_processes": len(after["workers"])}
 
 
-def payload_bytes(address: str, model: str, token: str | None = None) -> float | None:
-    """The server's framewire_payload_bytes_total for a model (all versions),
-    from its /metrics endpoint (None when metrics are off)."""
+#: Counters of a model read from /metrics: name in the result -> metric.
+METRIC_TOTALS = {"payload_bytes": "framewire_payload_bytes_total", "inferences": "framewire_inferences_total",
+                 "executions": "framewire_executions_total", "device_forwards": "framewire_device_forwards_total"}
+
+
+def metric_totals(address: str, model: str, token: str | None = None) -> dict | None:
+    """A model's counters (all versions) from the server's /metrics (None when
+    metrics are off); a counter the server does not export is left out."""
     import urllib.request
 
     from framewire.connection import Connection
@@ -180,7 +194,10 @@ def payload_bytes(address: str, model: str, token: str | None = None) -> float |
         text = urllib.request.urlopen(f"http://{host}:{status.metrics_port}/metrics", timeout=30).read().decode()
     except OSError:  # metrics listen elsewhere (--metrics-host) than the gRPC address
         return None
-    pattern = re.compile(r'^framewire_payload_bytes_total\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$',
-                         re.M)
-    values = pattern.findall(text)
-    return sum(float(v) for v in values) if values else None  # None: a server without the metric
+    totals = {}
+    for name, metric in METRIC_TOTALS.items():
+        pattern = re.compile("^" + metric + r'\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$', re.M)
+        values = pattern.findall(text)
+        if values:
+            totals[name] = sum(float(v) for v in values)
+    return totals
