@@ -94,15 +94,16 @@ def measured_point(address: str, model: str, spec: dict, processes: int, token: 
     after = model_counters(address, model, token)
     cpu_after, metrics_after = server_cpu(pid), metric_totals(address, model, token)
     view = server_view(before, after)
-    if metrics_before and metrics_after:
-        delta = {k: metrics_after[k] - metrics_before[k] for k in metrics_after if k in metrics_before}
+    if metrics_before is not None and metrics_after is not None:
+        # A counter's series appears with its first count: absent before is zero.
+        delta = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items()}
         # /metrics is the whole server's (with --frontends N, the sum over the front ends; ModelStatistics
         # answers for the front end the call reached).
-        if delta.get("executions"):
+        if delta.get("executions") and "inferences" in delta:
             view.update(inferences=delta["inferences"], executions=delta["executions"],
                         average_batch_size=delta["inferences"] / delta["executions"])
         if delta.get("device_forwards"):
-            view["device_batch_size"] = delta["inferences"] / delta["device_forwards"]
+            view["device_batch_size"] = view["inferences"] / delta["device_forwards"]
         if "payload_bytes" in delta and view["inferences"]:
             view["payload_bytes_per_image"] = delta["payload_bytes"] / view["inferences"]
     view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
