@@ -113,6 +113,8 @@ class HostedModel:
     info: dict  # task, dtype and device, for `loaded` replies
     warmed: dict[int, float] = field(default_factory=dict)  # batch size -> seconds its warm-up took
     aliases: int = 0
+    #: Seconds its recent forward passes took (a moving average): how long a pass waits for more batches.
+    forward_seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -129,6 +131,10 @@ class Job:
     #: What ReadyBatches merges by: the model, and the shape of one input
     #: row when inputs are stacked (a batch of another shape never merges).
     merge_key: tuple = ()
+
+    @property
+    def group(self) -> HostedModel:
+        return self.hosted
 
 
 class WorkerHost:
@@ -360,17 +366,24 @@ class WorkerHost:
                         "message": f"no {what} for this batch ({model_id!r}, slot {header.get('slot')})"})
             return
         max_rows = header.get("max_rows") or 0
-        self._to_prepare.put(Job(peer, header["id"], hosted, unpack(header["batch"], buffer),
-                                 max_rows if isinstance(max_rows, int) and max_rows > 0 else 0))
+        job = Job(peer, header["id"], hosted, unpack(header["batch"], buffer),
+                  max_rows if isinstance(max_rows, int) and max_rows > 0 else 0)
+        if job.max_rows:
+            self._ready.expect(job.group)
+        self._to_prepare.put(job)
 
     def _prepare_loop(self) -> None:
         while True:
             job = self._to_prepare.get()
             if not job.peer.open:  # nobody to answer
+                if job.max_rows:
+                    self._ready.settle(job.group)
                 continue
             try:
                 job.prepared = job.hosted.model.prepare(job.batch)
             except Exception as exc:
+                if job.max_rows:
+                    self._ready.settle(job.group)
                 self._fail([job], exc)
                 continue
             finally:
@@ -382,7 +395,8 @@ class WorkerHost:
 
     def _compute_loop(self) -> None:
         while True:
-            jobs = self._ready.take()
+            jobs = self._ready.take(wait=merge_wait)
+            started = time.perf_counter()
             try:
                 outcomes = jobs[0].hosted.model.forward_many([job.prepared for job in jobs])
             except Exception as exc:
@@ -391,6 +405,9 @@ class WorkerHost:
             finally:
                 for job in jobs:
                     job.prepared = None
+            hosted = jobs[0].hosted
+            took = time.perf_counter() - started
+            hosted.forward_seconds = took if not hosted.forward_seconds else 0.8 * hosted.forward_seconds + 0.2 * took
             for job, outcome in zip(jobs, outcomes):
                 try:
                     output, payload = job.hosted.model.handler.encode_output(outcome.output) if outcome.rows \
@@ -417,6 +434,17 @@ class WorkerHost:
             kind, message = "internal", f"{type(exc).__name__}: {exc}"
         for job in jobs:
             job.peer.reply({"op": "error", "id": job.request_id, "kind": kind, "message": message})
+
+
+#: A forward pass waits for batches of its model still being prepared at
+#: most this share of its recent pass time, and at most MERGE_WAIT_SECONDS.
+MERGE_WAIT_SHARE = 0.25
+MERGE_WAIT_SECONDS = 0.02
+
+
+def merge_wait(hosted: HostedModel) -> float:
+    """How long a forward pass of `hosted` waits for its batches being prepared to join it."""
+    return min(MERGE_WAIT_SECONDS, MERGE_WAIT_SHARE * hosted.forward_seconds)
 
 
 def changed_message(expected: str, found: str) -> str:

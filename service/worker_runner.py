@@ -27,7 +27,6 @@ hosted, each loaded and warmed again) while the other workers serve.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -313,10 +312,6 @@ class ProcessRunner(BatchedRunner):
         (together); a restart gets `load_timeout` seconds of its own."""
         if workers is not None:
             instances_per_device = min(instances_per_device, workers.per_device)
-        if workers is not None and workers.attached and batching.pipeline_depth < 1:
-            # Workers shared by several front ends merge the batches waiting for them: each front end keeps
-            # one waiting while another computes, or the worker would only ever see one batch at a time.
-            batching = dataclasses.replace(batching, pipeline_depth=1)
         slots = 1 + batching.pipeline_depth
         count = len(settings) * instances_per_device
         super().__init__(name, handler, batching, on_batch=on_batch, concurrent_batches=count * slots, lanes=count)

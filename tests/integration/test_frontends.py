@@ -94,7 +94,11 @@ def split(tmp_path_factory):
     token, digest = new_token()
     tokens = tmp_path_factory.mktemp("split-tokens") / "tokens.toml"
     tokens.write_text(token_entry("reader", digest, ["infer"], []))
+    # --pipeline-depth 1: each front end keeps a batch waiting at the worker while another computes, so
+    # the worker finds both front ends' batches waiting and merges them (with the CPU's default, 0, each
+    # front end has one batch at a time in the worker, and they meet only by chance).
     server = ServerProcess("--repo", str(repo), "--frontends", "2", "--instances-per-device", "1",
+                           "--pipeline-depth", "1",
                            "--tokens-file", str(tokens), "--poll-seconds", "0.5", "--drain-seconds", "20")
     try:
         wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")

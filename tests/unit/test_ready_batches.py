@@ -15,6 +15,10 @@ class Batch:
     max_rows: int = 0
     name: str = ""
 
+    @property
+    def group(self):
+        return self.merge_key[0]
+
 
 def names(batches) -> list[str]:
     return [b.name for b in batches]
@@ -75,3 +79,55 @@ def test_batches_whose_inputs_differ_in_shape_do_not_merge():
     ready = queued(Batch(A, 1, 8, "a1"), Batch(other_shape, 1, 8, "a2"), Batch(A, 1, 8, "a3"))
     assert names(ready.take()) == ["a1", "a3"]
     assert names(ready.take()) == ["a2"]
+
+
+def test_a_pass_waits_for_expected_batches_of_its_model_that_are_still_being_prepared():
+    """Batches that reached the worker but are still being prepared join the pass
+    when they are put within the wait; batches of other models are not waited for."""
+    ready = ReadyBatches()
+    ready.expect("a")
+    ready.put(Batch(A, 2, 8, "a1"))
+    ready.expect("a")
+    ready.expect("b")  # another model's batch: never waited for
+    later = threading.Timer(0.05, lambda: ready.put(Batch(A, 3, 8, "a2")))
+    later.start()
+    assert names(ready.take(wait=5.0)) == ["a1", "a2"]
+    later.join()
+
+
+def test_the_wait_ends_at_once_when_nothing_of_the_model_is_being_prepared_or_the_pass_is_full():
+    import time
+
+    ready = ReadyBatches()
+    ready.expect("a")
+    ready.put(Batch(A, 2, 8, "a1"))
+    began = time.monotonic()
+    assert names(ready.take(wait=5.0)) == ["a1"]  # nothing expected: no wait
+    ready.expect("a")
+    ready.expect("a")
+    ready.put(Batch(A, 8, 8, "full"))
+    assert names(ready.take(wait=5.0)) == ["full"]  # full: no wait for the other
+    assert time.monotonic() - began < 1.0
+
+
+def test_a_batch_that_failed_in_preparation_ends_the_wait_for_it():
+    ready = ReadyBatches()
+    ready.expect("a")
+    ready.put(Batch(A, 2, 8, "a1"))
+    ready.expect("a")
+    failed = threading.Timer(0.05, lambda: ready.settle("a"))
+    failed.start()
+    assert names(ready.take(wait=lambda group: 5.0 if group == "a" else 0.0)) == ["a1"]
+    failed.join()
+
+
+def test_the_wait_is_bounded():
+    import time
+
+    ready = ReadyBatches()
+    ready.expect("a")
+    ready.expect("a")
+    ready.put(Batch(A, 2, 8, "a1"))
+    began = time.monotonic()
+    assert names(ready.take(wait=0.1)) == ["a1"]  # the other never comes
+    assert 0.09 <= time.monotonic() - began < 2.0
