@@ -96,7 +96,7 @@ def measured_point(address: str, model: str, spec: dict, processes: int, token: 
     view = server_view(before, after)
     if metrics_before is not None and metrics_after is not None:
         # A counter's series appears with its first count: absent before is zero.
-        delta = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items()}
+        delta = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items() if k != "frontends"}
         # /metrics is the whole server's (with --frontends N, the sum over the front ends; ModelStatistics
         # answers for the front end the call reached).
         if delta.get("executions") and "inferences" in delta:
@@ -104,6 +104,10 @@ def measured_point(address: str, model: str, spec: dict, processes: int, token: 
                         average_batch_size=delta["inferences"] / delta["executions"])
         if delta.get("device_forwards"):
             view["device_batch_size"] = view["inferences"] / delta["device_forwards"]
+        if metrics_after.get("frontends", 1) > 1 and delta.get("queued") and delta.get("executions"):
+            # ModelStatistics answers for one front end (the one a call reaches): the means from /metrics.
+            view["mean_queue_ms"] = delta["queue_seconds"] / delta["queued"] * 1000
+            view["mean_compute_ms"] = delta["compute_seconds"] / delta["executions"] * 1000  # per batch
         if "payload_bytes" in delta and view["inferences"]:
             view["payload_bytes_per_image"] = delta["payload_bytes"] / view["inferences"]
     view.update(cpu_view(cpu_before, cpu_after, view["inferences"]))
@@ -172,7 +176,10 @@ def cpu_view(before: dict, after: dict, images: int) -> dict:
 
 #: Counters of a model read from /metrics: name in the result -> metric.
 METRIC_TOTALS = {"payload_bytes": "framewire_payload_bytes_total", "inferences": "framewire_inferences_total",
-                 "executions": "framewire_executions_total", "device_forwards": "framewire_device_forwards_total"}
+                 "executions": "framewire_executions_total", "device_forwards": "framewire_device_forwards_total",
+                 "queue_seconds": "framewire_queue_duration_seconds_sum",
+                 "queued": "framewire_queue_duration_seconds_count",
+                 "compute_seconds": "framewire_compute_duration_seconds_sum"}
 
 
 def metric_totals(address: str, model: str, token: str | None = None) -> dict | None:
@@ -195,7 +202,12 @@ def metric_totals(address: str, model: str, token: str | None = None) -> dict | 
         text = urllib.request.urlopen(f"http://{host}:{status.metrics_port}/metrics", timeout=30).read().decode()
     except OSError:  # metrics listen elsewhere (--metrics-host) than the gRPC address
         return None
-    totals = {}
+    import json
+
+    try:
+        totals = {"frontends": int(json.loads(status.status_json)["server"].get("frontends", 1))}
+    except (ValueError, KeyError, TypeError):
+        totals = {"frontends": 1}
     for name, metric in METRIC_TOTALS.items():
         pattern = re.compile("^" + metric + r'\{(?=[^}]*model="' + re.escape(model) + r'")[^}]*\} (\S+)$', re.M)
         values = pattern.findall(text)
