@@ -94,9 +94,18 @@ decode decode-1080p-draft --model resnet50 --device cuda --dtype float16 --input
   --batch-sizes 32,64,128 --jpeg-draft
 bench resnet50-camera camera "${common[@]}" --input jpeg:640x480 --streams 100 --fps 30 --budget-ms 50 \
   --no-baseline
+# Several front ends on one port (--frontends): the 720p camera row, and the front-end ceiling (a model
+# that costs nothing) by number of front ends.
+bench resnet50-camera-720p-frontends camera "${common[@]}" --input jpeg:1280x720 --streams 100 --fps 30 \
+  --budget-ms 50 --no-baseline --server-arg=--frontends=auto
+for n in 1 2 4; do
+  bench noop-ceiling-frontends-$n sweep --model noop --device cuda --input uint8:224 --mode predict \
+    --concurrency 64 --processes 4 --no-baseline --server-arg=--frontends=$n
+done
 
 echo "== done: tests exit code $tests_rc"
-cat "$out/environment.txt" "$out/gpu-tests.log" "$out"/resnet50-*.log "$out"/decode-*.log > "$final/summary.txt" \
+cat "$out/environment.txt" "$out/gpu-tests.log" "$out"/resnet50-*.log "$out"/decode-*.log "$out"/noop-*.log \
+  > "$final/summary.txt" \
   2>/dev/null
 tar czf "$final/reports.tar.gz" -C "$final" detail && rm -rf "$out"
 echo "reports: $final/summary.txt, $final/reports.tar.gz"

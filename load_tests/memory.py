@@ -82,7 +82,7 @@ def measure(models: list[str], server_args: list[str], requests: int) -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "models": models, "server_args": server_args, "start_seconds": round(start_seconds, 1),
             "process_count": len(processes),
-            "worker_processes": len(processes) - 1,
+            "worker_processes": sum("framewire.service.worker" in p["command"] for p in processes),
             "total_pss_bytes": sum(p["pss_bytes"] or 0 for p in processes),
             "total_rss_bytes": sum(p["rss_bytes"] or 0 for p in processes),
             "processes": processes,

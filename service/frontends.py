@@ -173,6 +173,35 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Resolves --device/--dtype in a child process: the supervisor never imports torch (~300 MB).
+_PLAN_SCRIPT = (
+    "import json, sys\n"
+    "from framewire.service.config import ConfigError\n"
+    "from framewire.service.devices import plan_devices\n"
+    "try:\n"
+    "    plan = plan_devices(sys.argv[1], sys.argv[2])\n"
+    "except ConfigError as exc:\n"
+    "    print(json.dumps({'error': str(exc)}))\n"
+    "else:\n"
+    "    print(json.dumps({'devices': list(plan.devices), 'on_cuda': plan.on_cuda}))\n"
+)
+
+
+def device_plan(config: ServeConfig) -> tuple[list[str], bool]:
+    """(devices, on CUDA) as the front ends will plan them, from a child process."""
+    from .config import ConfigError
+
+    done = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT, config.device, config.dtype], capture_output=True,
+                          text=True, timeout=300)
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ConfigError(f"cannot plan the devices (--device {config.device}): {done.stderr.strip()[-2000:]}") from None
+    if "error" in answer:
+        raise ConfigError(answer["error"])
+    return answer["devices"], answer["on_cuda"]
+
+
 class _Child:
     """A process the supervisor keeps running."""
 
@@ -213,13 +242,12 @@ class Supervisor:
 
     def _worker_children(self) -> list[_Child]:
         from .config import instance_plan
-        from .devices import plan_devices
 
-        plan = plan_devices(self.config.device, self.config.dtype)
-        instances, _ = instance_plan(self.config, plan.on_cuda)
-        per_device = 1 if plan.on_cuda else instances
+        devices, on_cuda = device_plan(self.config)
+        instances, _ = instance_plan(self.config, on_cuda)
+        per_device = 1 if on_cuda else instances
         children = []
-        for device in plan.devices:
+        for device in devices:
             for index in range(per_device):
                 path = worker_socket(self.runtime, device, index)
                 children.append(_Child(f"worker {device}/{index}", self._worker_starter(device, index, path)))
