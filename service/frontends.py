@@ -139,6 +139,59 @@ def whole_server_status(own: bytes, timeout: float = 1.0) -> bytes:
     return json.dumps(merge_status([mine, *fetch_documents(peers, timeout)]), separators=(",", ":")).encode()
 
 
+#: Metadata on a repository call that one front end passes on to the others (they do not pass it on).
+FORWARDED_KEY = "x-framewire-forwarded"
+#: Metadata a passed-on call keeps (the caller's token: each front end checks it; the request id).
+_PASSED_METADATA = ("authorization", "x-request-id")
+
+
+def peer_socket(runtime_dir: str | Path, index: int) -> Path:
+    """Where front end `index` also serves gRPC for the others (the runtime directory is private, 0700)."""
+    return Path(runtime_dir) / f"frontend-{index}.grpc"
+
+
+def own_peer_socket() -> Path | None:
+    """In a front end the supervisor started: its socket for the others."""
+    runtime, label = os.environ.get(RUNTIME_DIR), frontend_label()
+    return peer_socket(runtime, int(label.split("/")[0])) if runtime and label else None
+
+
+async def pass_on(method: str, request, response_type, context, timeout: float) -> None:
+    """In a front end: make the repository call just done here (`method`, its
+    full gRPC name) on every other front end too, with the caller's token, so
+    that a load or unload holds for the whole server. Raises the first
+    failure, naming the front end, as the error it was; a call that was
+    itself passed on, or one outside --frontends, goes no further."""
+    import asyncio
+
+    import grpc
+
+    from .errors import error_from_code
+
+    runtime, label = os.environ.get(RUNTIME_DIR), frontend_label()
+    incoming = tuple(context.invocation_metadata() or ())
+    if not runtime or not label or any(key == FORWARDED_KEY for key, _ in incoming):
+        return
+    index, count = (int(part) for part in label.split("/"))
+    metadata = (*((k, v) for k, v in incoming if k in _PASSED_METADATA), (FORWARDED_KEY, str(index)))
+
+    async def one(peer: int):
+        async with grpc.aio.insecure_channel(f"unix:{peer_socket(runtime, peer)}") as channel:
+            call = channel.unary_unary(method, request_serializer=type(request).SerializeToString,
+                                       response_deserializer=response_type.FromString)
+            try:
+                await call(request, metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                return peer, exc
+        return peer, None
+
+    results = await asyncio.gather(*(one(peer) for peer in range(1, count + 1) if peer != index))
+    for peer, exc in results:
+        if exc is not None:
+            raise error_from_code(exc.code().name, f"done on front end {index}/{count}, but front end "
+                                  f"{peer}/{count} answered {exc.code().name}: {exc.details()}")
+
+
 def watch_supervisor(stop) -> None:
     """In a front end: call `stop()` once the supervisor that started it is gone."""
     supervisor = int(os.environ.get(FRONT_END_PID) or os.getppid())
@@ -237,6 +290,8 @@ class Supervisor:
         self._ready: dict[int, dict] = {}
         self._serving = False
         self._last_metrics: dict[str, str] = {}
+        #: A front end failed to start: the server exits 2, as one front end would.
+        self.failed = False
 
     # ------------------------------------------------------------ children
 
@@ -281,6 +336,12 @@ class Supervisor:
             code = child.exited()
             if code is None or self.stopping.is_set():
                 continue
+            if child in self.frontends and not self._serving:
+                # It never came up: its start-up error (logged above) is the server's.
+                log.error("%s exited with code %s while starting; stopping", child.name, code)
+                self.failed = True
+                self.stopping.set()
+                return
             if time.monotonic() - child.started < RESTART_BACKOFF_SECONDS:
                 continue  # one that dies at once is started again at most once a second
             child.restarts += 1
@@ -292,6 +353,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, keep it running until SIGTERM/SIGINT, then drain; the exit code."""
+        from .repository import ModelRepository
+
+        ModelRepository(self.config, build=None).check_contents()  # the one-line start-up error, before anything
         reserved = reserve_port(self.config.host, self.config.port)
         self.port = reserved.getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -314,6 +378,8 @@ class Supervisor:
                 self._keep_running(self.workers)
                 self._keep_running(self.frontends)
                 self._note_ready()
+            if self.failed:
+                return 2
             log.info("signal received; draining %d front end(s)", self.count)
             return self._drain()
         finally:

@@ -37,7 +37,7 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
-from .frontends import announce_ready, frontend_label, supervisor_metrics_port
+from .frontends import announce_ready, frontend_label, own_peer_socket, supervisor_metrics_port
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
 from .load_budget import LoadBudget
@@ -172,6 +172,9 @@ class FramewireServer:
         if not self.port:
             raise OSError(f"cannot listen on {address}: the address is in use or not this machine's; "
                           "pick another --port (0: any free port) or --host")
+        peers = own_peer_socket()
+        if peers is not None:  # the other front ends pass repository calls on here
+            self.grpc.add_insecure_port(f"unix:{peers}")
         await self.grpc.start()
         await self.status.sample()
         if self.config.metrics_port >= 0:

@@ -22,6 +22,7 @@ from ..access import check_model_access, model_allowed
 from ..batcher import retrieve_exception
 from ..config import parse_version_policy
 from ..domain import ModelState
+from ..frontends import pass_on
 from ..errors import InvalidInputError, ModelNotFoundError, ServiceError, ShuttingDownError
 from ..model_view import ModelView
 from . import oip_tensors
@@ -313,9 +314,14 @@ class InferenceProtocolServicer(ProtocolAdapter, grpc_service_pb2_grpc.GRPCInfer
     @rpc
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
         await self.repo.load(request.model_name)
+        # With several front ends, every one of them loads it (each loads it in the shared workers once).
+        await pass_on(f"/{SERVICE_NAME}/RepositoryModelLoad", request, pb.RepositoryModelLoadResponse, context,
+                      self.config.load_timeout_seconds + 30)
         return pb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context) -> pb.RepositoryModelUnloadResponse:
         await self.repo.unload(request.model_name)
+        await pass_on(f"/{SERVICE_NAME}/RepositoryModelUnload", request, pb.RepositoryModelUnloadResponse, context,
+                      self.config.drain_seconds + 30)
         return pb.RepositoryModelUnloadResponse()

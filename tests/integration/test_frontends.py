@@ -92,8 +92,10 @@ def split(tmp_path_factory):
     export_tiny(repo, "tiny", 1)
     export_tiny(repo, "slow", 1, seed=3, size=192)  # a forward pass of milliseconds: batches wait for it
     token, digest = new_token()
+    admin, admin_digest = new_token()
     tokens = tmp_path_factory.mktemp("split-tokens") / "tokens.toml"
-    tokens.write_text(token_entry("reader", digest, ["infer"], []))
+    tokens.write_text(token_entry("reader", digest, ["infer"], []) + "\n"
+                      + token_entry("ops", admin_digest, ["admin", "infer"], []))
     # --pipeline-depth 1: each front end keeps a batch waiting at the worker while another computes, so
     # the worker finds both front ends' batches waiting and merges them (with the CPU's default, 0, each
     # front end has one batch at a time in the worker, and they meet only by chance).
@@ -102,7 +104,9 @@ def split(tmp_path_factory):
                            "--tokens-file", str(tokens), "--poll-seconds", "0.5", "--drain-seconds", "20")
     try:
         wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")
-        yield Split(server, token, tokens)
+        split = Split(server, token, tokens)
+        split.admin = admin
+        yield split
     finally:
         server.close()
 
@@ -217,6 +221,36 @@ def test_hot_reload_reaches_every_front_end(split, tmp_path):
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_repository_calls_hold_for_every_front_end(split):
+    """RepositoryModelUnload / Load reach one front end; it passes them on to
+    the others, so the model leaves and comes back everywhere."""
+    from framewire.oip import grpc_service_pb2 as oip
+    from framewire.oip import grpc_service_pb2_grpc
+
+    clients = clients_on_each_frontend(split)
+    metadata = (("authorization", f"Bearer {split.admin}"),)
+    caller = next(iter(clients.values()))
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(caller.channel)
+
+    def ready_everywhere() -> list[bool]:
+        return [grpc_service_pb2_grpc.GRPCInferenceServiceStub(c.channel).ModelReady(
+            oip.ModelReadyRequest(name="slow"), metadata=metadata, timeout=30).ready for c in clients.values()]
+
+    assert ready_everywhere() == [True, True]
+    stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name="slow"), metadata=metadata, timeout=60)
+    assert ready_everywhere() == [False, False]
+    stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="slow"), metadata=metadata, timeout=120)
+    assert ready_everywhere() == [True, True]
+    # A reader's token may not, on any front end.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name="slow"), timeout=30,
+                                   metadata=(("authorization", f"Bearer {split.token}"),))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ready_everywhere() == [True, True]
+    for client in clients.values():
+        client.close()
 
 
 def test_stream_order_holds_on_its_front_end(split):

@@ -117,9 +117,13 @@ def test_the_readme_run_command_serves_the_demo_and_predict_prints_a_cat(tmp_pat
         page = re.search(r"live page at (http://127\.0\.0\.1:\d+/)", server.output()).group(1)
         with urllib.request.urlopen(page, timeout=30) as response:
             assert b"/static/app.js" in response.read()
-        with urllib.request.urlopen(page + "api/status", timeout=30) as response:
-            (model,) = json.loads(response.read())["models"]
-        assert model["model"] == "efficientnet_lite0" and model["state"] == "READY"
+        def listed() -> list:
+            with urllib.request.urlopen(page + "api/status", timeout=30) as response:
+                return json.loads(response.read())["models"]
+
+        # The document is sampled every second: the sample before the version turned READY may still be the latest.
+        wait_until(lambda: [(m["model"], m["state"]) for m in listed()] == [("efficientnet_lite0", "READY")], 10,
+                   "the status document to list the demo model READY")
         server.terminate()  # make itself dies of the signal; the server it started drains
         wait_until(lambda: "stopped" in server.output(), 30, "the server started by make to log that it stopped")
     finally:
