@@ -33,8 +33,10 @@ directory, `device_workers.worker_socket`) and N front ends, each the same
 
 Each front end polls the repository and applies the version policy itself:
 the same files and policy give the same versions everywhere, within one
-`--poll-seconds`. Repository RPCs (RepositoryModelLoad/Unload) and
-GetServerStatus act on the front end the call reaches.
+`--poll-seconds`. A repository RPC (RepositoryModelLoad/Unload) runs on the
+front end it reaches, which passes it on to the others (`pass_on`, over
+their private Unix sockets); GetServerStatus and the operator page merge
+every front end's status document (`whole_server_status`).
 """
 
 from __future__ import annotations
