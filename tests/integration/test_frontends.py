@@ -11,6 +11,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -316,3 +318,26 @@ def test_sigterm_drains_every_front_end(split):
         wait_until(lambda: gone(pid), 10, f"front end {pid} gone")
     for client in clients.values():
         client.close()
+
+
+def test_a_server_that_cannot_start_says_why_once_and_exits_2(tmp_path):
+    """The start-up checks run in the supervisor, before any front end starts."""
+    done = subprocess.run([sys.executable, "-m", "framewire", "serve", "--repo", str(tmp_path / "missing"),
+                           "--frontends", "2", "--port", "0", "--metrics-port", "-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("framewire serve: ") == 1 and "missing" in done.stderr
+
+
+def test_a_front_end_that_cannot_start_stops_the_server_instead_of_restarting_forever(tmp_path, tiny_repo):
+    """A front end that exits before it serves (here: a certificate file that
+    is no certificate, which only binding the port finds) stops the whole
+    server with exit code 2; the supervisor does not start it again."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    done = subprocess.run([sys.executable, "-m", "framewire", "serve", "--repo", str(tiny_repo), "--frontends", "2",
+                           "--port", "0", "--metrics-port", "-1", "--tls-cert", str(bad), "--tls-key", str(bad)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "exited with code 2 while starting; stopping" in done.stderr
+    assert "starting it again" not in done.stderr

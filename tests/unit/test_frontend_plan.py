@@ -77,15 +77,3 @@ def test_an_attached_process_sees_another_process_exit():
     finally:
         seen.close()
 
-
-def test_a_server_that_cannot_start_says_why_once_and_exits_2(tmp_path):
-    """The start-up checks run before any front end starts; a front end that
-    fails to start stops the server (it is not restarted forever)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "framewire", "serve", "--repo", str(tmp_path / "missing"),
-                           "--frontends", "2", "--port", "0", "--metrics-port", "-1"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.count("framewire serve: ") == 1 and "missing" in done.stderr
