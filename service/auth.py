@@ -34,7 +34,6 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc

@@ -88,7 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
     from framewire.exporter import ArtifactError
 
     from .config import frontend_count
-    from .frontends import frontend_label, serve_argv, supervise
+    from .frontend_peers import frontend_label
+    from .frontends import serve_argv, supervise
 
     try:
         if frontend_label() is None and frontend_count(config) > 1:

@@ -104,3 +104,15 @@ class ReadyBatches:
                 cap = min(cap, item.max_rows)
         self._items = kept
         return rows, cap, blocked or rows >= cap
+
+
+#: A forward pass waits for batches of its model still being prepared at
+#: most this share of its recent pass time, and at most MERGE_WAIT_SECONDS.
+MERGE_WAIT_SHARE = 0.25
+MERGE_WAIT_SECONDS = 0.02
+
+
+def merge_wait(hosted) -> float:
+    """How long a forward pass of `hosted` (anything with `forward_seconds`,
+    its recent pass time) waits for its batches being prepared to join it."""
+    return min(MERGE_WAIT_SECONDS, MERGE_WAIT_SHARE * hosted.forward_seconds)

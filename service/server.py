@@ -37,7 +37,7 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
-from .frontends import announce_ready, frontend_label, own_peer_socket, supervisor_metrics_port
+from .frontend_peers import announce_ready, frontend_label, own_peer_socket, supervisor_metrics_port
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
 from .load_budget import LoadBudget
@@ -321,7 +321,7 @@ async def serve(config: ServeConfig) -> int:
     if server.tokens is not None:
         loop.add_signal_handler(signal.SIGHUP, server.tokens.reload)
     if frontend_label() is not None:
-        from .frontends import watch_supervisor
+        from .frontend_peers import watch_supervisor
 
         watch_supervisor(lambda: loop.call_soon_threadsafe(stopping.set))
     starting = loop.create_task(server.start())

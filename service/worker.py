@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .ipc import FRONT_END_PID, WORKER_SOCKET, WorkerGone, map_buffer, read_message
-from .ready_batches import ReadyBatches
+from .ready_batches import ReadyBatches, merge_wait
 from .worker_peers import Peer, listening_socket
 
 log = logging.getLogger("framewire.worker")
@@ -434,17 +434,6 @@ class WorkerHost:
             kind, message = "internal", f"{type(exc).__name__}: {exc}"
         for job in jobs:
             job.peer.reply({"op": "error", "id": job.request_id, "kind": kind, "message": message})
-
-
-#: A forward pass waits for batches of its model still being prepared at
-#: most this share of its recent pass time, and at most MERGE_WAIT_SECONDS.
-MERGE_WAIT_SHARE = 0.25
-MERGE_WAIT_SECONDS = 0.02
-
-
-def merge_wait(hosted: HostedModel) -> float:
-    """How long a forward pass of `hosted` waits for its batches being prepared to join it."""
-    return min(MERGE_WAIT_SECONDS, MERGE_WAIT_SHARE * hosted.forward_seconds)
 
 
 def changed_message(expected: str, found: str) -> str:

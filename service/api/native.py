@@ -17,7 +17,7 @@ from ..batcher import retrieve_exception
 from ..config import ServeConfig
 from ..devices import DevicePlan, describe_device
 from ..domain import PredictParams
-from ..frontends import frontend_label, whole_server_status
+from ..frontend_peers import frontend_label, whole_server_status
 from ..errors import (InferenceError, InvalidInputError, LimitExceededError, OverBudgetError, ServiceError,
                       SupersededError)
 from ..gpu import GpuSampler

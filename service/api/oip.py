@@ -22,7 +22,7 @@ from ..access import check_model_access, model_allowed
 from ..batcher import retrieve_exception
 from ..config import parse_version_policy
 from ..domain import ModelState
-from ..frontends import pass_on
+from ..frontend_peers import pass_on
 from ..errors import InvalidInputError, ModelNotFoundError, ServiceError, ShuttingDownError
 from ..model_view import ModelView
 from . import oip_tensors

@@ -14,13 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from framewire.client import Client, FramewireError
@@ -303,17 +301,30 @@ def test_a_killed_front_end_is_restarted_while_the_other_keeps_serving(split):
 
 def test_sigterm_drains_every_front_end(split):
     """Last in this module: the server stops. Calls in flight when SIGTERM
-    arrives are answered; the supervisor exits 0 and leaves no process."""
+    arrives are answered whole; one that arrives after it is refused with
+    UNAVAILABLE (clients retry elsewhere); the supervisor exits 0 and leaves
+    no process."""
     clients = clients_on_each_frontend(split)
     images = [encode(random_image(i, 64, 64)) for i in range(4)]
-    pids = [int(p) for p in split.frontends() and [f["pid"] for f in split.frontends().values()]]
+    pids = [f["pid"] for f in split.frontends().values()]
+    staged = value(scrape(split.metrics_url), "framewire_payload_bytes_total", model="slow")
+
+    def call(client: Client):
+        try:
+            return client.batch_predict(images, model="slow")
+        except FramewireError as exc:
+            return exc.code
+
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(c.batch_predict, images, model="slow") for c in clients.values() for _ in range(4)]
-        time.sleep(0.3)
+        futures = [pool.submit(call, c) for c in clients.values() for _ in range(4)]
+        wait_until(lambda: value(scrape(split.metrics_url), "framewire_payload_bytes_total", model="slow") > staged,
+                   30, "a batch of the calls in a worker")
         code = split.server.terminate(60)
-        answers = [f.result(timeout=60) for f in futures]
+        outcomes = [f.result(timeout=60) for f in futures]
     assert code == 0, split.server.output()[-3000:]
-    assert all(len(a) == 4 for a in answers)
+    answered = [o for o in outcomes if isinstance(o, list)]
+    assert answered and all(len(a) == 4 for a in answered)
+    assert all(o == grpc.StatusCode.UNAVAILABLE for o in outcomes if not isinstance(o, list)), outcomes
     for pid in pids:
         wait_until(lambda: gone(pid), 10, f"front end {pid} gone")
     for client in clients.values():
