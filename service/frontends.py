@@ -155,6 +155,9 @@ class Supervisor:
         self._ready: dict[int, dict] = {}
         self._serving = False
         self._last_metrics: dict[str, str] = {}
+        #: The last counts of front ends that have exited (metrics_merge.cumulative_only), kept in the sums.
+        self._retired = ""
+        self._metrics_lock = threading.Lock()
         #: A front end failed to start: the server exits 2, as one front end would.
         self.failed = False
 
@@ -212,6 +215,8 @@ class Supervisor:
             child.restarts += 1
             log.warning("%s (pid %d) exited with code %s; starting it again (restart %d)", child.name,
                         child.proc.pid, code, child.restarts)
+            if child in self.frontends:
+                self._retire(self.frontends.index(child) + 1)
             child.start()
 
     # ------------------------------------------------------------ running
@@ -336,11 +341,30 @@ class Supervisor:
         log.info("metrics at http://%s:%d/metrics (the sum over the front ends)", self.config.metrics_host,
                  self.metrics_port)
 
+    def _retire(self, index: int) -> None:
+        """Front end `index` has exited: its last counts stay in the sums (a
+        restarted front end counts from zero; Prometheus would read the dip
+        as a counter reset and over-count every rate)."""
+        from .metrics_merge import cumulative_only, merge_expositions
+
+        ready = self._ready.pop(index, None)
+        ready_file(self.runtime, index).unlink(missing_ok=True)
+        if not ready or not ready.get("metrics_port"):
+            return
+        with self._metrics_lock:
+            last = self._last_metrics.pop(f"http://127.0.0.1:{ready['metrics_port']}/metrics", "")
+            counts = cumulative_only(last) if last else ""
+            if counts:
+                self._retired = merge_expositions([self._retired, counts]) if self._retired else counts
+
     def _merged_metrics(self) -> tuple[bytes, str, int]:
         from .metrics_merge import CONTENT_TYPE, fetch_and_merge
 
-        # A front end that misses one scrape counts with its last answer: the sums never step back.
-        merged, errors = fetch_and_merge(self.frontend_urls("/metrics"), timeout=5.0, cache=self._last_metrics)
+        # A front end that misses one scrape counts with its last answer, and one that has exited with its
+        # last counts: the sums never step back.
+        with self._metrics_lock:
+            merged, errors = fetch_and_merge(self.frontend_urls("/metrics"), timeout=5.0, cache=self._last_metrics,
+                                             retired=self._retired)
         for error in errors:
             log.warning("metrics: %s", error)
         return merged.encode(), CONTENT_TYPE, 200

@@ -145,8 +145,18 @@ def merge_and_report(texts: Sequence[str], names: Sequence[str] | None = None) -
     return text, problems + conflicts
 
 
+def cumulative_only(text: str) -> str:
+    """`text` with only its counters, histograms and summaries: what a front
+    end that has exited leaves to the sums (its gauges described a process
+    that is gone). Empty for a text that does not parse."""
+    metrics, problem = _parse("a retired exposition", text)
+    if problem is not None:
+        return ""
+    return generate_latest(_Collected([m for m in metrics if m.type in _CUMULATIVE])).decode("utf-8")
+
+
 def fetch_and_merge(urls: Sequence[str], timeout: float,
-                    cache: dict[str, str] | None = None) -> tuple[str, list[str]]:
+                    cache: dict[str, str] | None = None, retired: str = "") -> tuple[str, list[str]]:
     """GET every URL (a front end's /metrics) in parallel and merge the answers.
 
     Returns (merged text, errors): one error per URL that failed (refused,
@@ -154,7 +164,9 @@ def fetch_and_merge(urls: Sequence[str], timeout: float,
     `cache` (a dict the caller keeps between calls), each URL's last good
     text stands in for a failed one (still reported), so one missed scrape
     does not make the summed counters dip, which Prometheus would read as a
-    counter reset.
+    counter reset. `retired` (a `cumulative_only` text: the last counts of
+    front ends that have exited) is added in, so that a front end started
+    again, counting from zero, does not make the sums step back either.
     """
     def get(url: str) -> tuple[str | None, list[Metric], str | None]:
         try:
@@ -181,6 +193,8 @@ def fetch_and_merge(urls: Sequence[str], timeout: float,
             parsed.append((url, _parse(url, cache[url])[0]))
         else:
             errors.append(f"{error}; left out")
+    if retired:
+        parsed.append(("retired front ends", _parse("retired front ends", retired)[0]))
     text, conflicts = _merge(parsed)
     return text, errors + conflicts
 

@@ -277,6 +277,9 @@ def test_a_killed_front_end_is_restarted_while_the_other_keeps_serving(split):
             except FramewireError as exc:
                 errors.append(exc)
 
+    for _ in range(3):  # counts the victim takes with it
+        clients[victim].predict(image, model="tiny")
+    counted = value(scrape(split.metrics_url), "framewire_requests_total", model="tiny", code="OK")
     caller = threading.Thread(target=keep_calling)
     caller.start()
     try:
@@ -293,6 +296,8 @@ def test_a_killed_front_end_is_restarted_while_the_other_keeps_serving(split):
     assert not errors, errors[:3]
     assert served > 0
     assert "exited with code -9; starting it again" in split.server.output()
+    # The killed front end's counts stay in /metrics: the sums never step back.
+    assert value(scrape(split.metrics_url), "framewire_requests_total", model="tiny", code="OK") >= counted + served
     new = clients_on_each_frontend(split)
     assert survivor in new and victim not in new
     for client in [*clients.values(), *new.values()]:

@@ -36,6 +36,7 @@ from framewire.service.metrics_merge import (
     GAUGE_RULES,
     MAX,
     SUM,
+    cumulative_only,
     fetch_and_merge,
     gauge_rule,
     merge_and_report,
@@ -407,3 +408,25 @@ def test_a_front_end_that_does_not_answer_in_time_is_reported():
         text, errors = fetch_and_merge([url], timeout=0.3)
     assert text == "" and len(errors) == 1 and errors[0].startswith(f"{url}: fetching failed")
     assert "timed out" in errors[0]
+
+
+def test_an_exited_front_ends_counts_stay_in_the_sums_and_its_gauges_go(pair, served):
+    """A front end that exits leaves its last counts (cumulative_only) to be
+    added in: the one started in its place counts from zero, and the sums do
+    not step back (Prometheus would read that as a counter reset)."""
+    (a, b), _ = served
+    retired = cumulative_only(text_of(pair[1]))
+    kinds = {family.type for family in text_string_to_metric_families(retired)}
+    assert kinds <= {"counter", "histogram"} and "framewire_queue_depth" not in retired
+    assert cumulative_only("not an exposition") == ""
+    # The second front end is gone; its replacement (here: a fresh ServerMetrics) counts from zero.
+    fresh = front_end(utilization=90, depth=1, payload=0, status=None)
+    url = f"http://127.0.0.1:{fresh.serve('127.0.0.1', 0)}/metrics"
+    try:
+        merged = families(fetch_and_merge([a, url], timeout=10, retired=retired)[0])
+    finally:
+        fresh.close()
+    assert value(merged, "framewire_inferences", "framewire_inferences_total") == 28  # 12 + 16 retired + 0
+    assert value(merged, "framewire_request_duration_seconds", "framewire_request_duration_seconds_count",
+                 api="oip") == 2
+    assert value(merged, "framewire_queue_depth") == 5 + 1  # the live front ends' only
