@@ -197,15 +197,17 @@ def machine_lines(document: dict, width: int | None) -> list[str]:
         known = [p[field] for p in group if p.get(field) is not None]
         return f"{name} {show(sum(known))}" if known else ""
 
+    # One front end, or with --frontends N all of them together.
+    fronts = "front end" if len(front) <= 1 else f"{len(front)} front ends"
     cpu = [f"server {percent(s.get('cpu_percent'))} of one core"]
-    split = [x for x in (part("front end", front, "cpu_percent", percent),
+    split = [x for x in (part(fronts, front, "cpu_percent", percent),
                          part(f"{len(workers_)} worker{'s' * (len(workers_) != 1)}", workers_, "cpu_percent", percent))
              if x]
     if workers_ and split:
         cpu[0] += f" ({', '.join(split)})"
     cpu.append(f"host {percent(host.get('cpu_percent'))} of {host.get('cpu_count', '?')} CPUs")
     memory = f"server PSS {size(s.get('pss_bytes'))}, RSS {size(s.get('rss_bytes'))}"
-    split = [x for x in (part("front end", front, "pss_bytes", size),
+    split = [x for x in (part(fronts, front, "pss_bytes", size),
                          part(f"{len(workers_)} worker{'s' * (len(workers_) != 1)}", workers_, "pss_bytes", size))
              if x]
     if workers_ and split:

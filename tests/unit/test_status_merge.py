@@ -222,7 +222,7 @@ def test_a_merged_document_renders_in_top_with_both_front_ends_figures():
     assert "40.0" in row.split()  # images/s over 5 s of both front ends
     assert "1 up" in row  # the shared worker once
     assert "big   " in text and "LOADING" in text and "front ends disagree" in text
-    assert "CPU     server 52% of one core (front end 22%, 1 worker 30%)" in text
+    assert "CPU     server 52% of one core (2 front ends 22%, 1 worker 30%)" in text
     assert "tiny: RESOURCE_EXHAUSTED 2, INVALID_ARGUMENT 1" in text and "_unknown: NOT_FOUND 1" in text
     assert "batch sizes tiny v1 (share of batches since load): 1:92%  2:8%" in text
     assert "refused 7, dropped 7" in text
