@@ -304,6 +304,38 @@ def test_a_killed_front_end_is_restarted_while_the_other_keeps_serving(split):
         client.close()
 
 
+def test_a_killed_worker_is_started_again_for_every_front_end(split):
+    """The shared worker dies: the supervisor starts it again, each front end
+    reattaches and reloads its versions there (the worker loads each once),
+    and both front ends serve again; nothing but the calls in flight failed."""
+    clients = clients_on_each_frontend(split)
+    status = json.loads(next(iter(clients.values())).server_status().status_json)
+    (worker,) = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
+    image = encode(random_image(6))
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: gone(worker), 10, "the killed worker gone")
+
+    def serves(client: Client) -> bool:
+        try:
+            return client.predict(image, model="tiny").model == "tiny"
+        except FramewireError as exc:
+            assert exc.code == grpc.StatusCode.UNAVAILABLE, exc  # retryable while it comes back
+            return False
+
+    for client in clients.values():
+        wait_until(lambda: serves(client), 120, "the front end serving again")
+    output = split.server.output()
+    assert re.search(r"worker cpu/0 \(pid \d+\) exited with code -9; starting it again", output), output[-3000:]
+
+    def workers() -> set[int]:  # the status document is sampled every second
+        status = json.loads(next(iter(clients.values())).server_status().status_json)
+        return {p["pid"] for p in status["processes"] if p["role"] == "worker"}
+
+    wait_until(lambda: len(workers() - {worker}) == 1, 10, "the status listing the new worker once")
+    for client in clients.values():
+        client.close()
+
+
 def test_sigterm_drains_every_front_end(split):
     """Last in this module: the server stops. Calls in flight when SIGTERM
     arrives are answered whole; one that arrives after it is refused with
