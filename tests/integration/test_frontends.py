@@ -37,7 +37,7 @@ OWN_CONNECTION = {"channel_options": (("grpc.use_local_subchannel_pool", 1),)}
 class Split:
     """The supervisor, its front ends (from their ready files) and a token."""
 
-    def __init__(self, server: ServerProcess, token: str, tokens_file: Path):
+    def __init__(self, server: ServerProcess, token: str | None, tokens_file: Path | None):
         self.server = server
         self.token = token
         self.tokens_file = tokens_file
@@ -389,3 +389,51 @@ def test_a_front_end_that_cannot_start_stops_the_server_instead_of_restarting_fo
     assert done.returncode == 2, done.stderr[-3000:]
     assert "exited with code 2 while starting; stopping" in done.stderr
     assert "starting it again" not in done.stderr
+
+
+def test_a_load_that_overruns_in_a_shared_worker_fails_alone_on_every_front_end(tmp_path, tiny_repo):
+    """Both front ends load a version that never finishes loading: the
+    worker is killed at the budget (--load-timeout-seconds, per model here),
+    the supervisor starts it again, the version is UNAVAILABLE on both front
+    ends, and the model already serving serves again on both."""
+    import shutil
+
+    from framewire.v1 import inference_pb2 as pb
+    from support.plugins import hanging_artifact, install_hanging_architecture
+
+    plugins = install_hanging_architecture(tmp_path / "plugins")
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "tiny", repo / "tiny")
+    config = tmp_path / "serve.toml"
+    config.write_text("[model.hang]\nload_timeout_seconds = 5.0\n")
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH", "")) if p)}
+    server = ServerProcess("--repo", str(repo), "--frontends", "2", "--instances-per-device", "1", "--config",
+                           str(config), "--poll-seconds", "0.5", env=env)
+    try:
+        wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")
+        clients = clients_on_each_frontend(Split(server, token=None, tokens_file=None))
+        image = encode(random_image(7))
+        hanging_artifact(tiny_repo / "tiny" / "1" / "model.fwa", repo)
+
+        def hang_state(client: Client):
+            return [m.versions[0].state for m in client.list_models().models if m.name == "hang" and m.versions]
+
+        for client in clients.values():
+            wait_until(lambda: hang_state(client) == [pb.MODEL_STATE_UNAVAILABLE], 120, "hang UNAVAILABLE")
+
+        def serves(client: Client) -> bool:
+            try:
+                return client.predict(image, model="tiny").model == "tiny"
+            except FramewireError as exc:
+                assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+                return False
+
+        for client in clients.values():
+            wait_until(lambda: serves(client), 120, "tiny served again")
+        output = server.output()
+        assert "longer than its 5-second budget (--load-timeout-seconds)" in output, output[-3000:]
+        assert re.search(r"worker cpu/0 \(pid \d+\) exited with code -9; starting it again", output)
+        for client in clients.values():
+            client.close()
+    finally:
+        server.close()
