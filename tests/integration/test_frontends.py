@@ -19,11 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from framewire.client import Client, FramewireError
 from framewire.service.auth import new_token, token_entry
 from support.artifacts import export_tiny
+from support.plugins import (bright_refusing_artifact, hanging_artifact, install_bright_refusing_architecture,
+                             install_hanging_architecture)
 from support.images import encode, random_image
 from support.metrics import scrape, value
 from support.processes import gone
@@ -89,8 +92,13 @@ def clients_on_each_frontend(split: Split, want: int = 2, tries: int = 40) -> di
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     repo = tmp_path_factory.mktemp("split-repo")
-    export_tiny(repo, "tiny", 1)
+    tiny = export_tiny(repo, "tiny", 1)
     export_tiny(repo, "slow", 1, seed=3, size=192)  # a forward pass of milliseconds: batches wait for it
+    plugins = install_bright_refusing_architecture(tmp_path_factory.mktemp("split-plugins"))
+    install_hanging_architecture(plugins)
+    bright_refusing_artifact(tiny, repo, plugins)  # its forward pass raises on white images
+    config = repo.parent / f"{repo.name}.toml"
+    config.write_text("[model.hang]\nload_timeout_seconds = 5.0\n")  # a version added later never loads
     token, digest = new_token()
     admin, admin_digest = new_token()
     tokens = tmp_path_factory.mktemp("split-tokens") / "tokens.toml"
@@ -101,7 +109,10 @@ def split(tmp_path_factory):
     # front end has one batch at a time in the worker, and they meet only by chance).
     server = ServerProcess("--repo", str(repo), "--frontends", "2", "--instances-per-device", "1",
                            "--pipeline-depth", "1",
-                           "--tokens-file", str(tokens), "--poll-seconds", "0.5", "--drain-seconds", "20")
+                           "--tokens-file", str(tokens), "--poll-seconds", "0.5", "--drain-seconds", "20",
+                           "--config", str(config),
+                           env={"PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH", ""))
+                                                              if p)})
     try:
         wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")
         split = Split(server, token, tokens)
@@ -166,6 +177,35 @@ def test_batches_of_two_front_ends_merge_on_the_device(split):
                                      delta("framewire_inferences_total"))
     assert images_run == 16 * 12
     assert forwards < 0.9 * batches, (forwards, batches)
+    for client in clients.values():
+        client.close()
+
+
+def test_a_forward_pass_that_raises_fails_only_its_models_requests_on_either_front_end(split):
+    """tiny, slow and bright share the worker process; bright's forward pass
+    raises on white images. Its requests fail with INTERNAL, from both front
+    ends, while tiny's, sent at the same time through both, are answered; the
+    worker goes on (same pid) and bright answers other images."""
+    clients = clients_on_each_frontend(split)
+    white = encode(np.full((48, 64, 3), 255, np.uint8))
+    image = encode(random_image(9))
+
+    def worker() -> set[int]:
+        status = json.loads(next(iter(clients.values())).server_status().status_json)
+        return {p["pid"] for p in status["processes"] if p["role"] == "worker"}
+
+    before = wait_until(worker, 10, "the status listing the worker")
+    with ThreadPoolExecutor(8) as pool:
+        refused = [pool.submit(c.predict, white, model="bright") for c in clients.values() for _ in range(3)]
+        others = [pool.submit(c.predict, image, model="tiny") for c in clients.values() for _ in range(6)]
+        for future in refused:
+            with pytest.raises(FramewireError) as info:
+                future.result(timeout=60)
+            assert info.value.code == grpc.StatusCode.INTERNAL and "refuses bright images" in info.value.message
+        assert all(f.result(timeout=60).model == "tiny" for f in others)
+    for client in clients.values():
+        assert client.predict(image, model="bright").version == 1
+    assert worker() == before, "the worker process did not die"
     for client in clients.values():
         client.close()
 
@@ -336,6 +376,37 @@ def test_a_killed_worker_is_started_again_for_every_front_end(split):
         client.close()
 
 
+def test_a_load_that_overruns_in_the_shared_worker_fails_alone_on_every_front_end(split):
+    """Both front ends load a version that never finishes loading: the
+    worker is killed at the budget (5 s for `hang`, from the config file),
+    the supervisor starts it again, the version is UNAVAILABLE on both front
+    ends, and the models already serving serve again on both."""
+    from framewire.v1 import inference_pb2 as pb
+
+    clients = clients_on_each_frontend(split)
+    image = encode(random_image(7))
+    repo = Path(re.search(r"--repo (\S+)", " ".join(split.server.proc.args)).group(1))
+    hanging_artifact(repo / "tiny" / "1" / "model.fwa", repo)
+
+    def hang_state(client: Client):
+        return [m.versions[0].state for m in client.list_models().models if m.name == "hang" and m.versions]
+
+    def serves(client: Client) -> bool:
+        try:
+            return client.predict(image, model="tiny").model == "tiny"
+        except FramewireError as exc:
+            assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+            return False
+
+    for client in clients.values():
+        wait_until(lambda: hang_state(client) == [pb.MODEL_STATE_UNAVAILABLE], 120, "hang UNAVAILABLE")
+    for client in clients.values():
+        wait_until(lambda: serves(client), 120, "tiny served again")
+    assert "longer than its 5-second budget (--load-timeout-seconds)" in split.server.output()
+    for client in clients.values():
+        client.close()
+
+
 def test_sigterm_drains_every_front_end(split):
     """Last in this module: the server stops. Calls in flight when SIGTERM
     arrives are answered whole; one that arrives after it is refused with
@@ -390,50 +461,3 @@ def test_a_front_end_that_cannot_start_stops_the_server_instead_of_restarting_fo
     assert "exited with code 2 while starting; stopping" in done.stderr
     assert "starting it again" not in done.stderr
 
-
-def test_a_load_that_overruns_in_a_shared_worker_fails_alone_on_every_front_end(tmp_path, tiny_repo):
-    """Both front ends load a version that never finishes loading: the
-    worker is killed at the budget (--load-timeout-seconds, per model here),
-    the supervisor starts it again, the version is UNAVAILABLE on both front
-    ends, and the model already serving serves again on both."""
-    import shutil
-
-    from framewire.v1 import inference_pb2 as pb
-    from support.plugins import hanging_artifact, install_hanging_architecture
-
-    plugins = install_hanging_architecture(tmp_path / "plugins")
-    repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo / "tiny", repo / "tiny")
-    config = tmp_path / "serve.toml"
-    config.write_text("[model.hang]\nload_timeout_seconds = 5.0\n")
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH", "")) if p)}
-    server = ServerProcess("--repo", str(repo), "--frontends", "2", "--instances-per-device", "1", "--config",
-                           str(config), "--poll-seconds", "0.5", env=env)
-    try:
-        wait_until(lambda: "(2 front ends)" in server.output(), 120, "both front ends up")
-        clients = clients_on_each_frontend(Split(server, token=None, tokens_file=None))
-        image = encode(random_image(7))
-        hanging_artifact(tiny_repo / "tiny" / "1" / "model.fwa", repo)
-
-        def hang_state(client: Client):
-            return [m.versions[0].state for m in client.list_models().models if m.name == "hang" and m.versions]
-
-        for client in clients.values():
-            wait_until(lambda: hang_state(client) == [pb.MODEL_STATE_UNAVAILABLE], 120, "hang UNAVAILABLE")
-
-        def serves(client: Client) -> bool:
-            try:
-                return client.predict(image, model="tiny").model == "tiny"
-            except FramewireError as exc:
-                assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
-                return False
-
-        for client in clients.values():
-            wait_until(lambda: serves(client), 120, "tiny served again")
-        output = server.output()
-        assert "longer than its 5-second budget (--load-timeout-seconds)" in output, output[-3000:]
-        assert re.search(r"worker cpu/0 \(pid \d+\) exited with code -9; starting it again", output)
-        for client in clients.values():
-            client.close()
-    finally:
-        server.close()
