@@ -14,24 +14,7 @@ from framewire.service.pixels import Prepared
 from framewire.service.tasks import task_handler
 from framewire.service.worker_settings import WorkerSettings
 from framewire.v1 import artifact_pb2 as pb
-
-
-class Recording(torch.nn.Module):
-    """A linear classifier that records the batch sizes it ran, and runs out
-    of memory (torch's real error) above `limit`."""
-
-    def __init__(self, limit: int = 1000):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = torch.nn.Linear(12, 4)
-        self.limit = limit
-        self.batches: list[int] = []
-
-    def forward(self, x):
-        self.batches.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test model)")
-        return self.linear(x.flatten(1))
+from support.oom_model import RunsOutOfMemoryAbove
 
 
 class Boxes(torch.nn.Module):
@@ -58,7 +41,7 @@ def prepared(items, rows=None, errors=None) -> Prepared:
 
 
 def test_merged_batches_get_the_outputs_each_gets_alone_in_one_forward_pass():
-    module = Recording()
+    module = RunsOutOfMemoryAbove()
     model = device_model(module)
     bad = InvalidInputError("JPEG data is corrupt or truncated")
     batches = [
@@ -81,7 +64,7 @@ def test_merged_batches_get_the_outputs_each_gets_alone_in_one_forward_pass():
 
 
 def test_a_batch_whose_every_row_failed_takes_no_part():
-    module = Recording()
+    module = RunsOutOfMemoryAbove()
     model = device_model(module)
     bad = InvalidInputError("JPEG data is corrupt or truncated")
     good, failed = [torch.randn(3, 2, 2) for _ in range(2)], [torch.zeros(3, 2, 2)]
@@ -92,7 +75,7 @@ def test_a_batch_whose_every_row_failed_takes_no_part():
 
 
 def test_out_of_memory_splits_the_merged_batch_and_each_still_gets_its_rows():
-    module = Recording(limit=3)
+    module = RunsOutOfMemoryAbove(limit=3)
     model = device_model(module)
     batches = [[torch.randn(3, 2, 2) for _ in range(n)] for n in (2, 3)]
     outcomes = model.forward_many([prepared(b) for b in batches])

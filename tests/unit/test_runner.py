@@ -13,22 +13,7 @@ from framewire.service.pixels import Prepared
 from framewire.service.tasks import task_handler
 from framewire.service.worker_settings import WorkerSettings
 from framewire.v1 import artifact_pb2 as pb
-
-
-class RunsOutOfMemoryAbove(torch.nn.Module):
-    """A model whose forward raises torch's real OutOfMemoryError above a batch size."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
-        self.linear = torch.nn.Linear(12, 4)
-        self.batches: list[int] = []
-
-    def forward(self, x):
-        self.batches.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test model)")
-        return self.linear(x.flatten(1))
+from support.oom_model import RunsOutOfMemoryAbove
 
 
 def device_model(module, dtype: str = "float32", channels_last: bool = True) -> DeviceModel:
