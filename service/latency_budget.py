@@ -18,7 +18,17 @@ The compute-time model (`ComputeTimeCurve`)
     interpolated linearly; below the smallest it is flat and above the
     largest it grows in proportion to the batch size: as the cost per image
     falls with batch size, both overestimate, the safe side for a deadline.
-    Times are made non-decreasing in batch size. One curve describes one model
+    Times are made non-decreasing in batch size.
+
+    A bucket no batch has refreshed within the last `window` measurements
+    is stale: it may hold a time measured in a bad moment (a batch of 3
+    that ran while the machine was swamped), and under load the policy
+    would then never run that size again to learn better, capping every
+    batch below it for good. A stale bucket is therefore capped at the time
+    the fresh buckets below it predict in proportion to size: a larger batch
+    never has to cost more per image than the smaller ones, since it could
+    run as several of them. Fresh measurements always stand as measured.
+    One curve describes one model
     version on one device: a batcher whose batches run on two different
     devices needs one curve per device, so it belongs next to the device.
 
@@ -89,6 +99,8 @@ class CurvePoint:
     seconds: float
     samples: int
     measured: int
+    #: Not refreshed within the last `window` measurements: capped by the fresh buckets below it.
+    stale: bool = False
 
 
 class ComputeTimeModel(Protocol):
@@ -112,6 +124,8 @@ class ComputeTimeCurve:
         self.window = window
         self.prior_weight = prior_weight
         self._buckets: dict[int, deque[tuple[float, int, bool]]] = {}
+        self._measured = 0  # real measurements so far, in all buckets
+        self._refreshed: dict[int, int] = {}  # bucket -> `_measured` at its last real measurement
         self._points: tuple[CurvePoint, ...] | None = None
 
     @staticmethod
@@ -132,19 +146,31 @@ class ComputeTimeCurve:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"compute time must be a finite number of seconds >= 0, got {seconds}")
-        window = self._buckets.setdefault(self.bucket(batch_size), deque(maxlen=self.window))
+        key = self.bucket(batch_size)
+        window = self._buckets.setdefault(key, deque(maxlen=self.window))
         window.extend([(seconds, batch_size, prior)] * copies)
+        if not prior:
+            self._measured += 1
+            self._refreshed[key] = self._measured
         self._points = None
+
+    def _stale(self, key: int) -> bool:
+        return self._measured - self._refreshed.get(key, 0) >= self.window
 
     def points(self) -> tuple[CurvePoint, ...]:
         """The curve's points, by batch size, times non-decreasing."""
         if self._points is None:
-            points, floor = [], 0.0
+            points, floor, per_image = [], 0.0, math.inf
             for key in sorted(self._buckets):
                 samples = sorted(self._buckets[key])
                 seconds, size, _ = samples[(len(samples) - 1) // 2]
+                stale = self._stale(key)
+                if stale:
+                    seconds = min(seconds, per_image * size)
+                else:
+                    per_image = min(per_image, seconds / size)
                 floor = max(floor, seconds)
-                points.append(CurvePoint(size, floor, len(samples), sum(not p for _, _, p in samples)))
+                points.append(CurvePoint(size, floor, len(samples), sum(not p for _, _, p in samples), stale))
             self._points = tuple(points)
         return self._points
 
@@ -237,7 +263,7 @@ class BudgetStatus:
         return {
             "budget_ms": ms(self.budget_seconds),
             "curve": [{"batch_size": p.batch_size, "compute_ms": ms(p.seconds), "samples": p.samples,
-                       "measured": p.measured} for p in self.curve],
+                       "measured": p.measured, "stale": p.stale} for p in self.curve],
             "arrival_rate_per_second": round(self.arrival_rate, 3),
             "target_batch_size": self.target_batch_size,
             "batch_size_limit": self.batch_size_limit,

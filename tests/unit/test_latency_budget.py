@@ -85,6 +85,46 @@ def test_sizes_share_power_of_two_buckets():
     assert (point.batch_size, point.seconds) == (7, pytest.approx(0.055))
 
 
+def test_a_bucket_no_batch_refreshes_is_capped_by_the_fresh_ones_below_it():
+    """Under load a batch of 3 measured in a bad moment (60 ms, where batches of
+    2 take 20) would cap every batch at 2 for good, since the policy never runs
+    a batch of 3 again to learn better. Once `window` batches have gone by
+    without refreshing it, it counts no more per image than the fresh buckets
+    below it."""
+    curve = ComputeTimeCurve(window=8)
+    curve.observe(3, 0.060)
+    for _ in range(7):
+        curve.observe(2, 0.020)
+    assert curve.seconds(3) == pytest.approx(0.060)  # still fresh: stands as measured
+    curve.observe(2, 0.020)
+    assert curve.points()[1].stale
+    assert curve.seconds(3) == pytest.approx(0.030)  # 20 ms per 2 images
+    assert curve.seconds(6) == pytest.approx(0.060)
+    curve.observe(3, 0.045)  # a batch of 3 ran again: its own times count again
+    assert not curve.points()[1].stale
+    assert curve.seconds(3) == pytest.approx(0.045)
+
+
+def test_a_stale_bucket_below_its_cap_keeps_its_own_time():
+    curve = ComputeTimeCurve(window=4)
+    curve.observe(8, 0.050)  # cheaper per image than the cap of 80 ms
+    for _ in range(4):
+        curve.observe(1, 0.010)
+    assert curve.points()[-1].stale
+    assert curve.seconds(8) == pytest.approx(0.050)
+
+
+def test_a_stale_curve_lets_the_budget_allow_larger_batches_again():
+    curve = ComputeTimeCurve(window=8)
+    curve.observe(4, 0.080)  # measured while the machine was swamped
+    budget = LatencyBudget(0.1, curve=curve, margin=0.0)  # one lane: a batch may take half the budget
+    for _ in range(7):
+        curve.observe(2, 0.020)
+    assert budget.size_limit(32) == 3  # 20 ms for 2, 80 ms for 4: 50 ms for 3
+    curve.observe(2, 0.020)
+    assert budget.size_limit(32) == 5  # 10 ms per image
+
+
 @pytest.mark.parametrize("size, seconds, message", [
     (0, 0.01, "batch size must be at least 1"),
     (1, -0.01, "finite number of seconds"),
@@ -256,8 +296,10 @@ def test_the_budget_status_reads_as_milliseconds_and_as_prometheus_families():
                           missed=0, last_predicted_seconds=None, last_actual_seconds=None)
     shown = status.as_dict()
     assert shown["budget_ms"] == 100.0 and shown["mean_predicted_ms"] is None
-    assert shown["curve"] == [{"batch_size": 1, "compute_ms": 10.0, "samples": 4, "measured": 0},
-                              {"batch_size": 8, "compute_ms": 30.0, "samples": 1, "measured": 1}]
+    assert shown["curve"] == [{"batch_size": 1, "compute_ms": 10.0, "samples": 4, "measured": 0,
+                               "stale": False},
+                              {"batch_size": 8, "compute_ms": 30.0, "samples": 1, "measured": 1,
+                               "stale": False}]
     families = {f.name: f for f in budget_families([(["m", "1"], status)])}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("framewire_latency_budget_seconds", (("model", "m"), ("version", "1")))] == 0.1
