@@ -179,11 +179,12 @@ def budget_line(model: dict) -> str:
     """A model's latency budget: what it chose, predicted vs actual, refusals, the learned curve."""
     b = model["budget"]
     curve = " ".join(f"{p['batch_size']}:{number(p['compute_ms'])}" for p in b["curve"]) or "not measured yet"
+    margin = f", admission margin {b['admission_margin']:.0%}" if "admission_margin" in b else ""
     return (f"budget {model['model']} v{model['version']} {number(b['budget_ms'], 0)} ms: batch "
             f"{b['target_batch_size']} (limit {b['batch_size_limit']}, last {b['last_batch_size']}) at "
             f"{number(b['arrival_rate_per_second'])}/s; oldest predicted {number(b['mean_predicted_ms'])} ms, "
             f"actual {number(b['mean_actual_ms'])} ms; refused {b['refused']}, dropped {b['dropped_over_budget']}, "
-            f"superseded {b['superseded']}, late {b['missed']}; curve ms by batch {curve}")
+            f"superseded {b['superseded']}, late {b['missed']}{margin}; curve ms by batch {curve}")
 
 
 def machine_lines(document: dict, width: int | None) -> list[str]:

@@ -8,8 +8,10 @@
    `--latency-budget-ms B` and against one server per static
    `--max-queue-delay-us` (`--delays-us`). Every setting is judged by the
    same yardstick: goodput is the answers within B per second; refusals
-   (UNAVAILABLE) and timeouts (past `--deadline-ms`) are counted, and how
-   fast refusals came back.
+   (UNAVAILABLE at admission), drops (UNAVAILABLE for a request admitted and
+   later taken from the queue, told apart by the `framewire-over-budget`
+   trailer) and timeouts (past `--deadline-ms`) are counted, and how fast
+   refusals came back.
 3. One table, a row per rate and setting, and per rate the checks the
    budget must pass: goodput within 5% of the best static setting's, and
    answered p99 within B wherever some static setting's p99 is not.
@@ -163,7 +165,7 @@ def table(summary: dict) -> str:
             f"capacity {summary['capacity']:.1f} requests/s ({how}); goodput = answers within {budget_ms:g} ms "
             f"per second; {summary['arrivals']} arrivals, {summary['deadline_ms']:g} ms deadlines", "",
             f"{'rate':<18} {'setting':<22} {'goodput/s':>9} {'answered/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'batch':>5} {'refused':>7} {'ref p99':>7} {'timeouts':>8} {'errors':>6}"]
+            f"{'batch':>5} {'refused':>7} {'ref p99':>7} {'dropped':>7} {'timeouts':>8} {'errors':>6}"]
     best = {v["fraction"]: v["best_static"] for v in verdicts(summary)}
     for fraction in summary["fractions"]:
         label = f"{fraction:g}x ({fraction * summary['capacity']:.0f}/s)"
@@ -173,7 +175,8 @@ def table(summary: dict) -> str:
             rows.append(f"{label:<18} {name:<22} {r['goodput_per_second']:>9.1f} {r['requests_per_second']:>10.1f} "
                         f"{_ms(r['latency_ms']['p50']):>7} {_ms(r['latency_ms']['p99']):>7} "
                         f"{r['server']['average_batch_size']:>5.1f} {r['refusals']['count']:>7} "
-                        f"{_ms(r['refusals']['p99_ms']):>7} {r['timeouts']:>8} {others:>6}")
+                        f"{_ms(r['refusals']['p99_ms']):>7} {r.get('dropped', {}).get('count', 0):>7} "
+                        f"{r['timeouts']:>8} {others:>6}")
             label = ""
     rows += ["", "checks (budget against the best static setting, *best):"]
     for v in verdicts(summary):

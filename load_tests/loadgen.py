@@ -35,6 +35,11 @@ OIP = "/inference.GRPCInferenceService/"
 PATIENT_TIMEOUT = 120.0
 
 
+#: What `_one` returns for an UNAVAILABLE the latency budget sent after admitting the request.
+DROPPED = "UNAVAILABLE (dropped)"
+OVER_BUDGET_KEY = "framewire-over-budget"  # service/errors.py's key, which this client does not import
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (nearest rank at or above), NaN when empty."""
     if not values:
@@ -72,6 +77,7 @@ class LoadResult:
     budget_ms: float = 0.0
     within_budget: int = 0
     refusal_latencies_ms: list[float] = field(default_factory=list)
+    dropped_latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def requests_per_second(self) -> float:
@@ -90,6 +96,7 @@ class LoadResult:
             setattr(self, name, getattr(self, name) + other.get(name, 0))
         self.latencies_ms.extend(other.get("latencies_ms", []))
         self.refusal_latencies_ms.extend(other.get("refusal_latencies_ms", []))
+        self.dropped_latencies_ms.extend(other.get("dropped_latencies_ms", []))
         for code, n in other.get("errors", {}).items():
             self.errors[code] = self.errors.get(code, 0) + n
 
@@ -99,7 +106,9 @@ class LoadResult:
             "requests_per_second": self.requests_per_second, "images_per_second": self.images_per_second,
             "latency_ms": {q: self.percentile(int(q[1:])) for q in ("p50", "p90", "p99")},
             "errors": self.errors,
-            "refusals": {"count": len(self.refusal_latencies_ms), "p99_ms": percentile(self.refusal_latencies_ms, 99)},
+            "refusals": {"count": len(self.refusal_latencies_ms), "p50_ms": percentile(self.refusal_latencies_ms, 50),
+                         "p99_ms": percentile(self.refusal_latencies_ms, 99)},
+            "dropped": {"count": len(self.dropped_latencies_ms), "p99_ms": percentile(self.dropped_latencies_ms, 99)},
             "timeouts": self.errors.get("DEADLINE_EXCEEDED", 0),
         }
         if self.budget_ms:
@@ -180,7 +189,8 @@ async def run_worker(spec: dict) -> dict:
 def _record(result: LoadResult, start: float, stop: float, sent: float, done: float, images: int, code) -> None:
     """Count one answer inside the measuring window: served (and within the
     budget, if there is one), or its error code; refusals (UNAVAILABLE) are
-    timed too, since a refusal is only useful when it is quick."""
+    timed too, since a refusal is only useful when it is quick, and apart
+    from requests the latency budget admitted and dropped later (DROPPED)."""
     if not (start <= sent and done <= stop):
         return
     latency_ms = (done - sent) * 1000
@@ -191,9 +201,18 @@ def _record(result: LoadResult, start: float, stop: float, sent: float, done: fl
         if result.budget_ms and latency_ms <= result.budget_ms:
             result.within_budget += 1
     else:
+        dropped = code == DROPPED
+        code = "UNAVAILABLE" if dropped else code
         result.errors[code] = result.errors.get(code, 0) + 1
-        if code == "UNAVAILABLE":
+        if dropped:
+            result.dropped_latencies_ms.append(latency_ms)
+        elif code == "UNAVAILABLE":
             result.refusal_latencies_ms.append(latency_ms)
+
+
+def _trailer(exc, key: str):
+    metadata = exc.trailing_metadata() or ()
+    return metadata.get(key) if hasattr(metadata, "get") else dict(metadata).get(key)
 
 
 async def _one(call, request: bytes, metadata, timeout: float = PATIENT_TIMEOUT):
@@ -203,6 +222,8 @@ async def _one(call, request: bytes, metadata, timeout: float = PATIENT_TIMEOUT)
         await call(request, timeout=timeout, metadata=metadata)
         return None
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and _trailer(exc, OVER_BUDGET_KEY) == "dropped":
+            return DROPPED
         return exc.code().name
 
 

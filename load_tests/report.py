@@ -22,7 +22,11 @@ def line(result: dict) -> str:
     if "goodput_per_second" in result:
         text += f", goodput {result['goodput_per_second']:.1f}/s within {result['budget_ms']:g} ms"
     if result.get("refusals", {}).get("count"):
-        text += f", refused {result['refusals']['count']} (p99 {result['refusals']['p99_ms']:.1f} ms)"
+        refusals = result["refusals"]
+        p50 = f"p50 {refusals['p50_ms']:.1f} ms, " if "p50_ms" in refusals else ""
+        text += f", refused {refusals['count']} ({p50}p99 {refusals['p99_ms']:.1f} ms)"
+    if result.get("dropped", {}).get("count"):
+        text += f", dropped after admission {result['dropped']['count']} (p99 {result['dropped']['p99_ms']:.1f} ms)"
     text += "; " + cpu_text(server)
     if result.get("errors"):
         text += f", errors {result['errors']}"

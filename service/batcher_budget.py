@@ -78,6 +78,7 @@ class BudgetedBatching:
             missed=self._missed,
             last_predicted_seconds=last[0] if last else None,
             last_actual_seconds=last[1] if last else None,
+            admission_margin=budget.margin + budget.extra_margin,
         )
 
     def _lanes(self, now: float) -> list[float]:
@@ -126,10 +127,11 @@ class BudgetedBatching:
         for work in self._fifo:
             if work.waiting and not work.probe and self._budget.is_lost(now, work.budget_deadline, start_at):
                 self._dropped_over_budget += 1
+                self._budget.observe_outcomes(0, 1)
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "
                     f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
-                    max(0.0, start_at - now),
+                    max(0.0, start_at - now), dropped=True,
                 ))
                 self._drop(work)
 
@@ -140,10 +142,11 @@ class BudgetedBatching:
         for work in batch:
             if not work.probe and self._budget.misses(work.budget_deadline, start_at, len(batch)):
                 self._dropped_over_budget += 1
+                self._budget.observe_outcomes(0, 1)
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "
                     f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
-                    max(0.0, start_at - now),
+                    max(0.0, start_at - now), dropped=True,
                 ))
             else:
                 kept.append(work)
@@ -181,4 +184,6 @@ class BudgetedBatching:
         self._actual_sum += actual
         self._last_latency = (predicted, actual)
         self._last_size = len(batch)
-        self._missed += sum(1 for w in batch if end > w.budget_deadline)
+        missed = sum(1 for w in batch if end > w.budget_deadline)
+        self._missed += missed
+        self._budget.observe_outcomes(len(batch) - missed, missed)

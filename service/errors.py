@@ -11,6 +11,8 @@ import math
 
 #: Trailing metadata key of the retry hint sent with a refusal (OverBudgetError).
 RETRY_AFTER_KEY = "retry-after-ms"
+#: Trailing metadata key saying whether an OverBudgetError was a refusal or a drop.
+OVER_BUDGET_KEY = "framewire-over-budget"
 
 
 class ServiceError(Exception):
@@ -95,13 +97,18 @@ class OverBudgetError(ServiceError):
 
     code = "UNAVAILABLE"
 
-    def __init__(self, message: str, retry_after: float):
+    def __init__(self, message: str, retry_after: float, *, dropped: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.dropped = dropped
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
-        """`retry-after-ms`: whole milliseconds until a retry is predicted to be admitted."""
-        return ((RETRY_AFTER_KEY, str(max(0, math.ceil(self.retry_after * 1000)))),)
+        """`retry-after-ms`: whole milliseconds until a retry is predicted to be
+        admitted; `framewire-over-budget`: `refused` (at admission, at once) or
+        `dropped` (admitted, then taken from the queue once it could no longer
+        finish in time)."""
+        return ((RETRY_AFTER_KEY, str(max(0, math.ceil(self.retry_after * 1000)))),
+                (OVER_BUDGET_KEY, "dropped" if self.dropped else "refused"))
 
 
 class SupersededError(ServiceError):

@@ -77,7 +77,12 @@ Admission (`LatencyBudget.admission`)
     finish by their deadline even alone (`is_lost`) are not run either.
 
 Every predicted compute time used against a deadline is the curve's value
-times `1 + margin`, which absorbs the spread around the median. Before the
+times `1 + margin`, which absorbs the spread around the median. How wide
+the spread is depends on the machine (a quiet GPU, or CPU cores shared with
+the clients), so admission learns its own extra margin from what happened
+to the items it admitted (`observe_outcomes`): while more than 1% of them
+end late (answered past their deadline, or dropped from the queue), it
+widens; as they finish in time it narrows back to zero. Before the
 first measurement (no warm-up prior) nothing can be predicted: batches close
 at once and every request is admitted.
 """
@@ -254,6 +259,8 @@ class BudgetStatus:
     missed: int
     last_predicted_seconds: float | None
     last_actual_seconds: float | None
+    #: The share added to predicted compute times at admission: the base margin plus what late answers added.
+    admission_margin: float = 0.0
 
     def as_dict(self) -> dict:
         """The status document's `budget` object (milliseconds, JSON-ready)."""
@@ -278,7 +285,16 @@ class BudgetStatus:
             "superseded": self.superseded,
             "probes": self.probes,
             "missed": self.missed,
+            "admission_margin": round(self.admission_margin, 3),
         }
+
+
+#: The share of admitted items allowed to end late before the margin widens.
+LATE_TARGET = 0.01
+#: How much each batch's outcome counts against the ones before it.
+OUTCOME_DECAY = 0.98
+MARGIN_STEP = 0.02
+MAX_EXTRA_MARGIN = 1.0
 
 
 class LatencyBudget:
@@ -311,12 +327,32 @@ class LatencyBudget:
         self.arrivals = arrivals if arrivals is not None else ArrivalRate()
         self.parallel = parallel
         self.margin = margin
+        self.extra_margin = 0.0  # widened while admitted items end late (`observe_outcomes`)
+        self._late = 0.0
+        self._outcomes = 0.0
         self.utilisation = utilisation
 
     # ------------------------------------------------------------ learning
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.curve.observe(size, seconds)
+
+    def observe_outcomes(self, on_time: int, late: int) -> None:
+        """Admitted items that finished in time, and those that ended late
+        (answered past their deadline, or dropped once they could no longer
+        make it). While more than `LATE_TARGET` of recent ones (decayed per
+        call) ended late, admission was too hopeful for how much the compute
+        times spread: its margin widens by `MARGIN_STEP` per call, up to
+        `MAX_EXTRA_MARGIN`, and narrows back half as fast once they finish in
+        time. Only admission takes the extra margin: were the decisions to
+        drop or close batches to take it too, a wider margin would drop more
+        items, each counting as late, widening it further."""
+        self._late = self._late * OUTCOME_DECAY + late
+        self._outcomes = self._outcomes * OUTCOME_DECAY + on_time + late
+        if self._outcomes and self._late / self._outcomes > LATE_TARGET:
+            self.extra_margin = min(MAX_EXTRA_MARGIN, self.extra_margin + MARGIN_STEP)
+        else:
+            self.extra_margin = max(0.0, self.extra_margin - MARGIN_STEP / 2)
 
     def record_arrivals(self, now: float, count: int) -> None:
         self.arrivals.record(now, count)
@@ -333,10 +369,10 @@ class LatencyBudget:
         budget_end = enqueued + self.seconds
         return budget_end if deadline is None else min(budget_end, deadline)
 
-    def compute(self, size: int) -> float:
-        """Predicted compute seconds of a batch, margin included (0 while unknown)."""
+    def compute(self, size: int, extra: float = 0.0) -> float:
+        """Predicted compute seconds of a batch, margin (plus `extra`) included (0 while unknown)."""
         seconds = self.curve.seconds(size)
-        return 0.0 if seconds is None else seconds * (1 + self.margin)
+        return 0.0 if seconds is None else seconds * (1 + self.margin + extra)
 
     def size_limit(self, max_batch_size: int) -> int:
         """The largest batch the budget allows under sustained load (at least 1).
@@ -440,8 +476,9 @@ class LatencyBudget:
         rate = self.arrivals.rate(now)
         lanes = sorted(max(now, lane) for lane in lanes_free_at) or [now]
         full, ahead = divmod(waiting, size)
+        extra = self.extra_margin
         for _ in range(full):
-            heapq.heapreplace(lanes, lanes[0] + self.compute(size))
+            heapq.heapreplace(lanes, lanes[0] + self.compute(size, extra))
         remaining, finish = count, now
         while remaining > 0:
             start = lanes[0]
@@ -449,7 +486,7 @@ class LatencyBudget:
             remaining -= taken
             joining = rate * (start - now) if remaining == 0 else 0.0
             expected = min(size, ahead + taken + math.ceil(joining))
-            finish = start + self.compute(expected)
+            finish = start + self.compute(expected, extra)
             heapq.heapreplace(lanes, finish)
             ahead = 0
         if finish <= deadline:

@@ -259,6 +259,8 @@ def budget_families(statuses):
                                     labels=labels),
         "limit": GaugeMetricFamily("framewire_budget_batch_size_limit", "Largest batch the budget allows.",
                                    labels=labels),
+        "margin": GaugeMetricFamily("framewire_budget_admission_margin", "Share added to predicted compute times "
+                                    "at admission: the base margin plus what late answers added.", labels=labels),
         "batches": CounterMetricFamily("framewire_budget_batches", "Budgeted batches run.", labels=labels),
         "predicted": CounterMetricFamily("framewire_budget_predicted_seconds", "Predicted latency of each batch's "
                                          "oldest item, summed.", labels=labels),
@@ -278,6 +280,7 @@ def budget_families(statuses):
         gauges["rate"].add_metric(labels, s.arrival_rate)
         gauges["target"].add_metric(labels, s.target_batch_size)
         gauges["limit"].add_metric(labels, s.batch_size_limit)
+        gauges["margin"].add_metric(labels, s.admission_margin)
         gauges["batches"].add_metric(labels, s.batches)
         gauges["predicted"].add_metric(labels, s.predicted_seconds_sum)
         gauges["actual"].add_metric(labels, s.actual_seconds_sum)

@@ -89,6 +89,7 @@ GAUGE_RULES: dict[str, tuple[str, str]] = {
                                               "one that limits"),
     "framewire_budget_arrival_rate": (SUM, "each front end admits its share of the load"),
     "framewire_budget_target_batch_size": (MAX, "a size chosen per front end, not a quantity; the largest chosen"),
+    "framewire_budget_admission_margin": (MAX, "each front end widens its own; the most cautious"),
     "framewire_budget_batch_size_limit": (MAX, "a limit per front end, not a quantity; the largest allowed"),
     # Per GPU, from NVML: every front end reads the same device.
     "framewire_gpu_utilization_ratio": (MAX, "the same GPU, read by every front end"),

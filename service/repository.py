@@ -24,6 +24,7 @@ from typing import Callable
 from framewire.exporter import ARTIFACT_FILENAME, ArtifactError
 from framewire.exporter.format import MODEL_NAME_RE
 
+from . import heap
 from .access import check_model_access
 from .config import ConfigError, ServeConfig, parse_version_policy
 from .domain import ModelState
@@ -354,6 +355,7 @@ class ModelRepository:
             return
         slot.served, slot.task = served, served.task
         slot.state, slot.reason = ModelState.READY, ""
+        heap.keep()  # the new version's objects live as long as it: out of the collector's walks
         loop = asyncio.get_running_loop()
         served.runner.on_stale = lambda why: loop.call_soon_threadsafe(self._mark_stale, slot, why)
         threads = served.config.cpu_threads
@@ -445,6 +447,8 @@ class ModelRepository:
             if not versions:
                 self._slots.pop(slot.name, None)
         self._on_change()
+        # Cycles among the unloaded version's frozen objects are freed only by a full collection.
+        asyncio.get_running_loop().call_later(1.0, heap.settle)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -37,6 +37,7 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
+from . import heap
 from .frontend_peers import announce_ready, frontend_label, own_peer_socket, supervisor_metrics_port
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
@@ -197,6 +198,7 @@ class FramewireServer:
         log.info("listening on %s:%d (framewire %s); loading models from %s",
                  self.config.host, self.port, __version__, self.config.repo)
         await self.repo.start()
+        heap.settle()
         self.state.serving = True
         await self._sync_health()
         summary = serving_summary(self.repo.models())

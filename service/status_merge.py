@@ -51,7 +51,8 @@ where it does). Rules, field by field:
     limit, last batch and learned curve are the first budgeted front end's;
     `arrival_rate_per_second` and the counters (`batches`, `refused`,
     `dropped_over_budget`, `superseded`, `probes`, `missed`) are sums, the
-    mean predicted and actual times weighted by batches. Added:
+    mean predicted and actual times weighted by batches, the admission
+    margin the largest. Added:
     `frontends`, how many budgets were merged. None when no front end has
     one.
 - `requests_by_code`: summed per model and code.
@@ -412,6 +413,8 @@ def _budget(budgets: list[dict]) -> dict | None:
     for name in ("mean_predicted_ms", "mean_actual_ms"):
         if name in merged:
             merged[name] = _weighted((b.get(name), b.get("batches")) for b in budgets)
+    if "admission_margin" in merged:  # each front end widens its own: the most cautious
+        merged["admission_margin"] = max(b.get("admission_margin") or 0.0 for b in budgets)
     merged["frontends"] = len(budgets)
     return merged
 

@@ -87,6 +87,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import heap
 from .ipc import FRONT_END_PID, WORKER_SOCKET, WorkerGone, map_buffer, read_message
 from .ready_batches import ReadyBatches, merge_wait
 from .worker_peers import Peer, listening_socket
@@ -220,6 +221,8 @@ class WorkerHost:
         if hosted.aliases <= 0 and self.hosted.get(hosted.key) is hosted:
             del self.hosted[hosted.key]
             log.info("%s unloaded: no connection uses it", hosted.model.name)
+            del hosted
+            heap.settle()  # its reference cycles were frozen with it
 
     def _shared(self, peer: Peer, model_id: str, key: str) -> HostedModel | None:
         """The model loaded under `key` already, now aliased as `model_id` by `peer`."""
@@ -316,6 +319,7 @@ class WorkerHost:
                 return  # nobody wants it any more
             self.hosted[key] = hosted
             self._attach(peer, settings.model_id, hosted)
+        heap.keep()
         self._loaded(peer, request_id, settings.model_id, hosted, shared=False)
 
     def _warm(self, peer: Peer, header: dict) -> None:
@@ -328,6 +332,7 @@ class WorkerHost:
             new = [s for s in sizes if s not in hosted.warmed]
             if new:
                 hosted.warmed.update(hosted.model.warm_up(new))
+                heap.keep()
         except Exception as exc:
             log.exception("warming up %s failed", header.get("model"))
             peer.reply({"op": "failed", "id": header.get("id"), "kind": "internal",

@@ -80,8 +80,11 @@ def test_overload_is_refused_at_once_with_a_retry_hint_and_nothing_times_out(bud
     refused = [(seconds, trailers) for code, seconds, trailers in outcomes if code == "UNAVAILABLE"]
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
     assert codes.count("OK") > 0 and refused, codes
-    # Each refusal says when to come back, in whole milliseconds.
+    # Each refusal says when to come back, in whole milliseconds, and whether
+    # it was refused at once or dropped from the queue after admission.
     assert all(int(trailers["retry-after-ms"]) >= 0 for _, trailers in refused)
+    assert {trailers["framewire-over-budget"] for _, trailers in refused} <= {"refused", "dropped"}
+    assert any(trailers["framewire-over-budget"] == "refused" for _, trailers in refused)
     # A refusal is answered at once, not after waiting in a queue (a loose
     # bound: 48 client threads share two cores with the server).
     assert sorted(seconds for seconds, _ in refused)[len(refused) // 2] < BUDGET_MS / 1000
@@ -115,6 +118,8 @@ def test_a_protocol_stream_carries_the_retry_hint_per_refused_request(budget_ser
     assert refused and len(refused) < 120
     assert all("latency budget" in r.error_message for r in refused)
     assert all(int(r.infer_response.parameters["retry-after-ms"].string_param) >= 0 for r in refused)
+    assert all(r.infer_response.parameters["framewire-over-budget"].string_param in ("refused", "dropped")
+               for r in refused)
 
 
 def test_a_stream_under_overload_skips_frames_and_answers_the_rest_in_order(budget_server, image):

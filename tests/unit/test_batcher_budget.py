@@ -221,10 +221,44 @@ def test_under_sustained_overload_every_answer_is_within_budget():
     settled = [o for o in out if o.sent >= 1]  # after the arrival rate estimate has caught up
     answered = [o for o in settled if o.answered]
     refused = [o for o in settled if not o.answered]
-    assert all(isinstance(o.result, OverBudgetError) and o.latency == 0 for o in refused)
+    assert all(isinstance(o.result, OverBudgetError) and not o.result.dropped and o.latency == 0 for o in refused)
     assert all(within(o.latency, 100) for o in answered)
     assert len(answered) / 3 >= 0.95 * 300
     assert status.missed == 0
+
+
+class SpreadDevice(FakeDevice):
+    """Every `every`-th batch takes `factor` times as long: compute times spread
+    the way they do on cores shared with other processes."""
+
+    def __init__(self, every: int = 3, factor: float = 1.6):
+        super().__init__()
+        self.every, self.factor = every, factor
+
+    def seconds(self, size: int) -> float:
+        slow = len(self.batches) % self.every == 0
+        return super().seconds(size) * (self.factor if slow else 1.0)
+
+
+def test_when_compute_times_spread_admission_widens_its_margin_until_answers_are_in_time():
+    """The curve's median sits on the fast batches, so a margin of 10% would
+    admit work that every third (slow) batch finishes late; late answers
+    widen admission's margin until almost none are."""
+    async def main():
+        device = SpreadDevice()
+        b = budgeted(device)
+        out = await offer(b, steady(600, 0, 6))
+        status = b.budget_status()
+        await b.close()
+        return out, status
+
+    out, status = run_virtual(main())
+    settled = [o for o in out if o.sent >= 3]  # after the margin has found its width
+    answered = [o for o in settled if o.answered]
+    late = [o for o in answered if not within(o.latency, 100)]
+    assert status.admission_margin > 0.2
+    assert len(answered) / 3 >= 0.6 * 300  # still most of what the device can do in budget
+    assert len(late) <= 0.01 * len(answered), (len(late), len(answered))
 
 
 def test_a_requests_deadline_tightens_its_budget():
@@ -264,7 +298,7 @@ def test_queued_items_past_their_budget_are_not_run_and_an_outlier_changes_nothi
     during = [o for o in out if stalled < o.sent < stalled + 1.0 - 0.1]
     after = [o for o in out if o.sent > stalled + 1.0]
     assert during and all(isinstance(o.result, OverBudgetError) for o in during)
-    assert all(o.result.message.endswith("retry when the load falls") for o in during)
+    assert all(o.result.message.endswith("retry when the load falls") and o.result.dropped for o in during)
     ran = {x for _, items in device.batches for x in items}
     assert not ran & {out.index(o) for o in during}
     # The curve keeps its median: requests after the stall are admitted and served in budget.
@@ -467,6 +501,7 @@ def test_without_a_budget_latest_of_changes_nothing():
 
 
 def test_a_refusal_carries_its_retry_hint_as_trailing_metadata():
-    assert OverBudgetError("late", 0.0284).trailers() == (("retry-after-ms", "29"),)
-    assert OverBudgetError("late", 0.0).trailers() == (("retry-after-ms", "0"),)
+    assert OverBudgetError("late", 0.0284).trailers() == (("retry-after-ms", "29"), ("framewire-over-budget", "refused"))
+    assert OverBudgetError("late", 0.0, dropped=True).trailers() == (("retry-after-ms", "0"),
+                                                                     ("framewire-over-budget", "dropped"))
     assert SupersededError("newer frame").trailers() == ()

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from framewire.service.latency_budget import ArrivalRate, ComputeTimeCurve, LatencyBudget
+from framewire.service.latency_budget import (MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate, ComputeTimeCurve,
+                                              LatencyBudget)
 
 MS = 1e-3
 
@@ -263,6 +264,35 @@ def test_lanes_are_free_when_their_running_batches_are_predicted_to_end():
     lanes = p.lanes_free_at(0.010, [(0.0, 1), (0.0, 8), (0.005, 1)])
     assert lanes == [pytest.approx(0.036), pytest.approx(0.044)]
     assert p.lanes_free_at(0.5, [(0.0, 1)]) == [0.5, 0.5]
+
+
+def test_late_outcomes_widen_the_admission_margin_and_punctual_ones_narrow_it():
+    budget = policy()
+    for _ in range(10):
+        budget.observe_outcomes(8, 1)  # one in nine late: far above 1%
+    assert budget.extra_margin == pytest.approx(10 * MARGIN_STEP)
+    budget.observe_outcomes(2000, 0)  # the share of late ones back under 1%
+    assert budget.extra_margin == pytest.approx(9.5 * MARGIN_STEP)
+    for _ in range(100):
+        budget.observe_outcomes(8, 0)
+    assert budget.extra_margin == 0.0
+    for _ in range(1000):
+        budget.observe_outcomes(0, 1)
+    assert budget.extra_margin == MAX_EXTRA_MARGIN
+
+
+def test_only_admission_takes_the_extra_margin():
+    budget = policy(curve=linear_curve(20, 2))
+    lone = dict(count=1, deadline=0.1, waiting=0, lanes_free_at=[0.0], max_batch_size=32)
+    assert budget.admission(0.0, **lone).predicted_finish == pytest.approx(0.022)
+    limit, closing = budget.size_limit(32), budget.decide(0.0, waiting=3, deadlines=[0.05] * 3, start_at=0.0,
+                                                          max_batch_size=32)
+    budget.extra_margin = 0.5
+    assert budget.admission(0.0, **lone).predicted_finish == pytest.approx(0.033)
+    # Batches close and items are dropped by the predictions as they were.
+    assert budget.size_limit(32) == limit
+    assert budget.decide(0.0, waiting=3, deadlines=[0.05] * 3, start_at=0.0, max_batch_size=32) == closing
+    assert not budget.misses(0.030, 0.0, 4)
 
 
 def test_an_item_that_cannot_finish_even_alone_is_lost():

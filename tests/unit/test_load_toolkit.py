@@ -11,7 +11,7 @@ import pytest
 
 from load_tests import compare, report
 from load_tests.__main__ import parse_args, points
-from load_tests.loadgen import LoadResult, _record, arrival_times, percentile
+from load_tests.loadgen import DROPPED, LoadResult, _record, arrival_times, percentile
 
 
 # ------------------------------------------------------------ the schedule
@@ -61,10 +61,12 @@ def test_goodput_counts_answers_within_the_budget_and_refusals_are_timed():
     _record(result, start, stop, 10.4, 12.000, 1, "DEADLINE_EXCEEDED")
     _record(result, start, stop, 9.9, 10.0, 1, None)  # sent before the window
     _record(result, start, stop, 11.9, 12.1, 1, "UNAVAILABLE")  # answered after it
+    _record(result, start, stop, 11.0, 11.080, 1, DROPPED)  # admitted, dropped after 80 ms in the queue
     summary = result.summary()
     assert summary["requests"] == 2 and summary["goodput_per_second"] == 0.5
-    assert summary["refusals"] == {"count": 2, "p99_ms": pytest.approx(3.0)}
-    assert summary["timeouts"] == 1 and summary["errors"] == {"UNAVAILABLE": 2, "DEADLINE_EXCEEDED": 1}
+    assert summary["refusals"] == {"count": 2, "p50_ms": pytest.approx(3.0), "p99_ms": pytest.approx(3.0)}
+    assert summary["dropped"] == {"count": 1, "p99_ms": pytest.approx(80.0)}
+    assert summary["timeouts"] == 1 and summary["errors"] == {"UNAVAILABLE": 3, "DEADLINE_EXCEEDED": 1}
     assert summary["latency_ms"]["p50"] == pytest.approx(150.0)
 
 

@@ -122,12 +122,13 @@ def test_a_latency_budget_shows_its_choice_prediction_refusals_and_curve():
                           arrival_rate=180.0, target_batch_size=4, batch_size_limit=8, last_batch_size=3,
                           refused=17, probes=0, superseded=2, dropped_over_budget=1, batches=40,
                           predicted_seconds_sum=2.0, actual_seconds_sum=2.4, missed=0,
-                          last_predicted_seconds=0.05, last_actual_seconds=0.06)
+                          last_predicted_seconds=0.05, last_actual_seconds=0.06, admission_margin=0.26)
     document = copy.deepcopy(DOCUMENT)
     document["models"][2]["budget"] = status.as_dict()
     text = render(document, width=None)
     assert ("budget tiny v1 100 ms: batch 4 (limit 8, last 3) at 180.0/s; oldest predicted 50.0 ms, actual 60.0 ms; "
-            "refused 17, dropped 1, superseded 2, late 0; curve ms by batch 1:12.0 8:41.0") in text
+            "refused 17, dropped 1, superseded 2, late 0, admission margin 26%; curve ms by batch 1:12.0 8:41.0"
+            ) in text
     assert all(len(line) <= 80 for line in render(document, width=80).splitlines())
     # A version without a budget shows no budget line.
     assert "budget a_model" not in text
