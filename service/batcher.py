@@ -243,6 +243,9 @@ class DynamicBatcher(BudgetedBatching):
         except BaseException:
             self._abandon(works)
             raise
+        else:
+            if self._budget is not None:
+                self._answered(works, loop.time())
         finally:
             if timer is not None:
                 timer.cancel()

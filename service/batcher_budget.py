@@ -127,7 +127,6 @@ class BudgetedBatching:
         for work in self._fifo:
             if work.waiting and not work.probe and self._budget.is_lost(now, work.budget_deadline, start_at):
                 self._dropped_over_budget += 1
-                self._budget.observe_outcomes(0, 1)
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "
                     f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
@@ -142,7 +141,6 @@ class BudgetedBatching:
         for work in batch:
             if not work.probe and self._budget.misses(work.budget_deadline, start_at, len(batch)):
                 self._dropped_over_budget += 1
-                self._budget.observe_outcomes(0, 1)
                 work.future.set_exception(OverBudgetError(
                     f"model {self.name} could no longer answer within the latency budget of "
                     f"{(work.budget_deadline - work.enqueued) * 1000:.0f} ms; retry when the load falls",
@@ -184,6 +182,11 @@ class BudgetedBatching:
         self._actual_sum += actual
         self._last_latency = (predicted, actual)
         self._last_size = len(batch)
-        missed = sum(1 for w in batch if end > w.budget_deadline)
-        self._missed += missed
-        self._budget.observe_outcomes(len(batch) - missed, missed)
+        self._missed += sum(1 for w in batch if end > w.budget_deadline)
+
+    def _answered(self, works: list, now: float) -> None:
+        """A budgeted request's items are answered and its caller runs again
+        `now` (past any delay of the event loop in noticing the batch end):
+        in time or late, for admission's margin."""
+        late = sum(1 for w in works if not w.probe and now > w.budget_deadline)
+        self._budget.observe_outcomes(len(works) - late, late)

@@ -77,12 +77,12 @@ Admission (`LatencyBudget.admission`)
     finish by their deadline even alone (`is_lost`) are not run either.
 
 Every predicted compute time used against a deadline is the curve's value
-times `1 + margin`, which absorbs the spread around the median. How wide
-the spread is depends on the machine (a quiet GPU, or CPU cores shared with
-the clients), so admission learns its own extra margin from what happened
-to the items it admitted (`observe_outcomes`): while more than 1% of them
-end late (answered past their deadline, or dropped from the queue), it
-widens; as they finish in time it narrows back to zero. Before the
+times `1 + margin + extra_margin`, which absorbs the spread around the
+median. How wide the spread is depends on the machine (a quiet GPU, or CPU
+cores shared with the clients), so the policy learns `extra_margin` from
+what happened to the items it admitted (`observe_outcomes`): each answer
+past its deadline widens it, each in time narrows it a little, so that it
+settles where 0.5% of the answers are late, and at zero where none are. Before the
 first measurement (no warm-up prior) nothing can be predicted: batches close
 at once and every request is admitted.
 """
@@ -259,7 +259,7 @@ class BudgetStatus:
     missed: int
     last_predicted_seconds: float | None
     last_actual_seconds: float | None
-    #: The share added to predicted compute times at admission: the base margin plus what late answers added.
+    #: The share added to predicted compute times: the base margin plus what late answers added.
     admission_margin: float = 0.0
 
     def as_dict(self) -> dict:
@@ -289,11 +289,10 @@ class BudgetStatus:
         }
 
 
-#: The share of admitted items allowed to end late before the margin widens.
-LATE_TARGET = 0.01
-#: How much each batch's outcome counts against the ones before it.
-OUTCOME_DECAY = 0.98
-MARGIN_STEP = 0.02
+#: The share of admitted items answered late that admission's margin settles at.
+LATE_TARGET = 0.005
+#: Widening of admission's margin per item answered late.
+MARGIN_STEP = 0.01
 MAX_EXTRA_MARGIN = 1.0
 
 
@@ -327,9 +326,7 @@ class LatencyBudget:
         self.arrivals = arrivals if arrivals is not None else ArrivalRate()
         self.parallel = parallel
         self.margin = margin
-        self.extra_margin = 0.0  # widened while admitted items end late (`observe_outcomes`)
-        self._late = 0.0
-        self._outcomes = 0.0
+        self.extra_margin = 0.0  # learned from admitted items answered late (`observe_outcomes`)
         self.utilisation = utilisation
 
     # ------------------------------------------------------------ learning
@@ -338,21 +335,19 @@ class LatencyBudget:
         self.curve.observe(size, seconds)
 
     def observe_outcomes(self, on_time: int, late: int) -> None:
-        """Admitted items that finished in time, and those that ended late
-        (answered past their deadline, or dropped once they could no longer
-        make it). While more than `LATE_TARGET` of recent ones (decayed per
-        call) ended late, admission was too hopeful for how much the compute
-        times spread: its margin widens by `MARGIN_STEP` per call, up to
-        `MAX_EXTRA_MARGIN`, and narrows back half as fast once they finish in
-        time. Only admission takes the extra margin: were the decisions to
-        drop or close batches to take it too, a wider margin would drop more
-        items, each counting as late, widening it further."""
-        self._late = self._late * OUTCOME_DECAY + late
-        self._outcomes = self._outcomes * OUTCOME_DECAY + on_time + late
-        if self._outcomes and self._late / self._outcomes > LATE_TARGET:
-            self.extra_margin = min(MAX_EXTRA_MARGIN, self.extra_margin + MARGIN_STEP)
-        else:
-            self.extra_margin = max(0.0, self.extra_margin - MARGIN_STEP / 2)
+        """Admitted items answered in time, and those answered late (their
+        caller ran again past their deadline): each late one widens
+        admission's margin by `MARGIN_STEP`, each one in time narrows it by
+        `MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)`, within 0 and
+        `MAX_EXTRA_MARGIN`. The margin settles where `LATE_TARGET` of the
+        answers are late (a running quantile): wide where compute times
+        spread, none where they do not. Every prediction against a deadline
+        takes it (admission, closing a batch, dropping what would miss).
+        Items dropped from the queue do not count: a wider margin drops
+        more, so counting them would let the margin feed on itself."""
+        narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)
+        widened = self.extra_margin + MARGIN_STEP * late - narrow * on_time
+        self.extra_margin = min(MAX_EXTRA_MARGIN, max(0.0, widened))
 
     def record_arrivals(self, now: float, count: int) -> None:
         self.arrivals.record(now, count)
@@ -369,10 +364,10 @@ class LatencyBudget:
         budget_end = enqueued + self.seconds
         return budget_end if deadline is None else min(budget_end, deadline)
 
-    def compute(self, size: int, extra: float = 0.0) -> float:
-        """Predicted compute seconds of a batch, margin (plus `extra`) included (0 while unknown)."""
+    def compute(self, size: int) -> float:
+        """Predicted compute seconds of a batch, margin (learned part included) included (0 while unknown)."""
         seconds = self.curve.seconds(size)
-        return 0.0 if seconds is None else seconds * (1 + self.margin + extra)
+        return 0.0 if seconds is None else seconds * (1 + self.margin + self.extra_margin)
 
     def size_limit(self, max_batch_size: int) -> int:
         """The largest batch the budget allows under sustained load (at least 1).
@@ -476,9 +471,8 @@ class LatencyBudget:
         rate = self.arrivals.rate(now)
         lanes = sorted(max(now, lane) for lane in lanes_free_at) or [now]
         full, ahead = divmod(waiting, size)
-        extra = self.extra_margin
         for _ in range(full):
-            heapq.heapreplace(lanes, lanes[0] + self.compute(size, extra))
+            heapq.heapreplace(lanes, lanes[0] + self.compute(size))
         remaining, finish = count, now
         while remaining > 0:
             start = lanes[0]
@@ -486,7 +480,7 @@ class LatencyBudget:
             remaining -= taken
             joining = rate * (start - now) if remaining == 0 else 0.0
             expected = min(size, ahead + taken + math.ceil(joining))
-            finish = start + self.compute(expected, extra)
+            finish = start + self.compute(expected)
             heapq.heapreplace(lanes, finish)
             ahead = 0
         if finish <= deadline:

@@ -247,17 +247,17 @@ def test_when_compute_times_spread_admission_widens_its_margin_until_answers_are
     async def main():
         device = SpreadDevice()
         b = budgeted(device)
-        out = await offer(b, steady(600, 0, 6))
+        out = await offer(b, steady(600, 0, 20))
         status = b.budget_status()
         await b.close()
         return out, status
 
     out, status = run_virtual(main())
-    settled = [o for o in out if o.sent >= 3]  # after the margin has found its width
+    settled = [o for o in out if o.sent >= 5]  # after the margin has found its width
     answered = [o for o in settled if o.answered]
     late = [o for o in answered if not within(o.latency, 100)]
-    assert status.admission_margin > 0.2
-    assert len(answered) / 3 >= 0.6 * 300  # still most of what the device can do in budget
+    assert status.admission_margin > 0.1  # the base margin and a learned part
+    assert len(answered) / 15 >= 150  # of the about 250/s the device can answer in budget, one batch in three slow
     assert len(late) <= 0.01 * len(answered), (len(late), len(answered))
 
 

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from framewire.service.latency_budget import (MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate, ComputeTimeCurve,
-                                              LatencyBudget)
+from framewire.service.latency_budget import (LATE_TARGET, MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate,
+                                              ComputeTimeCurve, LatencyBudget)
 
 MS = 1e-3
 
@@ -268,31 +268,35 @@ def test_lanes_are_free_when_their_running_batches_are_predicted_to_end():
 
 def test_late_outcomes_widen_the_admission_margin_and_punctual_ones_narrow_it():
     budget = policy()
-    for _ in range(10):
-        budget.observe_outcomes(8, 1)  # one in nine late: far above 1%
-    assert budget.extra_margin == pytest.approx(10 * MARGIN_STEP)
-    budget.observe_outcomes(2000, 0)  # the share of late ones back under 1%
-    assert budget.extra_margin == pytest.approx(9.5 * MARGIN_STEP)
+    budget.observe_outcomes(90, 10)
+    narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)
+    assert budget.extra_margin == pytest.approx(10 * MARGIN_STEP - 90 * narrow)
+    budget.observe_outcomes(100_000, 0)
+    assert budget.extra_margin == 0.0  # never below none
+    budget.observe_outcomes(0, 10_000)
+    assert budget.extra_margin == MAX_EXTRA_MARGIN  # nor above the most
+
+
+def test_the_margin_stands_still_where_the_target_share_is_late():
+    budget = policy()
+    budget.extra_margin = 0.4
     for _ in range(100):
-        budget.observe_outcomes(8, 0)
-    assert budget.extra_margin == 0.0
-    for _ in range(1000):
-        budget.observe_outcomes(0, 1)
-    assert budget.extra_margin == MAX_EXTRA_MARGIN
+        budget.observe_outcomes(995, 5)  # 0.5% late
+    assert budget.extra_margin == pytest.approx(0.4)
+    for _ in range(100):
+        budget.observe_outcomes(999, 1)  # fewer: it narrows
+    assert budget.extra_margin < 0.4
 
 
-def test_only_admission_takes_the_extra_margin():
+def test_every_prediction_takes_the_learned_margin():
     budget = policy(curve=linear_curve(20, 2))
     lone = dict(count=1, deadline=0.1, waiting=0, lanes_free_at=[0.0], max_batch_size=32)
     assert budget.admission(0.0, **lone).predicted_finish == pytest.approx(0.022)
-    limit, closing = budget.size_limit(32), budget.decide(0.0, waiting=3, deadlines=[0.05] * 3, start_at=0.0,
-                                                          max_batch_size=32)
+    assert budget.size_limit(32) == 15 and not budget.misses(0.030, 0.0, 4)
     budget.extra_margin = 0.5
     assert budget.admission(0.0, **lone).predicted_finish == pytest.approx(0.033)
-    # Batches close and items are dropped by the predictions as they were.
-    assert budget.size_limit(32) == limit
-    assert budget.decide(0.0, waiting=3, deadlines=[0.05] * 3, start_at=0.0, max_batch_size=32) == closing
-    assert not budget.misses(0.030, 0.0, 4)
+    assert budget.size_limit(32) == 6  # (20 + 2 * 6) ms * 1.5, waited for once more, fits 100 ms
+    assert budget.misses(0.030, 0.0, 4)  # 28 ms * 1.5 > 30 ms
 
 
 def test_an_item_that_cannot_finish_even_alone_is_lost():
