@@ -189,4 +189,4 @@ class BudgetedBatching:
         `now` (past any delay of the event loop in noticing the batch end):
         in time or late, for admission's margin."""
         late = sum(1 for w in works if not w.probe and now > w.budget_deadline)
-        self._budget.observe_outcomes(len(works) - late, late)
+        self._budget.observe_outcomes(now, len(works) - late, late)

@@ -82,7 +82,9 @@ median. How wide the spread is depends on the machine (a quiet GPU, or CPU
 cores shared with the clients), so the policy learns `extra_margin` from
 what happened to the items it admitted (`observe_outcomes`): each answer
 past its deadline widens it, each in time narrows it a little, so that it
-settles where 0.5% of the answers are late, and at zero where none are. Before the
+settles where 0.5% of the answers are late, and at zero where none are;
+the longer no answer has been late, the faster it narrows, so that a storm
+passes. Before the
 first measurement (no warm-up prior) nothing can be predicted: batches close
 at once and every request is admitted.
 """
@@ -294,6 +296,8 @@ LATE_TARGET = 0.005
 #: Widening of admission's margin per item answered late.
 MARGIN_STEP = 0.01
 MAX_EXTRA_MARGIN = 1.0
+#: Seconds without a late answer after which the learned margin narrows faster (see `observe_outcomes`).
+CALM_SECONDS = 2.0
 
 
 class LatencyBudget:
@@ -327,6 +331,7 @@ class LatencyBudget:
         self.parallel = parallel
         self.margin = margin
         self.extra_margin = 0.0  # learned from admitted items answered late (`observe_outcomes`)
+        self._last_late: float | None = None
         self.utilisation = utilisation
 
     # ------------------------------------------------------------ learning
@@ -334,18 +339,26 @@ class LatencyBudget:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.curve.observe(size, seconds)
 
-    def observe_outcomes(self, on_time: int, late: int) -> None:
+    def observe_outcomes(self, now: float, on_time: int, late: int) -> None:
         """Admitted items answered in time, and those answered late (their
-        caller ran again past their deadline): each late one widens
-        admission's margin by `MARGIN_STEP`, each one in time narrows it by
+        caller ran again past their deadline): each late one widens the
+        margin by `MARGIN_STEP`, each one in time narrows it by
         `MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)`, within 0 and
         `MAX_EXTRA_MARGIN`. The margin settles where `LATE_TARGET` of the
         answers are late (a running quantile): wide where compute times
-        spread, none where they do not. Every prediction against a deadline
-        takes it (admission, closing a batch, dropping what would miss).
-        Items dropped from the queue do not count: a wider margin drops
-        more, so counting them would let the margin feed on itself."""
-        narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)
+        spread, none where they do not. That settling is slow by design (at
+        0.5%, 200 answers in time undo one late one), so that a margin widened
+        by a passing storm (a cold start into overload, a pause of the
+        machine) does not stay for minutes, the narrowing speeds up with the
+        square of how many `CALM_SECONDS` have gone by without a late answer
+        (while late answers keep coming every second or so, as at the
+        target share, it stays as it is). Items dropped from the queue do
+        not count: a wider margin drops more, so counting them would let the
+        margin feed on itself."""
+        if late:
+            self._last_late = now
+        calm = 0.0 if self._last_late is None else (now - self._last_late) / CALM_SECONDS
+        narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET) * max(1.0, calm) ** 2
         widened = self.extra_margin + MARGIN_STEP * late - narrow * on_time
         self.extra_margin = min(MAX_EXTRA_MARGIN, max(0.0, widened))
 
@@ -365,7 +378,7 @@ class LatencyBudget:
         return budget_end if deadline is None else min(budget_end, deadline)
 
     def compute(self, size: int) -> float:
-        """Predicted compute seconds of a batch, margin (learned part included) included (0 while unknown)."""
+        """Predicted compute seconds of a batch, times the margin and its learned part (0 while unknown)."""
         seconds = self.curve.seconds(size)
         return 0.0 if seconds is None else seconds * (1 + self.margin + self.extra_margin)
 

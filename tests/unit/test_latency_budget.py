@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from framewire.service.latency_budget import (LATE_TARGET, MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate,
+from framewire.service.latency_budget import (CALM_SECONDS, LATE_TARGET, MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate,
                                               ComputeTimeCurve, LatencyBudget)
 
 MS = 1e-3
@@ -268,24 +268,39 @@ def test_lanes_are_free_when_their_running_batches_are_predicted_to_end():
 
 def test_late_outcomes_widen_the_admission_margin_and_punctual_ones_narrow_it():
     budget = policy()
-    budget.observe_outcomes(90, 10)
+    budget.observe_outcomes(0.0, 90, 10)
     narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)
     assert budget.extra_margin == pytest.approx(10 * MARGIN_STEP - 90 * narrow)
-    budget.observe_outcomes(100_000, 0)
+    budget.observe_outcomes(0.1, 100_000, 0)
     assert budget.extra_margin == 0.0  # never below none
-    budget.observe_outcomes(0, 10_000)
+    budget.observe_outcomes(0.2, 0, 10_000)
     assert budget.extra_margin == MAX_EXTRA_MARGIN  # nor above the most
 
 
 def test_the_margin_stands_still_where_the_target_share_is_late():
     budget = policy()
     budget.extra_margin = 0.4
-    for _ in range(100):
-        budget.observe_outcomes(995, 5)  # 0.5% late
+    for n in range(100):
+        budget.observe_outcomes(n * 0.1, 995, 5)  # 0.5% late
     assert budget.extra_margin == pytest.approx(0.4)
-    for _ in range(100):
-        budget.observe_outcomes(999, 1)  # fewer: it narrows
+    for n in range(100, 110):
+        budget.observe_outcomes(n * 0.1, 999, 1)  # fewer: it narrows
     assert budget.extra_margin < 0.4
+
+
+def test_a_margin_widened_by_a_storm_narrows_faster_the_longer_it_is_calm():
+    budget = policy()
+    budget.observe_outcomes(0.0, 0, 100)  # a cold start into overload: everything late
+    assert budget.extra_margin == MAX_EXTRA_MARGIN
+    narrow = MARGIN_STEP * LATE_TARGET / (1 - LATE_TARGET)
+    budget.observe_outcomes(CALM_SECONDS, 100, 0)  # one calm spell: the settling pace
+    assert budget.extra_margin == pytest.approx(MAX_EXTRA_MARGIN - 100 * narrow)
+    before = budget.extra_margin
+    budget.observe_outcomes(3 * CALM_SECONDS, 100, 0)  # three: nine times as fast
+    assert budget.extra_margin == pytest.approx(before - 9 * 100 * narrow)
+    for n in range(4, 20):  # 150 answers a second for half a minute, none late
+        budget.observe_outcomes(n * CALM_SECONDS, 300, 0)
+    assert budget.extra_margin == 0.0
 
 
 def test_every_prediction_takes_the_learned_margin():
