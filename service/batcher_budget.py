@@ -187,6 +187,6 @@ class BudgetedBatching:
     def _answered(self, works: list, now: float) -> None:
         """A budgeted request's items are answered and its caller runs again
         `now` (past any delay of the event loop in noticing the batch end):
-        in time or late, for admission's margin."""
+        in time or late, for the learned margin."""
         late = sum(1 for w in works if not w.probe and now > w.budget_deadline)
         self._budget.observe_outcomes(now, len(works) - late, late)

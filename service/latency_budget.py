@@ -291,9 +291,9 @@ class BudgetStatus:
         }
 
 
-#: The share of admitted items answered late that admission's margin settles at.
+#: The share of admitted items answered late that the learned margin settles at.
 LATE_TARGET = 0.005
-#: Widening of admission's margin per item answered late.
+#: Widening of the learned margin per item answered late.
 MARGIN_STEP = 0.01
 MAX_EXTRA_MARGIN = 1.0
 #: Seconds without a late answer after which the learned margin narrows faster (see `observe_outcomes`).
