@@ -17,7 +17,8 @@ import pytest
 
 from framewire.service.batcher import DynamicBatcher, ItemResult
 from framewire.service.errors import OverBudgetError, ServiceError, SupersededError
-from framewire.service.latency_budget import ArrivalRate, ComputeTimeCurve, LatencyBudget
+from framewire.service.compute_curve import ComputeTimeCurve
+from framewire.service.latency_budget import ArrivalRate, LatencyBudget
 from support.virtual_time import run_virtual
 
 MS = 1e-3

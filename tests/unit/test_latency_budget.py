@@ -8,8 +8,9 @@ import math
 
 import pytest
 
+from framewire.service.compute_curve import ComputeTimeCurve
 from framewire.service.latency_budget import (CALM_SECONDS, LATE_TARGET, MARGIN_STEP, MAX_EXTRA_MARGIN, ArrivalRate,
-                                              ComputeTimeCurve, LatencyBudget)
+                                              LatencyBudget)
 
 MS = 1e-3
 

@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from framewire.service.domain import ModelState
 from framewire.service.gpu import GpuSampler
-from framewire.service.latency_budget import BudgetStatus, CurvePoint
+from framewire.service.compute_curve import CurvePoint
+from framewire.service.latency_budget import BudgetStatus
 from framewire.service.metrics import ServerMetrics
 from framewire.service.metrics_merge import (
     CONTENT_TYPE,

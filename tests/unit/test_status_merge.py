@@ -9,7 +9,8 @@ import pytest
 
 from framewire.service.gpu import GpuReading
 from framewire.service.host_figures import HostFigures, ProcessFigures, ProcessRole
-from framewire.service.latency_budget import BudgetStatus, CurvePoint
+from framewire.service.compute_curve import CurvePoint
+from framewire.service.latency_budget import BudgetStatus
 from framewire.service.runner import WorkerStatus
 from framewire.service.status_document import build_document, visible_json
 from framewire.service.status_history import StatusHistory

@@ -116,7 +116,8 @@ def test_a_wide_terminal_shows_every_column():
 
 
 def test_a_latency_budget_shows_its_choice_prediction_refusals_and_curve():
-    from framewire.service.latency_budget import BudgetStatus, CurvePoint
+    from framewire.service.compute_curve import CurvePoint
+    from framewire.service.latency_budget import BudgetStatus
 
     status = BudgetStatus(budget_seconds=0.1, curve=(CurvePoint(1, 0.012, 32, 28), CurvePoint(8, 0.041, 32, 32)),
                           arrival_rate=180.0, target_batch_size=4, batch_size_limit=8, last_batch_size=3,
