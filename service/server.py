@@ -29,6 +29,7 @@ from framewire.exporter.signing import TrustPolicy
 from framewire.oip import grpc_service_pb2_grpc
 from framewire.v1 import inference_pb2, inference_pb2_grpc
 
+from . import heap
 from .api.native import NativeServicer
 from .api.oip import SERVICE_NAME as OIP_SERVICE
 from .api.oip import InferenceProtocolServicer
@@ -37,7 +38,6 @@ from .call_limit import PENDING_CALL_OPTIONS, CallLimitInterceptor
 from .config import ServeConfig
 from .device_workers import DeviceWorkers
 from .devices import plan_devices
-from . import heap
 from .frontend_peers import announce_ready, frontend_label, own_peer_socket, supervisor_metrics_port
 from .gpu import GpuSampler, load_nvml
 from .interceptors import LastResortInterceptor
