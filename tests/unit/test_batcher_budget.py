@@ -207,18 +207,22 @@ def test_a_refusal_takes_no_time():
     assert run_virtual(main()) == 0
 
 
-def test_under_sustained_overload_every_answer_is_within_budget():
+def overloaded(device: FakeDevice, *, seconds: float, rate: float = 600):
+    """(outcomes, budget status) of `rate` single-item requests a second for `seconds` on `device`."""
     async def main():
-        device = FakeDevice()
         b = budgeted(device)
-        # Twice what the device can answer within 100 ms: batches of 15 in
-        # 50 ms, 300 images per second.
-        out = await offer(b, steady(600, 0, 4))
+        out = await offer(b, steady(rate, 0, seconds))
         status = b.budget_status()
         await b.close()
         return out, status
 
-    out, status = run_virtual(main())
+    return run_virtual(main())
+
+
+def test_under_sustained_overload_every_answer_is_within_budget():
+    # Twice what the device can answer within 100 ms: batches of 15 in
+    # 50 ms, 300 images per second.
+    out, status = overloaded(FakeDevice(), seconds=4)
     settled = [o for o in out if o.sent >= 1]  # after the arrival rate estimate has caught up
     answered = [o for o in settled if o.answered]
     refused = [o for o in settled if not o.answered]
@@ -246,15 +250,7 @@ def test_when_compute_times_spread_admission_widens_its_margin_until_answers_are
     admit work that every third (slow) batch finishes late (without the
     learned margin: 1,669 of about 3,000 answers late); late answers widen
     the margin until almost none are."""
-    async def main():
-        device = SpreadDevice()
-        b = budgeted(device)
-        out = await offer(b, steady(600, 0, 20))
-        status = b.budget_status()
-        await b.close()
-        return out, status
-
-    out, status = run_virtual(main())
+    out, status = overloaded(SpreadDevice(), seconds=20)
     settled = [o for o in out if o.sent >= 5]  # after the margin has found its width
     answered = [o for o in settled if o.answered]
     late = [o for o in answered if not within(o.latency, 100)]
