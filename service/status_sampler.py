@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from framewire import __version__
 
-from .host_figures import HostSampler, ProcessRole
+from .host_figures import HostSampler, ProcessFigures, ProcessRole
 from .status_document import build_document
 from .status_history import StatusHistory
 from .status_inputs import ArtifactFigures, ServerFigures, StatusInputs, VersionFigures
@@ -61,6 +61,10 @@ class StatusSampler:
         """Gather, record and build now (in the event loop)."""
         roles = process_roles(self.server)
         host, processes = await asyncio.get_running_loop().run_in_executor(None, self.host.sample, roles)
+        # Versions may have become READY (or gone) while /proc was read: the
+        # processes' roles are taken again in the same step as everything else,
+        # so the document never lists a version on a worker whose role omits it.
+        processes = with_roles(processes, process_roles(self.server))
         inputs = gather(self.server, self.clock(), host, tuple(processes))
         sample = self.history.record(inputs)
         document = build_document(inputs, self.history, sample)
@@ -87,6 +91,13 @@ class StatusSampler:
                 log.exception("sampling the server's status failed")
             due = max(due + self.interval, loop.time())
             await asyncio.sleep(due - loop.time())
+
+
+def with_roles(processes: list[ProcessFigures], roles: list[ProcessRole]) -> list[ProcessFigures]:
+    """The figures read for each process under its role now; a process that
+    is new since the read has no figures yet, one that is gone is left out."""
+    read = {p.role.pid: p for p in processes}
+    return [dataclasses.replace(read[r.pid], role=r) if r.pid in read else ProcessFigures(r) for r in roles]
 
 
 def process_roles(server: "FramewireServer") -> list[ProcessRole]:

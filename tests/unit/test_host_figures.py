@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from framewire.service.host_figures import HostSampler, ProcessRole
+from framewire.service.host_figures import HostSampler, ProcessFigures, ProcessRole
 
 
 class Clock:
@@ -87,3 +87,21 @@ def test_this_process_reads_for_real():
     sum(range(2_000_000))  # some CPU time between the samples
     host, (me,) = sampler.sample([ProcessRole(os.getpid(), "front end")])
     assert me.cpu_percent is not None and host.cpu_percent is not None
+
+
+def test_figures_read_earlier_are_shown_under_the_roles_of_now():
+    """A version that became READY while /proc was read is listed on its
+    worker; a worker started meanwhile appears without figures; one that
+    stopped is left out."""
+    from framewire.service.status_sampler import with_roles
+
+    front = ProcessRole(1, "front end")
+    before = ProcessRole(2, "worker", "tiny", 1, 0, models=("tiny:1",))
+    now = ProcessRole(2, "worker", "tiny", 1, 0, models=("tiny:1", "other:1"))
+    gone, started = ProcessRole(3, "worker", "old", 1, 1, models=("old:1",)), ProcessRole(4, "worker", "new", 1, 1)
+    read = [ProcessFigures(front, cpu_percent=5.0), ProcessFigures(before, cpu_percent=50.0, rss_bytes=100),
+            ProcessFigures(gone, cpu_percent=1.0)]
+    shown = with_roles(read, [front, now, started])
+    assert [p.role for p in shown] == [front, now, started]
+    assert shown[1].cpu_percent == 50.0 and shown[1].rss_bytes == 100 and shown[1].role.models == ("tiny:1", "other:1")
+    assert shown[2] == ProcessFigures(started)
